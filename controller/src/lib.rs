@@ -1,0 +1,1 @@
+//! blockhostd and bhctl (being written).

@@ -1,0 +1,1 @@
+//! Wallet-signature SSH login (being written).
