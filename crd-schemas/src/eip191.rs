@@ -1,0 +1,1 @@
+//! EIP-191 `personal_sign` hashing and signature verification (being written).
