@@ -1,15 +1,41 @@
-//! BlockHost's declarative types.
+//! BlockHost's declarative types: what the store holds, what `bhctl apply` reads,
+//! what the API serves, and what the controller writes into each VM.
 //!
+//! - [`meta`]: object metadata, conditions and events (Kubernetes-shaped).
+//! - [`resource`]: the [`Resource`] trait and [`AnyObject`] for run-time kinds.
+//! - [`vm`]: the `VirtualMachine` kind. [`plan`]: the `Plan` kind.
+//! - [`config`]: `blockhostd`'s configuration file.
+//! - [`bounded`]: validated scalars (names, users, bounded integers).
 //! - [`wallet`]: Ethereum addresses, EIP-55 checked, stored normalized.
 //! - [`validate`]: rules beyond types (DNS labels, Unix users).
 //! - [`eip191`]: EIP-191 personal_sign hashing, signing and address recovery.
 //! - [`access`]: the access file the controller writes into each VM and the PAM
 //!   module reads at login.
+//! - [`schema`]: the JSON Schemas committed under `crd-schemas/schemas/`.
+//!
+//! Validation lives in the types' `Deserialize` impls, so a bad value is rejected by
+//! the parser itself, with its position and field path, wherever it comes from.
 
 pub mod access;
+pub mod bounded;
+pub mod config;
 pub mod eip191;
+pub mod meta;
+pub mod plan;
+pub mod resource;
+pub mod schema;
 pub mod validate;
+pub mod vm;
 pub mod wallet;
 
 pub use access::AccessFile;
+pub use bounded::{Cores, DiskGib, MemoryMib, Name, UnixUser, Vmid};
+pub use config::DaemonConfig;
+pub use meta::{API_VERSION, Condition, ConditionStatus, Event, EventType, ObjectMeta};
+pub use plan::{Plan, PlanSpec, PlanStatus};
+pub use resource::{AnyObject, Resource, TypeMeta};
+pub use vm::{
+    PowerState, Resources, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus, VmPhase,
+    VmSource,
+};
 pub use wallet::{WalletAddress, WalletError};

@@ -190,7 +190,7 @@ mod tests {
             Err(WalletError::WrongLength(4))
         ));
         assert!(matches!(
-            "0xzz".repeat(1).parse::<WalletAddress>(),
+            "0xzz".parse::<WalletAddress>(),
             Err(WalletError::WrongLength(2))
         ));
         assert!(matches!(
