@@ -1,1 +1,60 @@
-//! Typed async client for the Proxmox VE HTTP API (being written).
+//! Typed async client for the Proxmox VE HTTP API, as BlockHost's reconciler uses it.
+//!
+//! # Module map
+//! - [`api`]: the [`Pve`] trait (every operation the reconciler needs) and [`Pve::wait_task`].
+//! - [`client`]: [`PveClient`], the HTTP implementation (reqwest + rustls).
+//! - [`auth`]: [`Credentials`] (API token or password → ticket), [`Secret`], the ticket clock.
+//! - [`tls`]: [`TlsMode`]: system roots, a pinned SHA-256 [`Fingerprint`], or insecure.
+//! - [`types`]: typed responses ([`ClusterVm`], [`VmConfig`], [`TaskStatus`], ...) and request
+//!   builders ([`CloneRequest`], [`ConfigUpdate`], ...).
+//! - [`propstring`]: property strings (`virtio,bridge=vmbr0`), [`NetDevice`], [`IpConfig`].
+//! - [`upid`]: [`Upid`] parsing.
+//! - [`error`]: [`Error`] and its [`ErrorKind`] classification.
+//! - `de`: the single place PVE's loose JSON typing (numbers and bools as strings) is absorbed.
+//! - `fake` (feature `fake`): an in-memory, zero-latency cluster implementing [`Pve`].
+//!
+//! # Errors for a reconciler
+//! [`Error::kind`] sorts every failure into not found, already exists, locked, transient
+//! (5xx, connection, timeouts), validation (with PVE's per-field messages), auth, task failed
+//! (exit status + log tail) and permanent. [`Error::is_transient`] is true for locked and
+//! transient: retry those with backoff.
+//!
+//! ```no_run
+//! # async fn demo() -> blockhost_pve::Result<()> {
+//! use blockhost_pve::*;
+//! let client = PveClient::new(ClientConfig::new(
+//!     "https://pve.example:8006",
+//!     Credentials::api_token("blockhost@pve!operator", "aaaaaaaa-...."),
+//!     TlsMode::Pinned("AB:CD:...".parse()?),
+//! ))?;
+//! let upid = client.clone_vm("pve1", 9001, &CloneRequest::full(120).name("blockhost-120")).await?;
+//! client.wait_task(&upid, WaitOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod client;
+mod de;
+pub mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod propstring;
+pub mod tls;
+pub mod types;
+pub mod upid;
+
+pub use api::{Pve, WaitOptions};
+pub use auth::{Clock, Credentials, ManualClock, Secret, SystemClock};
+pub use client::{ClientConfig, PveClient};
+pub use error::{Error, ErrorKind, Result};
+pub use propstring::{
+    DiskSize, IpConfig, Ipv4Cidr, Ipv4Setting, Ipv6Cidr, Ipv6Setting, NetDevice, PropertyString,
+};
+pub use tls::{Fingerprint, TlsMode};
+pub use types::{
+    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, ExecStatus, GuestKind, NodeState,
+    NodeStatus, NodeSummary, RunState, ShutdownOptions, TaskExit, TaskLogLine, TaskState,
+    TaskStatus, Version, VmConfig, VmId, VmStatus,
+};
+pub use upid::Upid;

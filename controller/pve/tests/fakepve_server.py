@@ -1,0 +1,133 @@
+"""fakepve for blockhost-pve's integration tests, driven over stdin/stdout.
+
+Started by tests/common/mod.rs as `python fakepve_server.py HOST [--node NAME ...]`. It serves a fake
+Proxmox VE on https://HOST:8006 with:
+
+- an API token `root@pam!blockhost` = `s3cret-token` (and ticket login root@pam / secret),
+- template VM 9001 (`debian-12-template`) on node pve1 with a cloud-init drive and a 3 GiB disk,
+- time_scale 0, so tasks finish before the request that started them returns.
+
+Once listening it prints one JSON line: {"url", "fingerprint"} (SHA-256 of the DER certificate,
+colon-separated upper-case hex, the way PVE shows it). Then it reads one JSON command per line on
+stdin and answers each with one JSON line on stdout: {"ok": true, "result": ...} or {"ok": false,
+"error": "..."}. It exits when stdin closes, so a test that dies never leaves a server behind.
+
+Why a control channel rather than arguments: faults are injected in the middle of a test (after the
+clone, before the start), which a command line cannot express.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+
+try:
+    from fakepve import FakePve
+    from fakepve.certs import make_cert
+except ImportError as exc:  # pragma: no cover - the Rust side turns this into a loud failure
+    print(json.dumps({'fatal': 'fakepve is not importable ({0}); run scripts/setup.sh'.format(exc)}), flush=True)
+    sys.exit(3)
+
+TOKEN_ID = 'root@pam!blockhost'
+TOKEN_SECRET = 's3cret-token'
+TEMPLATE = 9001
+
+
+def build(host, nodes):
+    pve = FakePve(user='root@pam', password='secret', host=host, port=8006)
+    pve.time_scale = 0
+    pve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    for node in nodes:
+        pve.add_node(node)
+    pve.storages['local-lvm'].setdefault('volumes', {})['base-9001-disk-0'] = {
+        'content': 'images', 'format': 'raw', 'size': 3 * 1024 ** 3, 'vmid': TEMPLATE, 'ctime': 0}
+    pve.add_vm(TEMPLATE, 'debian-12-template', node='pve1', template=True, config={
+        'cores': 1, 'memory': 1024, 'ostype': 'l26', 'scsihw': 'virtio-scsi-single', 'agent': 'enabled=1',
+        'scsi0': 'local-lvm:base-9001-disk-0,size=3G', 'ide2': 'local-lvm:vm-9001-cloudinit,media=cdrom',
+        'net0': 'virtio=BC:24:11:00:90:01,bridge=vmbr0', 'boot': 'order=scsi0', 'template': 1})
+    return pve
+
+
+def vm_state(vm):
+    return {'vmid': vm.vmid, 'node': vm.node, 'name': vm.name, 'status': vm.status, 'qmpstatus': vm.qmpstatus,
+            'lock': vm.lock, 'config': vm.config, 'pending': vm.pending}
+
+
+async def command(pve, cmd):
+    """Run one control command; returns its JSON-able result."""
+    op = cmd['op']
+    if op == 'fail':
+        pve.fail(cmd['method'], cmd['suffix'], status=cmd.get('status'), message=cmd.get('message'),
+                 error=cmd.get('error'), times=cmd.get('times'))
+        return None
+    if op == 'vm':
+        vm = pve.vm(cmd['vmid'])
+        return vm_state(vm) if vm else None
+    if op == 'set':
+        # Any FakeVm attribute: agent, start_error, shutdown_secs, acpi, ...
+        setattr(pve.vm(cmd['vmid']), cmd['attr'], cmd['value'])
+        return None
+    if op == 'agent_requests':
+        return pve.vm(cmd['vmid']).agent_requests
+    if op == 'snapshot_lock':
+        pve.snapshot_lock(cmd['vmid'], cmd.get('lock', 'backup'))
+        return None
+    if op == 'unlock':
+        pve.unlock(cmd['vmid'])
+        return None
+    if op == 'hold_config_lock':
+        await pve.hold_config_lock(cmd['vmid'], cmd.get('secs'))
+        return None
+    if op == 'release_config_lock':
+        pve.release_config_lock(cmd['vmid'])
+        return None
+    if op == 'requests':
+        return [[m, p] for m, p, _body in pve.requests]
+    if op == 'revoke_tickets':
+        pve.revoke_tickets()
+        return None
+    if op == 'ticket_ttl':
+        pve.ticket_ttl = cmd['secs']
+        return None
+    if op == 'lose_quorum':
+        pve.lose_quorum()
+        return None
+    raise ValueError('unknown op {0!r}'.format(op))
+
+
+async def serve(args):
+    pve = build(args.host, args.node)
+    tmp = tempfile.mkdtemp(prefix='blockhost-fakepve-')
+    try:
+        certfile, keyfile, der = make_cert(tmp, hosts=(args.host,))
+        await pve.start(certfile, keyfile)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    fingerprint = ':'.join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    print(json.dumps({'url': pve.url, 'fingerprint': fingerprint}), flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break  # the test went away
+        try:
+            reply = {'ok': True, 'result': await command(pve, json.loads(line))}
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the test as text
+            reply = {'ok': False, 'error': '{0}: {1}'.format(type(exc).__name__, exc)}
+        print(json.dumps(reply, default=str), flush=True)
+    await pve.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('host')
+    parser.add_argument('--node', action='append', default=[], help='an extra node besides pve1')
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == '__main__':
+    main()
