@@ -1,0 +1,133 @@
+//! Hand-off between the PAM module and the signer service: how a signature posted on
+//! the signing page reaches the waiting keyboard-interactive conversation.
+//!
+//! One Unix-socket connection per pending challenge. The module connects, writes one
+//! JSON line ([`Register`]: session id, message, expiry) and keeps the connection
+//! open; the signer answers with one JSON line ([`Delivered`]) when the page posts a
+//! signature. The connection *is* the session: when the module closes it (the user
+//! pasted a signature, gave up, or the attempt ended) the signer forgets the
+//! session, so a challenge never outlives its own attempt. The module verifies the
+//! signature itself; the signer is a courier, not a judge.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the signer listens by default (root-only directory).
+pub const DEFAULT_SOCKET: &str = "/run/blockhost/signer.sock";
+
+/// Longest line either side sends. A registration is well under 1 KiB.
+pub const LINE_MAX: usize = 8192;
+
+/// Module → signer: a new pending session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    /// 128-bit random session id, 32 lower-case hex digits.
+    pub session: String,
+    /// The exact message to sign.
+    pub message: String,
+    /// Unix time after which the module will refuse the signature.
+    pub expires_at: i64,
+}
+
+/// Signer → module: the signature the page posted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivered {
+    /// As posted (hex text); the module parses and verifies it.
+    pub signature: String,
+}
+
+/// Why the hand-off did not deliver a signature.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// The signer is not running or not reachable.
+    #[error("signer service unreachable")]
+    Connect(#[source] std::io::Error),
+    /// Reading or writing the socket failed.
+    #[error("signer socket I/O failed")]
+    Io(#[source] std::io::Error),
+    /// Nothing arrived in time.
+    #[error("no signature arrived from the signing page in time")]
+    Timeout,
+    /// The signer closed the connection without a signature.
+    #[error("signer closed the session")]
+    Closed,
+    /// A line longer than [`LINE_MAX`] or not the expected JSON.
+    #[error("signer sent a malformed reply")]
+    Malformed,
+}
+
+/// True if `s` looks like a session id this code makes (32 lower-case hex digits).
+pub fn is_session_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A fresh 128-bit session id from the operating system's CSPRNG.
+pub fn new_session_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The module's side of one pending session.
+#[derive(Debug)]
+pub struct Handoff {
+    stream: UnixStream,
+}
+
+impl Handoff {
+    /// Connects to the signer and registers the session.
+    pub fn register(socket: &Path, reg: &Register) -> Result<Self, HandoffError> {
+        let mut stream = UnixStream::connect(socket).map_err(HandoffError::Connect)?;
+        // A wedged signer must not hang the login before the prompt is even shown.
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .map_err(HandoffError::Io)?;
+        let mut line = serde_json::to_vec(reg).map_err(|_| HandoffError::Malformed)?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(HandoffError::Io)?;
+        Ok(Self { stream })
+    }
+
+    /// Waits up to `timeout` for the page's signature.
+    pub fn wait(mut self, timeout: Duration) -> Result<String, HandoffError> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HandoffError::Timeout);
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(HandoffError::Io)?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(HandoffError::Closed),
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(HandoffError::Timeout);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HandoffError::Io(e)),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let d: Delivered =
+                    serde_json::from_slice(&buf[..end]).map_err(|_| HandoffError::Malformed)?;
+                return Ok(d.signature);
+            }
+            if buf.len() > LINE_MAX {
+                return Err(HandoffError::Malformed);
+            }
+        }
+    }
+}
