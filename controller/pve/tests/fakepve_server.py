@@ -92,6 +92,10 @@ async def command(pve, cmd):
     if op == 'ticket_ttl':
         pve.ticket_ttl = cmd['secs']
         return None
+    if op == 'hang':
+        # Every later request gets no answer for `secs` seconds (the test's client times out first).
+        pve.flaky_network(hang_rate=1.0, hang_secs=cmd.get('secs', 30))
+        return None
     if op == 'lose_quorum':
         pve.lose_quorum()
         return None
