@@ -1,1 +1,35 @@
-//! blockhostd and bhctl (being written).
+//! `blockhostd`, BlockHost's operator daemon, and `bhctl`, its command line.
+//!
+//! Module map:
+//! - [`store`]: the redb database; owns every transaction, the change feed and the
+//!   event log.
+//! - [`api`]: the HTTP API on a Unix socket — [`api::server`] (axum, in the daemon)
+//!   and [`api::client`] (hyper, in `bhctl`).
+//! - [`daemon`]: start-up, configuration, serving, clean shutdown.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`yaml`] and [`manifest`]: located YAML parsing; the files `bhctl apply` reads.
+//! - [`cli`]: `bhctl`'s commands and output formats.
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod manifest;
+pub mod metrics;
+pub mod store;
+pub mod yaml;
+
+/// Formats an error with all its sources: `outer: inner: root cause`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        // Some errors repeat their source's text; print each piece once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

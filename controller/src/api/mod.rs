@@ -1,0 +1,86 @@
+//! The local HTTP API between `blockhostd` and its clients (`bhctl`, scripts).
+//!
+//! Served on a Unix socket so that file permissions (0660, a chosen group) are the
+//! access control: no TCP port, no tokens. Paths follow Kubernetes' shape:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | liveness (`ok`) |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/version` | daemon version and store schema version |
+//! | GET | `{API_PREFIX}/{plural}` | list (`?watch=true`: newline-delimited JSON stream) |
+//! | GET | `{API_PREFIX}/{plural}/{name}` | one object |
+//! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating) |
+//! | POST | `{API_PREFIX}/apply` | create/update many objects in one transaction |
+//! | GET | `{API_PREFIX}/events?kind=&name=&limit=` | event log |
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ApplyResult, DeleteOutcome};
+
+/// Prefix of the object API.
+pub const API_PREFIX: &str = "/apis/blockhost.io/v1alpha1";
+
+/// Largest request body the daemon reads (an apply of tens of thousands of specs).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Body of `POST {API_PREFIX}/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    /// Objects as JSON, each with `apiVersion` and `kind`.
+    pub objects: Vec<serde_json::Value>,
+    /// Validate and report, write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Answer to an apply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// One line per object, in request order.
+    pub results: Vec<ApplyResult>,
+}
+
+/// Answer to a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// Kind of the object.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// What happened.
+    pub outcome: DeleteOutcome,
+}
+
+/// Body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// An API error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// A CamelCase code scripts can match (`NotFound`, `Invalid`, `Conflict`, `Internal`).
+    pub code: String,
+    /// A sentence saying what went wrong and what to do.
+    pub message: String,
+    /// One line per problem, when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// `GET /version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    /// The daemon's version.
+    pub version: String,
+    /// The store's schema version.
+    pub schema_version: u64,
+}

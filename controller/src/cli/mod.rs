@@ -1,0 +1,428 @@
+//! `bhctl`, BlockHost's kubectl: argument parsing and command dispatch.
+//!
+//! Every command talks to the daemon through [`crate::api::client::Client`].
+//! Output for people goes to stdout as tables; `-o json|yaml|name` is for scripts.
+//! Errors go to stderr and the exit code is 1.
+
+pub mod output;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use blockhost_crd::resource::kind_for;
+use blockhost_crd::{Event, Plan, VirtualMachine};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+
+use crate::api::client::{Client, ClientError};
+use crate::api::{API_PREFIX, ApplyRequest, ApplyResponse, DeleteResponse};
+use crate::store::ApplyOutcome;
+use output::Format;
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = blockhost_crd::config::DEFAULT_SOCKET_PATH;
+
+/// Command line of `bhctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bhctl",
+    version,
+    about = "Control BlockHost: list, inspect and apply VM and plan specs",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// blockhostd's API socket.
+    #[arg(long, global = true, env = "BLOCKHOST_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Object types `get` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetType {
+    /// VirtualMachine objects.
+    #[value(alias = "vm", alias = "virtualmachine", alias = "virtualmachines")]
+    Vms,
+    /// Plan objects.
+    #[value(alias = "plan")]
+    Plans,
+    /// The event log.
+    #[value(alias = "event", alias = "ev")]
+    Events,
+}
+
+/// Object types `describe` and `delete` accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjType {
+    /// A VirtualMachine.
+    #[value(alias = "vms", alias = "virtualmachine", alias = "virtualmachines")]
+    Vm,
+    /// A Plan.
+    #[value(alias = "plans")]
+    Plan,
+}
+
+impl ObjType {
+    fn plural(self) -> &'static str {
+        match self {
+            ObjType::Vm => "virtualmachines",
+            ObjType::Plan => "plans",
+        }
+    }
+}
+
+/// `bhctl`'s commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List objects, or show one (`-w` keeps watching).
+    Get {
+        /// vms, plans or events.
+        #[arg(value_enum)]
+        what: GetType,
+        /// Only this object (for events: the events of this VM).
+        name: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// After listing, keep printing changes until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Show an object in detail: spec, status, conditions and recent events.
+    Describe {
+        /// vm or plan.
+        #[arg(value_enum)]
+        what: ObjType,
+        /// Its name.
+        name: String,
+    },
+    /// Create or update objects from YAML/JSON files (all or nothing).
+    Apply {
+        /// A file, a directory of *.yaml/*.yml/*.json, or - for standard input. Repeatable.
+        #[arg(short, long = "filename", required = true)]
+        file: Vec<PathBuf>,
+        /// Descend into subdirectories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Validate against the daemon and report what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format of the result lines.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Delete objects (VMs are cleaned up in Proxmox first when a controller manages them).
+    Delete {
+        /// vm or plan.
+        #[arg(value_enum)]
+        what: ObjType,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Errors of a command, printed by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Talking to the daemon failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Manifests are invalid; one line per problem.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Manifests(Vec<crate::yaml::YamlError>),
+    /// The daemon sent something we cannot decode.
+    #[error("unexpected answer from blockhostd")]
+    Decode(#[from] serde_json::Error),
+    /// Writing output failed (a closed pipe is not an error).
+    #[error("cannot write output")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = Client::new(&cli.socket);
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Get {
+            what,
+            name,
+            output,
+            watch,
+        } => get(&client, &mut out, what, name.as_deref(), output, watch).await,
+        Command::Describe { what, name } => describe(&client, &mut out, what, &name).await,
+        Command::Apply {
+            file,
+            recursive,
+            dry_run,
+            output,
+        } => apply(&client, &mut out, &file, recursive, dry_run, output).await,
+        Command::Delete { what, names } => delete(&client, &mut out, what, &names).await,
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "bhctl", &mut out);
+            Ok(())
+        }
+    }
+}
+
+async fn get(
+    client: &Client,
+    out: &mut impl Write,
+    what: GetType,
+    name: Option<&str>,
+    format: Format,
+    watch: bool,
+) -> Result<(), CliError> {
+    let now = chrono::Utc::now();
+    if what == GetType::Events {
+        let path = match name {
+            Some(n) => format!("{API_PREFIX}/events?kind=VirtualMachine&name={n}"),
+            None => format!("{API_PREFIX}/events"),
+        };
+        let body = client.request(Method::GET, &path, None).await?;
+        let list: serde_json::Value = serde_json::from_slice(&body)?;
+        let events: Vec<Event> = serde_json::from_value(list["items"].clone())?;
+        match format {
+            Format::Table | Format::Wide => output::events_table(out, &events, now, true)?,
+            _ => output::print_value(out, &list, format)?,
+        }
+        return Ok(());
+    }
+    let plural = if what == GetType::Vms {
+        "virtualmachines"
+    } else {
+        "plans"
+    };
+    if let Some(n) = name {
+        let body = client
+            .request(Method::GET, &format!("{API_PREFIX}/{plural}/{n}"), None)
+            .await?;
+        let value: serde_json::Value = serde_json::from_slice(&body)?;
+        match format {
+            Format::Table | Format::Wide => output::table(
+                out,
+                what,
+                std::slice::from_ref(&value),
+                format == Format::Wide,
+                now,
+                true,
+            )?,
+            _ => output::print_value(out, &value, format)?,
+        }
+    } else if !watch || matches!(format, Format::Table | Format::Wide) {
+        let body = client
+            .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
+            .await?;
+        let list: serde_json::Value = serde_json::from_slice(&body)?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        match format {
+            Format::Table | Format::Wide => {
+                if items.is_empty() && !watch {
+                    eprintln!(
+                        "No {} found.",
+                        if what == GetType::Vms { "VMs" } else { "plans" }
+                    );
+                } else {
+                    output::table(out, what, &items, format == Format::Wide, now, true)?;
+                }
+            }
+            _ => output::print_value(out, &list, format)?,
+        }
+    }
+    out.flush()?;
+    if watch {
+        // The watch stream starts with every current object; tables already
+        // printed them, so skip the initial ADDED lines until the first change.
+        let skip_initial = matches!(format, Format::Table | Format::Wide) || name.is_some();
+        let mut remaining_initial = if skip_initial {
+            count(client, plural).await?
+        } else {
+            0
+        };
+        let path = format!("{API_PREFIX}/{plural}?watch=true");
+        let mut failed = None;
+        client
+            .stream_lines(&path, |line| {
+                let Ok(ev) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    return true;
+                };
+                if ev["type"] == "ERROR" {
+                    failed = ev["object"]["message"].as_str().map(str::to_owned);
+                    return false;
+                }
+                if remaining_initial > 0 && ev["type"] == "ADDED" {
+                    remaining_initial -= 1;
+                    return true;
+                }
+                remaining_initial = 0;
+                if let Some(n) = name
+                    && ev["object"]["metadata"]["name"] != n
+                {
+                    return true;
+                }
+                let r = match format {
+                    Format::Table | Format::Wide => output::table(
+                        out,
+                        what,
+                        std::slice::from_ref(&ev["object"]),
+                        format == Format::Wide,
+                        chrono::Utc::now(),
+                        false,
+                    ),
+                    Format::Json => serde_json::to_writer(&mut *out, &ev)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| writeln!(out)),
+                    _ => output::print_value(out, &ev, format),
+                };
+                r.and_then(|()| out.flush()).is_ok()
+            })
+            .await?;
+        if let Some(m) = failed {
+            return Err(CliError::Client(ClientError::Api {
+                status: hyper::StatusCode::GONE,
+                code: "Expired".into(),
+                message: m,
+                details: vec![],
+            }));
+        }
+    }
+    Ok(())
+}
+
+async fn count(client: &Client, plural: &str) -> Result<usize, CliError> {
+    let body = client
+        .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
+        .await?;
+    let list: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(list["items"].as_array().map_or(0, Vec::len))
+}
+
+async fn describe(
+    client: &Client,
+    out: &mut impl Write,
+    what: ObjType,
+    name: &str,
+) -> Result<(), CliError> {
+    let body = client
+        .request(
+            Method::GET,
+            &format!("{API_PREFIX}/{}/{name}", what.plural()),
+            None,
+        )
+        .await?;
+    let kind = if what == ObjType::Vm {
+        "VirtualMachine"
+    } else {
+        "Plan"
+    };
+    let ev_body = client
+        .request(
+            Method::GET,
+            &format!("{API_PREFIX}/events?kind={kind}&name={name}&limit=20"),
+            None,
+        )
+        .await?;
+    let events: Vec<Event> = serde_json::from_value(
+        serde_json::from_slice::<serde_json::Value>(&ev_body)?["items"].take(),
+    )?;
+    let now = chrono::Utc::now();
+    match what {
+        ObjType::Vm => output::describe_vm(
+            out,
+            &serde_json::from_slice::<VirtualMachine>(&body)?,
+            &events,
+            now,
+        )?,
+        ObjType::Plan => {
+            output::describe_plan(out, &serde_json::from_slice::<Plan>(&body)?, &events, now)?
+        }
+    }
+    Ok(())
+}
+
+async fn apply(
+    client: &Client,
+    out: &mut impl Write,
+    files: &[PathBuf],
+    recursive: bool,
+    dry_run: bool,
+    format: Format,
+) -> Result<(), CliError> {
+    let manifests = crate::manifest::load(files, recursive).map_err(CliError::Manifests)?;
+    if manifests.is_empty() {
+        eprintln!("bhctl: no objects found in the given files");
+        return Ok(());
+    }
+    let objects = manifests
+        .iter()
+        .map(|m| serde_json::to_value(&m.object))
+        .collect::<Result<Vec<_>, _>>()?;
+    let body = serde_json::to_vec(&ApplyRequest { objects, dry_run })?;
+    let spinner = (manifests.len() > 200 && std::io::stderr().is_terminal()).then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(format!("applying {} objects", manifests.len()));
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        s
+    });
+    let result = client
+        .request(Method::POST, &format!("{API_PREFIX}/apply"), Some(body))
+        .await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let resp: ApplyResponse = serde_json::from_slice(&result?)?;
+    if matches!(format, Format::Json | Format::Yaml) {
+        return output::print_value(out, &serde_json::to_value(&resp)?, format).map_err(Into::into);
+    }
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for r in &resp.results {
+        let what = match r.outcome {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+        };
+        if format == Format::Name {
+            writeln!(out, "{}/{}", r.kind.to_lowercase(), r.name)?;
+        } else {
+            writeln!(out, "{}/{} {what}{suffix}", r.kind.to_lowercase(), r.name)?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete(
+    client: &Client,
+    out: &mut impl Write,
+    what: ObjType,
+    names: &[String],
+) -> Result<(), CliError> {
+    for name in names {
+        let body = client
+            .request(
+                Method::DELETE,
+                &format!("{API_PREFIX}/{}/{name}", what.plural()),
+                None,
+            )
+            .await?;
+        let resp: DeleteResponse = serde_json::from_slice(&body)?;
+        let note = match resp.outcome {
+            crate::store::DeleteOutcome::Deleted => "deleted",
+            crate::store::DeleteOutcome::Terminating => "terminating (cleaning up in Proxmox)",
+        };
+        writeln!(out, "{}/{} {note}", resp.kind.to_lowercase(), resp.name)?;
+    }
+    Ok(())
+}
+
+/// Resolves a kind word for messages (`vm` → `VirtualMachine`).
+pub fn kind_name(word: &str) -> &'static str {
+    kind_for(word).unwrap_or("VirtualMachine")
+}

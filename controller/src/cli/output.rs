@@ -1,0 +1,505 @@
+//! `bhctl`'s output: aligned tables for people, JSON/YAML/names for scripts, and
+//! the `describe` layout. Ages read like kubectl's (`45s`, `3m`, `2h`, `5d`).
+
+use std::io::{self, Write};
+
+use blockhost_crd::meta::{Condition, Event};
+use blockhost_crd::{Plan, VirtualMachine, VmSource};
+use chrono::{DateTime, Utc};
+use clap::ValueEnum;
+use serde_json::Value;
+
+use super::GetType;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// More columns.
+    Wide,
+    /// JSON (lists as `{"kind": "…List", "items": […]}`).
+    Json,
+    /// YAML.
+    Yaml,
+    /// `kind/name` per line.
+    Name,
+}
+
+/// Prints a JSON value as JSON, YAML or names.
+pub fn print_value(out: &mut impl Write, value: &Value, format: Format) -> io::Result<()> {
+    match format {
+        Format::Yaml => {
+            let text = serde_saphyr::to_string(value).map_err(io::Error::other)?;
+            out.write_all(text.as_bytes())
+        }
+        Format::Name => {
+            let one = |v: &Value| {
+                format!(
+                    "{}/{}",
+                    v["kind"].as_str().unwrap_or("?").to_lowercase(),
+                    v["metadata"]["name"].as_str().unwrap_or("?")
+                )
+            };
+            match value["items"].as_array() {
+                Some(items) => items.iter().try_for_each(|v| writeln!(out, "{}", one(v))),
+                None => writeln!(out, "{}", one(value)),
+            }
+        }
+        _ => {
+            // io::Error::from keeps the kind, so a closed pipe stays a BrokenPipe.
+            serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
+            writeln!(out)
+        }
+    }
+}
+
+/// Human age of a timestamp: `12s`, `5m`, `3h`, `2d`, `1y`.
+pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else {
+        return "<unknown>".into();
+    };
+    let s = (now - t).num_seconds();
+    if s < 0 {
+        return format!("in {}", span(-s));
+    }
+    span(s)
+}
+
+fn span(s: i64) -> String {
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else if s < 172_800 {
+        format!("{}h", s / 3600)
+    } else if s < 31_536_000 {
+        format!("{}d", s / 86400)
+    } else {
+        format!("{}y", s / 31_536_000)
+    }
+}
+
+/// Writes rows as aligned columns.
+fn columns(out: &mut impl Write, rows: &[Vec<String>], header: bool) -> io::Result<()> {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows.iter().skip(usize::from(!header)) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "<none>".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ts(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A table of VMs or plans from their JSON.
+pub fn table(
+    out: &mut impl Write,
+    what: GetType,
+    items: &[Value],
+    wide: bool,
+    now: DateTime<Utc>,
+    header: bool,
+) -> io::Result<()> {
+    let mut rows = Vec::with_capacity(items.len() + 1);
+    match what {
+        GetType::Vms => {
+            let mut h = vec!["NAME", "PHASE", "DESIRED", "CPU", "MEMORY", "DISK", "AGE"];
+            if wide {
+                h.extend(["NODE", "VMID", "IPV4", "IPV6", "OWNER", "EXPIRES", "REASON"]);
+            }
+            rows.push(h.into_iter().map(String::from).collect());
+            for v in items {
+                let sp = &v["spec"];
+                let st = &v["status"];
+                let mut row = vec![
+                    s(&v["metadata"]["name"]),
+                    if v["metadata"]["deletionTimestamp"].is_string() {
+                        "Terminating".into()
+                    } else {
+                        st["phase"].as_str().unwrap_or("Pending").into()
+                    },
+                    sp["powerState"].as_str().unwrap_or("Running").into(),
+                    s(&sp["resources"]["cores"]),
+                    format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
+                    format!("{}Gi", s(&sp["resources"]["diskGiB"])),
+                    age(ts(&v["metadata"]["creationTimestamp"]), now),
+                ];
+                if wide {
+                    let reason = st["conditions"]
+                        .as_array()
+                        .and_then(|c| {
+                            c.iter()
+                                .max_by_key(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
+                        })
+                        .map(|c| s(&c["reason"]));
+                    row.extend([
+                        s(&st["node"]),
+                        s(&st["vmid"]),
+                        s(&st["addresses"]["ipv4"]),
+                        s(&st["addresses"]["ipv6"]),
+                        s(&sp["owner"]),
+                        ts(&sp["expiresAt"]).map_or("never".into(), |t| age(Some(t), now)),
+                        reason.unwrap_or_else(|| "<none>".into()),
+                    ]);
+                }
+                rows.push(row);
+            }
+        }
+        GetType::Plans | GetType::Events => {
+            rows.push(
+                [
+                    "NAME", "CHAIN-ID", "CPU", "MEMORY", "DISK", "TEMPLATE", "USD/DAY", "ACTIVE",
+                    "AGE",
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            );
+            for v in items {
+                let sp = &v["spec"];
+                let price = sp["pricePerDayUsdCents"]
+                    .as_u64()
+                    .map_or("<none>".into(), |c| format!("{}.{:02}", c / 100, c % 100));
+                rows.push(vec![
+                    s(&v["metadata"]["name"]),
+                    s(&sp["chainPlanId"]),
+                    s(&sp["resources"]["cores"]),
+                    format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
+                    format!("{}Gi", s(&sp["resources"]["diskGiB"])),
+                    s(&sp["template"]),
+                    price,
+                    s(&sp["active"]),
+                    age(ts(&v["metadata"]["creationTimestamp"]), now),
+                ]);
+            }
+        }
+    }
+    columns(out, &rows, header)
+}
+
+/// A table of events.
+pub fn events_table(
+    out: &mut impl Write,
+    events: &[Event],
+    now: DateTime<Utc>,
+    with_object: bool,
+) -> io::Result<()> {
+    if events.is_empty() {
+        return writeln!(out, "No events.");
+    }
+    let mut rows = vec![];
+    let mut h = vec!["AGE", "TYPE", "REASON"];
+    if with_object {
+        h.push("OBJECT");
+    }
+    h.push("MESSAGE");
+    rows.push(h.into_iter().map(String::from).collect());
+    for e in events {
+        let mut row = vec![
+            age(Some(e.time), now),
+            format!("{:?}", e.type_),
+            e.reason.clone(),
+        ];
+        if with_object {
+            row.push(format!("{}/{}", e.kind.to_lowercase(), e.name));
+        }
+        row.push(e.message.clone());
+        rows.push(row);
+    }
+    columns(out, &rows, true)
+}
+
+fn conditions_table(
+    out: &mut impl Write,
+    conditions: &[Condition],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    if conditions.is_empty() {
+        return writeln!(out, "  <none>");
+    }
+    let mut rows = vec![
+        ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    ];
+    for c in conditions {
+        rows.push(vec![
+            c.type_.clone(),
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            age(Some(c.last_transition_time), now),
+            c.message.clone(),
+        ]);
+    }
+    let mut buf = Vec::new();
+    columns(&mut buf, &rows, true)?;
+    for line in String::from_utf8_lossy(&buf).lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+fn meta_lines(
+    out: &mut impl Write,
+    m: &blockhost_crd::ObjectMeta,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    writeln!(out, "Name:              {}", m.name)?;
+    writeln!(out, "Kind:              {kind}")?;
+    let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(
+        out,
+        "Labels:            {}",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(", ")
+        }
+    )?;
+    writeln!(
+        out,
+        "UID:               {}",
+        m.uid.as_deref().unwrap_or("<none>")
+    )?;
+    writeln!(
+        out,
+        "Created:           {} ({} ago)",
+        m.creation_timestamp
+            .map_or("<unknown>".into(), |t| t.to_rfc3339()),
+        age(m.creation_timestamp, now)
+    )?;
+    if let Some(t) = m.deletion_timestamp {
+        writeln!(
+            out,
+            "Deletion asked:    {} ({} ago)",
+            t.to_rfc3339(),
+            age(Some(t), now)
+        )?;
+    }
+    writeln!(out, "Generation:        {}", m.generation.unwrap_or(0))?;
+    writeln!(
+        out,
+        "Resource version:  {}",
+        m.resource_version.unwrap_or(0)
+    )?;
+    if !m.finalizers.is_empty() {
+        writeln!(out, "Finalizers:        {}", m.finalizers.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `bhctl describe vm`.
+pub fn describe_vm(
+    out: &mut impl Write,
+    vm: &VirtualMachine,
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    meta_lines(out, &vm.metadata, "VirtualMachine", now)?;
+    let sp = &vm.spec;
+    writeln!(out, "Spec:")?;
+    writeln!(out, "  Owner:           {}", sp.owner)?;
+    let source = match &sp.source {
+        VmSource::Operator => "operator".to_string(),
+        VmSource::Chain { subscription_id } => format!("chain subscription #{subscription_id}"),
+    };
+    writeln!(out, "  Source:          {source}")?;
+    writeln!(
+        out,
+        "  Plan:            {}",
+        sp.plan
+            .as_ref()
+            .map_or("<none>".into(), ToString::to_string)
+    )?;
+    writeln!(
+        out,
+        "  Resources:       {} cores, {} MiB memory, {} GiB disk",
+        sp.resources.cores, sp.resources.memory_mib, sp.resources.disk_gib
+    )?;
+    writeln!(
+        out,
+        "  Template:        {}",
+        sp.template
+            .map_or("<plan or daemon default>".into(), |t| t.to_string())
+    )?;
+    writeln!(
+        out,
+        "  Expires:         {}",
+        sp.expires_at.map_or("never".into(), |t| format!(
+            "{} ({})",
+            t.to_rfc3339(),
+            age(Some(t), now)
+        ))
+    )?;
+    writeln!(out, "  Power state:     {:?}", sp.power_state)?;
+    writeln!(
+        out,
+        "  Network:         IPv4 {}, IPv6 {}",
+        yes_no(sp.network.ipv4),
+        yes_no(sp.network.ipv6)
+    )?;
+    writeln!(out, "  Guest user:      {}", sp.guest_user)?;
+    writeln!(out, "  SSH keys:        {}", sp.ssh_keys.len())?;
+    let st = &vm.status;
+    writeln!(out, "Status:")?;
+    writeln!(out, "  Phase:           {:?}", st.phase)?;
+    writeln!(
+        out,
+        "  Observed gen.:   {}",
+        st.observed_generation
+            .map_or("<none>".into(), |g| g.to_string())
+    )?;
+    writeln!(
+        out,
+        "  Node:            {}",
+        st.node.as_deref().unwrap_or("<none>")
+    )?;
+    writeln!(
+        out,
+        "  VMID:            {}",
+        st.vmid.map_or("<none>".into(), |v| v.to_string())
+    )?;
+    writeln!(
+        out,
+        "  IPv4:            {}",
+        st.addresses.ipv4.as_deref().unwrap_or("<none>")
+    )?;
+    writeln!(
+        out,
+        "  IPv6:            {}",
+        st.addresses.ipv6.as_deref().unwrap_or("<none>")
+    )?;
+    writeln!(
+        out,
+        "  NFT token:       {}",
+        st.nft_token_id.map_or("<none>".into(), |v| v.to_string())
+    )?;
+    if let Some(e) = &st.last_error {
+        writeln!(out, "  Last error:      {e}")?;
+    }
+    writeln!(out, "Conditions:")?;
+    conditions_table(out, &st.conditions, now)?;
+    writeln!(out, "Events:")?;
+    indented_events(out, events, now)
+}
+
+/// `bhctl describe plan`.
+pub fn describe_plan(
+    out: &mut impl Write,
+    plan: &Plan,
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    meta_lines(out, &plan.metadata, "Plan", now)?;
+    let sp = &plan.spec;
+    writeln!(out, "Spec:")?;
+    writeln!(
+        out,
+        "  Chain plan id:   {}",
+        sp.chain_plan_id.map_or("<none>".into(), |v| v.to_string())
+    )?;
+    writeln!(
+        out,
+        "  Display name:    {}",
+        sp.display_name.as_deref().unwrap_or("<none>")
+    )?;
+    writeln!(
+        out,
+        "  Resources:       {} cores, {} MiB memory, {} GiB disk",
+        sp.resources.cores, sp.resources.memory_mib, sp.resources.disk_gib
+    )?;
+    writeln!(out, "  Template:        {}", sp.template)?;
+    writeln!(
+        out,
+        "  Price per day:   {}",
+        sp.price_per_day_usd_cents
+            .map_or("<none>".into(), |c| format!(
+                "USD {}.{:02}",
+                c / 100,
+                c % 100
+            ))
+    )?;
+    writeln!(out, "  Active:          {}", yes_no(sp.active))?;
+    writeln!(out, "Events:")?;
+    indented_events(out, events, now)
+}
+
+fn indented_events(out: &mut impl Write, events: &[Event], now: DateTime<Utc>) -> io::Result<()> {
+    let mut buf = Vec::new();
+    events_table(&mut buf, events, now, false)?;
+    for line in String::from_utf8_lossy(&buf).lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = Utc.timestamp_opt(1_000_000_000, 0).single().unwrap();
+        let ago = |s: i64| age(Some(now - chrono::Duration::seconds(s)), now);
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(300), "5m");
+        assert_eq!(ago(3 * 3600), "3h");
+        assert_eq!(ago(3 * 86400), "3d");
+        assert_eq!(age(Some(now + chrono::Duration::days(29)), now), "in 29d");
+        assert_eq!(age(None, now), "<unknown>");
+    }
+
+    #[test]
+    fn columns_align() {
+        let mut buf = Vec::new();
+        columns(
+            &mut buf,
+            &[
+                vec!["A".into(), "B".into()],
+                vec!["long-name".into(), "x".into()],
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "A           B\nlong-name   x\n"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! `blockhostd`'s life: load the configuration, open the store, serve the API on the
+//! Unix socket (and metrics on TCP if configured), stop cleanly on a signal.
+//!
+//! With no configuration file the daemon runs on local defaults and drives nothing:
+//! specs are stored and served. Later issues add the reconcilers and the chain
+//! watcher here, each handed the same [`Store`] and shutdown token.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockhost_crd::DaemonConfig;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::server::{AppState, metrics_router, router};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::yaml::YamlError;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration file could not be read.
+    #[error("cannot read the configuration file {}", path.display())]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is invalid.
+    #[error("invalid configuration: {0}")]
+    ConfigInvalid(#[source] YamlError),
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    /// A live daemon already serves the socket.
+    #[error("another blockhostd is already serving {}; stop it first or use --socket", path.display())]
+    AlreadyRunning {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The socket could not be set up.
+    #[error("cannot serve the API socket {}", path.display())]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics listener could not be bound.
+    #[error("cannot listen for metrics on {addr}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configured socket group does not exist.
+    #[error("socket group {0:?} does not exist (api.socketGroup)")]
+    NoSuchGroup(String),
+}
+
+/// Loads the configuration. A missing file at the default path means local
+/// defaults; a missing file that was asked for explicitly is an error.
+pub fn load_config(path: &Path, explicit: bool) -> Result<DaemonConfig, DaemonError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => crate::yaml::from_single(&path.display().to_string(), &text)
+            .map_err(DaemonError::ConfigInvalid),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            tracing::info!(path = %path.display(), "no configuration file; running on local defaults (nothing is driven)");
+            Ok(DaemonConfig::default())
+        }
+        Err(source) => Err(DaemonError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let store_path = cfg.store.clone();
+    let opts = StoreOptions {
+        event_retention: cfg.events.retention_per_object,
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, opts))
+        .await
+        .map_err(|e| DaemonError::Socket {
+            path: cfg.store.clone(),
+            source: std::io::Error::other(e),
+        })??;
+    tracing::info!(store = %cfg.store.display(), objects = store.total_objects().unwrap_or(0), "store open");
+
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+
+    let socket = cfg.api.socket.clone();
+    let listener = bind_socket(&socket, cfg.api.socket_group.as_deref()).await?;
+    tracing::info!(socket = %socket.display(), "API listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = cfg.metrics.listen {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics are served on a non-loopback address; they reveal object counts");
+        }
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+        tracing::info!(%addr, "metrics listening");
+        let app = metrics_router(state.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(tcp, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+
+    let app = router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::debug!(error = %e, "cannot remove socket");
+    }
+    served.map_err(|source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the API socket: refuses to take over a live daemon's socket, replaces a
+/// stale one, and restricts it to 0660 (owner and group).
+async fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
+    let sock_err = |source| DaemonError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(sock_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(sock_err)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning {
+                path: path.to_owned(),
+            });
+        }
+        tracing::info!(socket = %path.display(), "removing stale socket");
+        std::fs::remove_file(path).map_err(sock_err)?;
+    }
+    // Bind under a restrictive umask-equivalent: set the mode right after binding,
+    // before serving, so no client can connect in a wider window.
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(sock_err)?;
+    if let Some(g) = group {
+        let gid = group_id(g).ok_or_else(|| DaemonError::NoSuchGroup(g.into()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(sock_err)?;
+    }
+    Ok(listener)
+}
+
+/// Looks a group up in /etc/group (no NSS: the daemon runs on a plain Debian host).
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}
