@@ -214,3 +214,130 @@ pub trait Pve: Send + Sync {
         }
     }
 }
+
+/// A shared client is a client: lets a reconciler hold `Arc<FakeCluster>` while the test that
+/// built it keeps another handle for inspection and fault injection.
+impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
+    fn version(&self) -> impl Future<Output = Result<Version>> + Send {
+        (**self).version()
+    }
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeSummary>>> + Send {
+        (**self).nodes()
+    }
+    fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus>> + Send {
+        (**self).node_status(node)
+    }
+    fn cluster_vms(&self) -> impl Future<Output = Result<Vec<ClusterVm>>> + Send {
+        (**self).cluster_vms()
+    }
+    fn next_id(&self) -> impl Future<Output = Result<VmId>> + Send {
+        (**self).next_id()
+    }
+    fn clone_vm(
+        &self,
+        node: &str,
+        source: VmId,
+        req: &CloneRequest,
+    ) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).clone_vm(node, source, req)
+    }
+    fn vm_config(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<VmConfig>> + Send {
+        (**self).vm_config(node, vmid)
+    }
+    fn set_vm_config(
+        &self,
+        node: &str,
+        vmid: VmId,
+        update: &ConfigUpdate,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_vm_config(node, vmid, update)
+    }
+    fn set_vm_config_async(
+        &self,
+        node: &str,
+        vmid: VmId,
+        update: &ConfigUpdate,
+    ) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).set_vm_config_async(node, vmid, update)
+    }
+    fn resize_disk(
+        &self,
+        node: &str,
+        vmid: VmId,
+        disk: &str,
+        size: DiskSize,
+    ) -> impl Future<Output = Result<Option<Upid>>> + Send {
+        (**self).resize_disk(node, vmid, disk, size)
+    }
+    fn vm_status(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<VmStatus>> + Send {
+        (**self).vm_status(node, vmid)
+    }
+    fn start_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).start_vm(node, vmid)
+    }
+    fn shutdown_vm(
+        &self,
+        node: &str,
+        vmid: VmId,
+        opts: ShutdownOptions,
+    ) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).shutdown_vm(node, vmid, opts)
+    }
+    fn stop_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).stop_vm(node, vmid)
+    }
+    fn suspend_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).suspend_vm(node, vmid)
+    }
+    fn resume_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).resume_vm(node, vmid)
+    }
+    fn delete_vm(
+        &self,
+        node: &str,
+        vmid: VmId,
+        opts: DeleteOptions,
+    ) -> impl Future<Output = Result<Upid>> + Send {
+        (**self).delete_vm(node, vmid, opts)
+    }
+    fn agent_ping(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<()>> + Send {
+        (**self).agent_ping(node, vmid)
+    }
+    fn agent_exec(
+        &self,
+        node: &str,
+        vmid: VmId,
+        command: &[String],
+        input: Option<&str>,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        (**self).agent_exec(node, vmid, command, input)
+    }
+    fn agent_exec_status(
+        &self,
+        node: &str,
+        vmid: VmId,
+        pid: u64,
+    ) -> impl Future<Output = Result<ExecStatus>> + Send {
+        (**self).agent_exec_status(node, vmid, pid)
+    }
+    fn agent_file_write(
+        &self,
+        node: &str,
+        vmid: VmId,
+        path: &str,
+        content: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).agent_file_write(node, vmid, path, content)
+    }
+    fn task_status(&self, upid: &Upid) -> impl Future<Output = Result<TaskStatus>> + Send {
+        (**self).task_status(upid)
+    }
+    fn task_log(
+        &self,
+        upid: &Upid,
+        start: u64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<TaskLogLine>>> + Send {
+        (**self).task_log(upid, start, limit)
+    }
+}

@@ -123,6 +123,17 @@ pub fn int<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Er
     narrow(v)
 }
 
+/// Like [`int`], with `null` and `""` as the type's default (0), for fields that also carry
+/// `#[serde(default)]`: PVE leaves usage figures empty for guests on an offline node.
+pub fn int_or_default<'de, D: Deserializer<'de>, T: TryFrom<i128> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    to_int::<D::Error>(scalar(d)?)?
+        .map(narrow)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 /// Like [`int`], with `null`, `""` and absence (with `#[serde(default)]`) as `None`.
 pub fn opt_int<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
     to_int::<D::Error>(scalar(d)?)?.map(narrow).transpose()
@@ -199,6 +210,18 @@ mod tests {
         assert_eq!((t.a, t.b, t.c), (1, None, true));
         let t: T = serde_json::from_str(r#"{"a":1,"b":null,"c":"false"}"#).unwrap();
         assert_eq!((t.b, t.c), (None, false));
+    }
+
+    #[test]
+    fn null_usage_figures_default_to_zero() {
+        #[derive(Deserialize)]
+        struct U {
+            #[serde(default, deserialize_with = "super::int_or_default")]
+            mem: u64,
+        }
+        assert_eq!(serde_json::from_str::<U>(r#"{"mem":null}"#).unwrap().mem, 0);
+        assert_eq!(serde_json::from_str::<U>(r#"{}"#).unwrap().mem, 0);
+        assert_eq!(serde_json::from_str::<U>(r#"{"mem":"5"}"#).unwrap().mem, 5);
     }
 
     #[test]

@@ -1153,6 +1153,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_arc_is_a_pve_sharing_the_cluster() {
+        async fn create<P: Pve>(p: &P) -> Result<TaskExit> {
+            let upid = p.clone_vm("pve1", 9001, &CloneRequest::full(100)).await?;
+            p.wait_task(&upid, WaitOptions::default()).await
+        }
+        let c = std::sync::Arc::new(FakeCluster::standard());
+        create(&c.clone()).await.unwrap();
+        assert!(c.vm(100).is_some());
+        assert_eq!(c.requests_by_op()[&Op::TaskStatus], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn clone_to_taken_id_is_already_exists() {
         let c = FakeCluster::standard();
         let err = c

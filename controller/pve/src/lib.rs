@@ -19,6 +19,19 @@
 //! (exit status + log tail) and permanent. [`Error::is_transient`] is true for locked and
 //! transient: retry those with backoff.
 //!
+//! # The `fake` feature
+//! `fake::FakeCluster` is compiled only with the `fake` feature (and in this crate's own tests):
+//! the controller enables it in its dev-dependencies and benchmarks, while a production build
+//! of the daemon cannot be pointed at a fake cluster by a configuration mistake. It is
+//! deterministic and zero-latency, counts requests per operation (task polls apart) and takes
+//! injected faults.
+//!
+//! # Tests
+//! `cargo test -p blockhost-pve` runs the unit tests and the integration tests in
+//! `tests/fakepve.rs`, which start one fakepve per test (`tests/fakepve_server.py`, from the
+//! venv `scripts/setup.sh` builds) on 127.0.10.x:8006 and talk to it over HTTPS with its
+//! certificate pinned.
+//!
 //! ```no_run
 //! # async fn demo() -> blockhost_pve::Result<()> {
 //! use blockhost_pve::*;

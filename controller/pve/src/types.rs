@@ -80,13 +80,13 @@ impl NodeSummary {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct NodeMemory {
     /// Total bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub total: u64,
     /// Used bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub used: u64,
     /// Free bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub free: u64,
 }
 
@@ -94,10 +94,10 @@ pub struct NodeMemory {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct NodeCpuInfo {
     /// Logical CPUs.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub cpus: u32,
     /// Sockets.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub sockets: u32,
     /// CPU model name.
     #[serde(default)]
@@ -117,7 +117,7 @@ pub struct NodeStatus {
     #[serde(default)]
     pub cpuinfo: NodeCpuInfo,
     /// Uptime, seconds.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub uptime: u64,
 }
 
@@ -179,10 +179,10 @@ pub struct ClusterVm {
     #[serde(default)]
     pub lock: Option<String>,
     /// Configured memory, bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub maxmem: u64,
     /// Memory in use, bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub mem: u64,
     /// Configured vCPUs (PVE sends a number that may be fractional with cpulimit).
     #[serde(default, deserialize_with = "de::float")]
@@ -191,10 +191,10 @@ pub struct ClusterVm {
     #[serde(default, deserialize_with = "de::float")]
     pub cpu: f64,
     /// Size of the boot disk, bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub maxdisk: u64,
     /// Uptime, seconds.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub uptime: u64,
 }
 
@@ -222,10 +222,10 @@ pub struct VmStatus {
     #[serde(default, deserialize_with = "de::float")]
     pub cpus: f64,
     /// Configured memory, bytes.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub maxmem: u64,
     /// Uptime, seconds.
-    #[serde(default, deserialize_with = "de::int")]
+    #[serde(default, deserialize_with = "de::int_or_default")]
     pub uptime: u64,
     /// Tags.
     #[serde(default, deserialize_with = "tags_de")]
