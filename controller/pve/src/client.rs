@@ -1,6 +1,6 @@
 //! The HTTP implementation of [`Pve`]: reqwest over rustls, API-token or ticket auth.
 //!
-//! Every request goes through [`PveClient::call`], which adds authentication, a per-request
+//! Every request goes through `PveClient::call`, which adds authentication, a per-request
 //! timeout, decodes PVE's `{"data": ...}` envelope and turns failures into classified
 //! [`Error`]s. Form bodies are never logged; only method, path and status are.
 

@@ -166,13 +166,14 @@ impl FakeVm {
             .and_then(|v| parse_bool(v))
             .unwrap_or(false)
     }
+    // cluster_vms calls these for every VM on every resync: plain numbers take the fast path.
     fn memory_bytes(&self) -> u64 {
-        let ps = PropertyString::parse(self.config.get("memory").map_or("512", |s| s.as_str()));
-        ps.get("current")
-            .or(ps.bare())
-            .and_then(|m| m.parse::<u64>().ok())
-            .unwrap_or(512)
-            * MIB
+        let raw = self.config.get("memory").map_or("512", |s| s.as_str());
+        let mib = raw.parse::<u64>().ok().or_else(|| {
+            let ps = PropertyString::parse(raw);
+            ps.get("current").or(ps.bare())?.parse().ok()
+        });
+        mib.unwrap_or(512) * MIB
     }
     fn vcpus(&self) -> u32 {
         let get = |k: &str| self.config.get(k).and_then(|v| v.parse::<u32>().ok());
@@ -182,8 +183,9 @@ impl FakeVm {
         ["scsi0", "virtio0", "sata0", "ide0"]
             .iter()
             .find_map(|k| {
-                let ps = PropertyString::parse(self.config.get(*k)?);
-                parse_size(ps.get("size")?)
+                let v = self.config.get(*k)?;
+                let size = v.split(',').find_map(|item| item.strip_prefix("size="))?;
+                parse_size(size)
             })
             .unwrap_or(0)
     }
@@ -195,7 +197,9 @@ struct FakeTask {
     log: Vec<String>,
 }
 
-#[derive(Debug)]
+/// A fault-injection hook: decides per request, e.g. "fail every third clone".
+pub type Hook = Box<dyn FnMut(Op, Option<VmId>) -> Option<Fault> + Send>;
+
 struct State {
     nodes: BTreeMap<String, FakeNode>,
     vms: BTreeMap<VmId, FakeVm>,
@@ -204,6 +208,20 @@ struct State {
     faults: Vec<FaultRule>,
     requests: BTreeMap<Op, u64>,
     agent_on_start: bool,
+    hook: Option<Hook>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("nodes", &self.nodes)
+            .field("vms", &self.vms.len())
+            .field("tasks", &self.tasks.len())
+            .field("faults", &self.faults)
+            .field("requests", &self.requests)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
 }
 
 /// The in-memory cluster. Share it behind an `Arc`; all methods take `&self`.
@@ -263,6 +281,7 @@ impl FakeCluster {
                 faults: Vec::new(),
                 requests: BTreeMap::new(),
                 agent_on_start: true,
+                hook: None,
             }),
         }
     }
@@ -370,9 +389,18 @@ impl FakeCluster {
         });
     }
 
-    /// Remove every injected fault.
+    /// Remove every injected fault and the hook.
     pub fn clear_faults(&self) {
-        self.lock().faults.clear();
+        let mut st = self.lock();
+        st.faults.clear();
+        st.hook = None;
+    }
+
+    /// Consult `hook` on every request (after counting it, before the faults of
+    /// [`FakeCluster::inject`]); a `Some` answer is applied like an injected fault. The hook runs
+    /// with the cluster locked, so it must not call back into the cluster.
+    pub fn set_hook(&self, hook: impl FnMut(Op, Option<VmId>) -> Option<Fault> + Send + 'static) {
+        self.lock().hook = Some(Box::new(hook));
     }
 
     /// Requests answered so far, all operations.
@@ -403,6 +431,9 @@ impl FakeCluster {
     /// Count the request and apply any matching fault. Returns the fault to act on.
     fn enter(st: &mut State, op: Op, vmid: Option<VmId>) -> Option<Fault> {
         *st.requests.entry(op).or_insert(0) += 1;
+        if let Some(fault) = st.hook.as_mut().and_then(|h| h(op, vmid)) {
+            return Some(fault);
+        }
         let pos = st
             .faults
             .iter()
@@ -1230,6 +1261,29 @@ mod tests {
         assert_eq!(by_op[&Op::Version], 2);
         assert_eq!(by_op[&Op::Start], 2);
         assert!(c.requests() > c.requests_without_task_polls());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hook_fails_every_other_start() {
+        let c = FakeCluster::standard();
+        done(&c, c.clone_vm("pve1", 9001, &CloneRequest::full(100)).await)
+            .await
+            .unwrap();
+        let mut n = 0;
+        c.set_hook(move |op, _| {
+            (op == Op::Start)
+                .then(|| {
+                    n += 1;
+                    n
+                })
+                .filter(|n| n % 2 == 1)
+                .map(|_| Fault::LockTimeout)
+        });
+        let err = c.start_vm("pve1", 100).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Locked);
+        done(&c, c.start_vm("pve1", 100).await).await.unwrap();
+        c.clear_faults();
+        assert_eq!(c.requests_by_op()[&Op::Start], 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -477,6 +477,25 @@ pub fn percent_encode_strict(s: &str) -> String {
     out
 }
 
+/// Undo [`percent_encode_strict`] (and any other `%XX` encoding); `None` on a malformed escape
+/// or invalid UTF-8. PVE returns `sshkeys` still encoded.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -578,5 +597,11 @@ mod tests {
             percent_encode_strict("ssh-ed25519 AAAA+/= x@y\n"),
             "ssh-ed25519%20AAAA%2B%2F%3D%20x%40y%0A"
         );
+        assert_eq!(
+            percent_decode("ssh-ed25519%20AAAA%2B%2F%3D%20x%40y%0A").as_deref(),
+            Some("ssh-ed25519 AAAA+/= x@y\n")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Typed requests and responses of the PVE endpoints BlockHost uses.
 //!
 //! Responses keep only the fields a reconciler reads; unknown fields are ignored so a newer PVE
-//! does not break us. Loose typing is absorbed by [`crate::de`]. Requests are builders that render
+//! does not break us. Loose typing is absorbed by the private `de` module. Requests are builders that render
 //! to the form parameters PVE expects, so no caller spells a parameter name.
 
 use std::collections::BTreeMap;
@@ -362,6 +362,19 @@ impl VmConfig {
     /// Cloud-init user.
     pub fn ciuser(&self) -> Option<&str> {
         self.get("ciuser")
+    }
+    /// Cloud-init SSH public keys, decoded (PVE keeps them URL-encoded), one per entry.
+    pub fn ssh_keys(&self) -> Vec<String> {
+        self.get("sshkeys")
+            .and_then(crate::propstring::percent_decode)
+            .map(|k| {
+                k.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
     /// Keys `prefix0`, `prefix1`, ... with their indexes, e.g. `indexed("net")`.
     pub fn indexed(&self, prefix: &str) -> BTreeMap<u32, &str> {

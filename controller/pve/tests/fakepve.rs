@@ -111,6 +111,11 @@ async fn clone_configure_resize_and_power_lifecycle() {
         cfg.net(0).unwrap().unwrap().bridge.as_deref(),
         Some("vmbr0")
     );
+    assert_eq!(
+        cfg.ssh_keys(),
+        ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB test@example"]
+    );
+    assert_eq!(cfg.ciuser(), Some("admin"));
     assert!(cfg.agent_enabled());
     assert!(cfg.digest().is_some());
     assert_eq!(cfg.disk_size("scsi0"), Some(3 << 30));
