@@ -167,7 +167,8 @@ pub trait Pve: Send + Sync {
 
     /// Poll a task until it stops. `OK` and `WARNINGS: N` are success; any other exit status is
     /// [`Error::TaskFailed`] with the tail of the log; still running at `opts.deadline` is
-    /// [`Error::TaskTimeout`]. Uses tokio's clock, so `tokio::time::pause` makes tests instant.
+    /// [`Error::TaskTimeout`]. Transient poll failures are retried until the deadline; others
+    /// (e.g. an unknown UPID) end the wait. Uses tokio's clock, so `tokio::time::pause` makes tests instant.
     fn wait_task(
         &self,
         upid: &Upid,
@@ -177,8 +178,17 @@ pub trait Pve: Send + Sync {
             let started = tokio::time::Instant::now();
             let mut interval = opts.interval;
             loop {
-                let status = self.task_status(upid).await?;
-                match status.exit() {
+                let exit = match self.task_status(upid).await {
+                    Ok(status) => status.exit(),
+                    // The task runs on in PVE whatever happens to one poll: a blip (5xx,
+                    // reset, proxy timeout) only costs a retry, within the deadline.
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!(%upid, error = %e, "task poll failed; polling again");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                };
+                match exit {
                     Some(TaskExit::Failed(exit_status)) => {
                         // The log explains most failures; losing it must not hide the failure.
                         let log_tail = match self.task_log(upid, 0, 10_000).await {

@@ -1374,6 +1374,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn wait_task_rides_out_transient_poll_failures() {
+        let c = FakeCluster::standard();
+        let upid = c
+            .clone_vm("pve1", 9001, &CloneRequest::full(100))
+            .await
+            .unwrap();
+        c.inject(Op::TaskStatus, None, Fault::Connection, Some(1));
+        c.inject(
+            Op::TaskStatus,
+            None,
+            Fault::Api {
+                status: 502,
+                message: "Bad Gateway".into(),
+            },
+            Some(1),
+        );
+        assert_eq!(
+            c.wait_task(&upid, WaitOptions::default()).await.unwrap(),
+            TaskExit::Ok
+        );
+        assert_eq!(c.requests_by_op()[&Op::TaskStatus], 3);
+        // An unknown UPID is not transient: the wait ends at once.
+        let unknown = Upid::new("pve1", 77, 77, 77, "qmstart", "100", USER);
+        let err = c
+            .wait_task(&unknown, WaitOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found(), "{err:?}");
+        assert_eq!(c.requests_by_op()[&Op::TaskStatus], 4);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn wait_task_times_out_on_a_running_task() {
         // A task that never stops: insert one by hand.
         let c = FakeCluster::standard();
