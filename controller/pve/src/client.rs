@@ -193,8 +193,10 @@ impl PveClient {
         Ok(url)
     }
 
-    /// A valid ticket, logging in first if there is none or it is due for renewal.
-    async fn ticket(&self, force: bool) -> Result<Option<Ticket>> {
+    /// A valid ticket, logging in first if there is none, it is due for renewal, or it is
+    /// `refused` (the ticket PVE just answered 401 to). Comparing with the refused ticket means
+    /// that many requests failing together cause one login, not one each.
+    async fn ticket(&self, refused: Option<&Ticket>) -> Result<Option<Ticket>> {
         let Auth::Ticket {
             username,
             password,
@@ -206,7 +208,8 @@ impl PveClient {
         let mut guard = current.lock().await;
         let now = self.clock.now();
         if let Some(t) = guard.as_ref() {
-            if !force && now.saturating_duration_since(t.obtained) < self.renew_after {
+            let is_refused = refused.is_some_and(|r| r.ticket == t.ticket);
+            if !is_refused && now.saturating_duration_since(t.obtained) < self.renew_after {
                 return Ok(Some(t.clone()));
             }
             tracing::debug!(user = %username, "renewing PVE ticket");
@@ -241,13 +244,13 @@ impl PveClient {
         query: &[(String, String)],
         form: Option<&Params>,
     ) -> Result<T> {
-        let ticket = self.ticket(false).await?;
+        let ticket = self.ticket(None).await?;
         let first = self
             .send(method.clone(), segments, query, form, ticket.as_ref())
             .await;
         match first {
             Err(Error::Api { status: 401, .. }) if ticket.is_some() => {
-                let ticket = self.ticket(true).await?;
+                let ticket = self.ticket(ticket.as_ref()).await?;
                 self.send(method, segments, query, form, ticket.as_ref())
                     .await
             }

@@ -33,6 +33,28 @@ pub enum ErrorKind {
     Permanent,
 }
 
+impl ErrorKind {
+    /// A short, stable label (`not_found`, `locked`, ...) for metrics and status conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Auth => "auth",
+            ErrorKind::TaskFailed => "task_failed",
+            ErrorKind::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error from the Proxmox VE API or from talking to it.
 ///
 /// Messages never repeat their source's text (walk the chain to log it whole), and never contain
@@ -263,5 +285,6 @@ mod tests {
         assert!(api(503, "busy").is_transient());
         assert!(!api(400, "bad").is_transient());
         assert!(api(500, "VM is locked (clone)").is_transient());
+        assert_eq!(ErrorKind::TaskFailed.to_string(), "task_failed");
     }
 }

@@ -415,9 +415,14 @@ async fn ticket_auth_sends_csrf_and_renews_before_expiry() {
         .unwrap();
     assert_eq!(logins(&pve.requests()), 2);
 
-    // A ticket PVE no longer knows (restart, revocation): one fresh login and a retry.
+    // A ticket PVE no longer knows (restart, revocation): one fresh login and a retry, even
+    // when several requests hit the 401 together.
     pve.cmd(json!({"op": "revoke_tickets"}));
-    c.version().await.unwrap();
+    let (a, b, d, e) = tokio::join!(c.version(), c.version(), c.cluster_vms(), c.nodes());
+    a.unwrap();
+    b.unwrap();
+    d.unwrap();
+    e.unwrap();
     assert_eq!(logins(&pve.requests()), 3);
     assert_eq!(c.vm_config("pve1", 100).await.unwrap().cores(), Some(4));
 }
