@@ -80,6 +80,11 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<PublicKey, EciesError> {
 
 /// Parses a 32-byte secret key.
 pub fn parse_secret_key(bytes: &[u8]) -> Result<SecretKey, EciesError> {
+    // k256 would left-pad slices of 24..32 bytes; a key file cut short must
+    // be an error, not a different key.
+    if bytes.len() != 32 {
+        return Err(EciesError::InvalidSecretKey);
+    }
     SecretKey::from_slice(bytes).map_err(|_| EciesError::InvalidSecretKey)
 }
 
