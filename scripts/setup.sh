@@ -11,6 +11,8 @@ APT_PACKAGES=(
   chromium                        # browser tests (driven by playwright-core)
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
+  python3 python3-venv            # the venv holding fakepve; bench and test helpers
+  nodejs npm                      # npm tools below (already on the Rust image)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -217,7 +217,7 @@ async fn get(
             )?,
             _ => output::print_value(out, &value, format)?,
         }
-    } else if !watch || matches!(format, Format::Table | Format::Wide) {
+    } else if !watch {
         let body = client
             .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
             .await?;
@@ -225,7 +225,7 @@ async fn get(
         let items = list["items"].as_array().cloned().unwrap_or_default();
         match format {
             Format::Table | Format::Wide => {
-                if items.is_empty() && !watch {
+                if items.is_empty() {
                     eprintln!(
                         "No {} found.",
                         if what == GetType::Vms { "VMs" } else { "plans" }
@@ -239,14 +239,18 @@ async fn get(
     }
     out.flush()?;
     if watch {
-        // The watch stream starts with every current object; tables already
-        // printed them, so skip the initial ADDED lines until the first change.
-        let skip_initial = matches!(format, Format::Table | Format::Wide) || name.is_some();
-        let mut remaining_initial = if skip_initial {
+        // The stream starts with every current object as ADDED, then changes. With
+        // a NAME, the object was printed above; only its changes follow.
+        let table = matches!(format, Format::Table | Format::Wide);
+        let wide = format == Format::Wide;
+        let mut skip_initial = if name.is_some() {
             count(client, plural).await?
         } else {
             0
         };
+        if table && name.is_none() {
+            output::watch_row(out, what, None, &serde_json::Value::Null, wide, now)?;
+        }
         let path = format!("{API_PREFIX}/{plural}?watch=true");
         let mut failed = None;
         client
@@ -258,24 +262,24 @@ async fn get(
                     failed = ev["object"]["message"].as_str().map(str::to_owned);
                     return false;
                 }
-                if remaining_initial > 0 && ev["type"] == "ADDED" {
-                    remaining_initial -= 1;
+                if skip_initial > 0 && ev["type"] == "ADDED" {
+                    skip_initial -= 1;
                     return true;
                 }
-                remaining_initial = 0;
+                skip_initial = 0;
                 if let Some(n) = name
                     && ev["object"]["metadata"]["name"] != n
                 {
                     return true;
                 }
                 let r = match format {
-                    Format::Table | Format::Wide => output::table(
+                    Format::Table | Format::Wide => output::watch_row(
                         out,
                         what,
-                        std::slice::from_ref(&ev["object"]),
-                        format == Format::Wide,
+                        ev["type"].as_str(),
+                        &ev["object"],
+                        wide,
                         chrono::Utc::now(),
-                        false,
                     ),
                     Format::Json => serde_json::to_writer(&mut *out, &ev)
                         .map_err(std::io::Error::from)

@@ -80,8 +80,22 @@ fn span(s: i64) -> String {
     }
 }
 
+/// Column width used while watching: rows arrive one at a time, so widths cannot
+/// be computed from all of them; this keeps typical names and values aligned
+/// (the name column gets twice as much).
+const WATCH_WIDTH: usize = 10;
+
 /// Writes rows as aligned columns.
 fn columns(out: &mut impl Write, rows: &[Vec<String>], header: bool) -> io::Result<()> {
+    columns_min(out, rows, header, 0)
+}
+
+fn columns_min(
+    out: &mut impl Write,
+    rows: &[Vec<String>],
+    header: bool,
+    min: usize,
+) -> io::Result<()> {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|i| {
@@ -90,6 +104,7 @@ fn columns(out: &mut impl Write, rows: &[Vec<String>], header: bool) -> io::Resu
                 .map(|c| c.chars().count())
                 .max()
                 .unwrap_or(0)
+                .max(if i == 1 { 2 * min } else { min })
         })
         .collect();
     for row in rows.iter().skip(usize::from(!header)) {
@@ -129,6 +144,30 @@ pub fn table(
     now: DateTime<Utc>,
     header: bool,
 ) -> io::Result<()> {
+    columns(out, &table_rows(what, items, wide, now), header)
+}
+
+/// One watch line (or the watch header when `event` is `None`), with an EVENT
+/// column as kubectl's `--output-watch-events` prints.
+pub fn watch_row(
+    out: &mut impl Write,
+    what: GetType,
+    event: Option<&str>,
+    item: &Value,
+    wide: bool,
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    let mut rows = table_rows(what, std::slice::from_ref(item), wide, now);
+    rows[0].insert(0, "EVENT".into());
+    rows[1].insert(0, event.unwrap_or_default().into());
+    if event.is_none() {
+        rows.truncate(1);
+        return columns_min(out, &rows, true, WATCH_WIDTH);
+    }
+    columns_min(out, &rows, false, WATCH_WIDTH)
+}
+
+fn table_rows(what: GetType, items: &[Value], wide: bool, now: DateTime<Utc>) -> Vec<Vec<String>> {
     let mut rows = Vec::with_capacity(items.len() + 1);
     match what {
         GetType::Vms => {
@@ -203,7 +242,7 @@ pub fn table(
             }
         }
     }
-    columns(out, &rows, header)
+    rows
 }
 
 /// A table of events.

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every test of BlockHost on this machine, installing what they need first.
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    Rust unit and integration tests only (no lint)
+# Exit status is non-zero if anything fails. The last line is a summary:
+# "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+
+bash scripts/setup.sh || { echo "setup failed"; exit 1; }
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+LOG=$(mktemp); trap 'rm -f "$LOG"' EXIT
+failed_steps=()
+step() {
+  local name=$1; shift
+  echo "==> $name"
+  if ! "$@" 2>&1 | tee -a "$LOG"; then failed_steps+=("$name"); fi
+}
+
+if [ "$QUICK" -eq 0 ]; then
+  step "cargo fmt --check" cargo fmt --all -- --check
+  step "cargo clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+fi
+step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fast
+if [ "$QUICK" -eq 0 ] && [ -x contracts/test.sh ]; then
+  step "contracts (forge + freshness + selectors)" contracts/test.sh
+fi
+if [ "$QUICK" -eq 0 ] && [ -x pam/tests/run-e2e.sh ]; then
+  step "pam end-to-end (sshd, chromium)" pam/tests/run-e2e.sh
+fi
+
+# Sum every runner's closing lines: cargo ("test result: ok. N passed; M failed")
+# and forge ("N tests passed, M failed").
+read -r passed failed < <(awk '
+  /test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+  /tests passed, [0-9]+ failed/ { for (i = 1; i <= NF; i++) { if ($i == "passed,") p += $(i-2); if ($i ~ /^failed/) f += $(i-1) } }
+  END { print p + 0, f + 0 }' "$LOG")
+if [ ${#failed_steps[@]} -gt 0 ]; then
+  echo "FAILED steps: ${failed_steps[*]}"
+  [ "${failed:-0}" -eq 0 ] && failed=${#failed_steps[@]}
+fi
+echo "${passed:-0} passed, ${failed:-0} failed"
+[ ${#failed_steps[@]} -eq 0 ]
