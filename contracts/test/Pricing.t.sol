@@ -67,6 +67,34 @@ contract PricingTest is TestBase {
         vm.assertEq(subs.calculatePayment(1, 2, 1), 3, "$3.00 exact");
     }
 
+    /// @dev Exactly cents * days * 10^decimals / 100, rounded up, for any
+    /// decimals a stablecoin may have.
+    function test_primary_formula(uint256 price, uint256 days_, uint8 decimals) public {
+        price = bound(price, 1, 1e12);
+        days_ = bound(days_, 1, 36_500);
+        decimals = uint8(bound(decimals, 0, 24));
+        MockERC20 stable = new MockERC20("Stable", "STB", decimals);
+        subs.setPrimaryStablecoin(address(stable));
+        subs.createPlan("p", price);
+        uint256 scaled = price * days_ * 10 ** decimals;
+        uint256 expected = scaled / 100 + (scaled % 100 == 0 ? 0 : 1);
+        vm.assertEq(subs.calculatePayment(1, days_, 1), expected, "ceil(cents * days * 10^dec / 100)");
+    }
+
+    /// @dev Decimals are read when the method is configured; a token whose
+    /// decimals change needs setPrimaryStablecoin again.
+    function test_primary_decimalsSnapshotAtSet() public {
+        MockERC20 stable = new MockERC20("Stable", "STB", 6);
+        subs.setPrimaryStablecoin(address(stable));
+        subs.createPlan("p", 100);
+        stable.setDecimals(18);
+        vm.assertEq(subs.calculatePayment(1, 1, 1), 1e6, "still priced with 6 decimals");
+        subs.setPrimaryStablecoin(address(stable));
+        vm.assertEq(subs.calculatePayment(1, 1, 1), 1e18, "re-read: 18 decimals");
+        (,,, uint8 td,,) = subs.getPaymentMethod(1);
+        vm.assertEq(uint256(td), 18, "stored decimals");
+    }
+
     function test_primary_ignoresSlippage() public {
         subs.setPrimaryStablecoin(address(usdc));
         subs.createPlan("p", 100);
