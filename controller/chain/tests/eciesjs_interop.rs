@@ -7,8 +7,8 @@
 //!   would use), given the key from `cast keccak`-style derivation.
 //!
 //! Needs `node` and `node_modules/eciesjs` (`npm ci` at the repo root). Without
-//! them the tests print why and pass, unless `BLOCKHOST_REQUIRE_NODE=1` is set
-//! (CI sets it, so a missing toolchain cannot hide a regression there).
+//! them the tests print why and pass, unless `BLOCKHOST_REQUIRE_TOOLS=1` is set
+//! (set it in CI, so a missing toolchain cannot hide a regression there).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
@@ -31,7 +31,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// None (with a note) when node or eciesjs is missing and not required.
+/// False (with a note) when node or eciesjs is missing and not required.
 fn node_available() -> bool {
     let have_lib = repo_root()
         .join("node_modules/eciesjs/package.json")
@@ -46,8 +46,8 @@ fn node_available() -> bool {
         return true;
     }
     assert!(
-        std::env::var("BLOCKHOST_REQUIRE_NODE").as_deref() != Ok("1"),
-        "BLOCKHOST_REQUIRE_NODE=1 but node ({have_node}) or node_modules/eciesjs ({have_lib}) is missing"
+        std::env::var("BLOCKHOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "BLOCKHOST_REQUIRE_TOOLS=1 but node ({have_node}) or node_modules/eciesjs ({have_lib}) is missing"
     );
     eprintln!("skipping: node or node_modules/eciesjs missing (run `npm ci` at the repo root)");
     false
