@@ -7,6 +7,8 @@
 //!   and [`api::client`] (hyper, in `bhctl`).
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`reconcile`]: the reconcile runtime (keyed queue, backoff, resync) and the
+//!   reconcilers that drive Proxmox.
 //! - [`yaml`] and [`manifest`]: located YAML parsing; the files `bhctl apply` reads.
 //! - [`cli`]: `bhctl`'s commands and output formats.
 
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod daemon;
 pub mod manifest;
 pub mod metrics;
+pub mod reconcile;
 pub mod store;
 pub mod yaml;
 

@@ -44,22 +44,22 @@ impl fmt::Display for YamlError {
     }
 }
 
-/// One document of a YAML stream, with the line it starts on.
+/// One document of a YAML stream, with where it starts in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Doc {
     /// 1-based line of its first content line in the file.
     pub first_line: u64,
-    /// Its text, padded with blank lines so saphyr's line numbers match the file's.
+    /// Lines of the file before `text` begins; added to positions the parser reports.
+    pub line_offset: u64,
+    /// Its text only (not padded: padding made a long stream quadratic to parse).
     pub text: String,
-    /// Whether it holds anything but blank lines and comments.
-    pub has_content: bool,
 }
 
-/// Splits a YAML stream at `---` / `...` lines. Blank lines are kept in place of
-/// earlier content so that line numbers reported inside a document are the file's.
+/// Splits a YAML stream at `---` / `...` lines.
 pub fn split_documents(text: &str) -> Vec<Doc> {
     let mut docs = Vec::new();
     let mut cur = String::new();
+    let mut line_offset = 0u64;
     let mut first_line = 1u64;
     let mut has_content = false;
     for (i, line) in text.split_inclusive('\n').enumerate() {
@@ -71,25 +71,20 @@ pub fn split_documents(text: &str) -> Vec<Doc> {
             if has_content {
                 docs.push(Doc {
                     first_line,
+                    line_offset,
                     text: std::mem::take(&mut cur),
-                    has_content,
                 });
             }
             cur.clear();
-            // Pad with blank lines up to here so positions stay the file's.
-            for _ in 0..lineno {
-                cur.push('\n');
-            }
             has_content = false;
+            line_offset = lineno;
             // Content after `--- ` on the marker line itself (rare): keep its columns.
             if is_marker && !line[3..].trim().is_empty() {
-                cur.pop();
                 cur.push_str("   ");
                 cur.push_str(&line[3..]);
                 has_content = true;
                 first_line = lineno;
-            } else {
-                first_line = lineno + 1;
+                line_offset = lineno - 1;
             }
             continue;
         }
@@ -111,8 +106,8 @@ pub fn split_documents(text: &str) -> Vec<Doc> {
     if has_content {
         docs.push(Doc {
             first_line,
+            line_offset,
             text: cur,
-            has_content,
         });
     }
     docs
@@ -141,7 +136,7 @@ pub fn to_yaml_error(
     path: Option<String>,
 ) -> YamlError {
     let (line, column) = match e.location() {
-        Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
+        Some(l) if l.line() > 0 => (Some(l.line() + doc.line_offset), Some(l.column())),
         _ => (Some(doc.first_line), None),
     };
     YamlError {
@@ -196,7 +191,8 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].first_line, 3);
         assert_eq!(docs[1].first_line, 7);
-        assert_eq!(docs[1].text.lines().nth(6), Some("b: 2"));
+        assert_eq!(docs[1].line_offset, 4);
+        assert_eq!(docs[1].text.lines().nth(2), Some("b: 2"));
     }
 
     #[test]

@@ -168,6 +168,18 @@ impl AnyObject {
         }
     }
 
+    /// Parses one object's JSON text (from an API request body), checking the
+    /// header first. Typed straight from the text: no intermediate tree.
+    pub fn from_json_str(text: &str) -> Result<Self, String> {
+        let tm: TypeMeta = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let kind = tm.check().map_err(|e| e.to_string())?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        Self::deserialize_kind(kind, &mut de).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner())
+        })
+    }
+
     /// Parses a JSON value (an API request body), checking the header first.
     pub fn from_json(value: serde_json::Value) -> Result<Self, String> {
         let tm: TypeMeta = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;

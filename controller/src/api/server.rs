@@ -22,8 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    API_PREFIX, ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES,
-    VersionInfo,
+    API_PREFIX, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES, VersionInfo,
 };
 use crate::metrics::Metrics;
 use crate::store::{ChangeKind, Store, StoreError};
@@ -229,22 +228,22 @@ async fn list(
     }
     let store = state.store.clone();
     let body = blocking(move || {
-        let mut items: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let head = format!(
+            "{{\"apiVersion\":\"{}\",\"kind\":\"{kind}List\",\"items\":[",
+            blockhost_crd::API_VERSION
+        );
+        out.extend_from_slice(head.as_bytes());
         let mut first = true;
         let rv = store.for_each_raw(kind, |_, bytes| {
             if !first {
-                items.push(b',');
+                out.push(b',');
             }
             first = false;
-            items.extend_from_slice(bytes);
+            out.extend_from_slice(bytes);
             Ok(())
         })?;
-        let mut out = Vec::with_capacity(items.len() + 128);
-        out.extend_from_slice(
-            format!("{{\"apiVersion\":\"{}\",\"kind\":\"{kind}List\",\"metadata\":{{\"resourceVersion\":{rv}}},\"items\":[", blockhost_crd::API_VERSION).as_bytes(),
-        );
-        out.extend_from_slice(&items);
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(format!("],\"metadata\":{{\"resourceVersion\":{rv}}}}}").as_bytes());
         Ok(out)
     })
     .await?;
@@ -284,11 +283,37 @@ async fn delete(
     }))
 }
 
+/// The apply body as the daemon reads it: each object kept as raw JSON text and
+/// typed straight from it, so a large apply never builds a generic JSON tree.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawApplyRequest<'a> {
+    #[serde(borrow)]
+    objects: Vec<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Just enough of an object to name it in an error message.
+#[derive(Deserialize)]
+struct Label<'a> {
+    #[serde(default, borrow)]
+    kind: Option<&'a str>,
+    #[serde(default, borrow)]
+    metadata: Option<LabelMeta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LabelMeta<'a> {
+    #[serde(default, borrow)]
+    name: Option<&'a str>,
+}
+
 async fn apply(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let req: ApplyRequest = serde_json::from_slice(&body).map_err(|e| {
+    let req: RawApplyRequest<'_> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -298,15 +323,23 @@ async fn apply(
     // Validate everything before touching the store: all or nothing.
     let mut objects = Vec::with_capacity(req.objects.len());
     let mut details = Vec::new();
-    for (i, value) in req.objects.into_iter().enumerate() {
-        let label = format!(
-            "objects[{i}] ({}/{})",
-            value["kind"].as_str().unwrap_or("?").to_lowercase(),
-            value["metadata"]["name"].as_str().unwrap_or("?")
-        );
-        match AnyObject::from_json(value) {
+    for (i, raw) in req.objects.iter().enumerate() {
+        match AnyObject::from_json_str(raw.get()) {
             Ok(o) => objects.push(o),
-            Err(e) => details.push(format!("{label}: {e}")),
+            Err(e) => {
+                let l: Option<Label<'_>> = serde_json::from_str(raw.get()).ok();
+                let kind = l
+                    .as_ref()
+                    .and_then(|l| l.kind)
+                    .unwrap_or("?")
+                    .to_lowercase();
+                let name = l
+                    .as_ref()
+                    .and_then(|l| l.metadata.as_ref())
+                    .and_then(|m| m.name)
+                    .unwrap_or("?");
+                details.push(format!("objects[{i}] ({kind}/{name}): {e}"));
+            }
         }
     }
     if !details.is_empty() {

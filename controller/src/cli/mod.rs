@@ -149,8 +149,9 @@ pub enum CliError {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = Client::new(&cli.socket);
-    let mut out = std::io::stdout().lock();
-    match cli.command {
+    // Block-buffered: stdout is line-buffered by default, a syscall per line of JSON.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = match cli.command {
         Command::Get {
             what,
             name,
@@ -170,7 +171,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut cmd, "bhctl", &mut out);
             Ok(())
         }
-    }
+    };
+    out.flush()?;
+    result
 }
 
 async fn get(
@@ -205,6 +208,11 @@ async fn get(
         let body = client
             .request(Method::GET, &format!("{API_PREFIX}/{plural}/{n}"), None)
             .await?;
+        if format == Format::Json {
+            output::pretty_json(out, &body)?;
+            out.flush()?;
+            return Ok(());
+        }
         let value: serde_json::Value = serde_json::from_slice(&body)?;
         match format {
             Format::Table | Format::Wide => output::table(
@@ -221,8 +229,16 @@ async fn get(
         let body = client
             .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
             .await?;
-        let list: serde_json::Value = serde_json::from_slice(&body)?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
+        if format == Format::Json {
+            output::pretty_json(out, &body)?;
+            out.flush()?;
+            return Ok(());
+        }
+        let mut list: serde_json::Value = serde_json::from_slice(&body)?;
+        let items = match list["items"].take() {
+            serde_json::Value::Array(a) => a,
+            _ => Vec::new(),
+        };
         match format {
             Format::Table | Format::Wide => {
                 if items.is_empty() {
@@ -234,7 +250,10 @@ async fn get(
                     output::table(out, what, &items, format == Format::Wide, now, true)?;
                 }
             }
-            _ => output::print_value(out, &list, format)?,
+            _ => {
+                list["items"] = serde_json::Value::Array(items);
+                output::print_value(out, &list, format)?;
+            }
         }
     }
     out.flush()?;

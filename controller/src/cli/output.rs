@@ -54,6 +54,15 @@ pub fn print_value(out: &mut impl Write, value: &Value, format: Format) -> io::R
     }
 }
 
+/// Pretty-prints JSON text by streaming it through the formatter: no tree is built,
+/// which keeps `get -o json` over thousands of objects fast.
+pub fn pretty_json(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut ser = serde_json::Serializer::pretty(&mut *out);
+    serde_transcode::transcode(&mut de, &mut ser).map_err(io::Error::from)?;
+    writeln!(out)
+}
+
 /// Human age of a timestamp: `12s`, `5m`, `3h`, `2d`, `1y`.
 pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     let Some(t) = t else {

@@ -50,6 +50,9 @@ pub const MIGRATIONS: &[Migration] = &[];
 /// Source of the current time; injectable so tests control expiry and ages.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// redb page cache size.
+const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How many changes a slow subscriber may fall behind before it must re-list.
 const CHANGE_CHANNEL_CAPACITY: usize = 4096;
 
@@ -263,7 +266,12 @@ impl Store {
                 source: redb::DatabaseError::Storage(e.into()),
             })?;
         }
-        let db = match Database::create(path) {
+        // A bounded page cache: the working set of 10,000 objects is a few MiB, and
+        // redb's default (1 GiB) would let RSS grow with the file.
+        let db = match redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::InUse {

@@ -1,0 +1,575 @@
+//! The reconcile scheduler (see the module docs of [`crate::reconcile`]).
+//!
+//! Design notes, in the manner of kube-runtime's controller but smaller:
+//! - Work is keyed by object name. A key is *pending* (with a due time), *running*,
+//!   or idle. A trigger for a running key marks it *dirty*: it runs again as soon as
+//!   the current run ends, so a spec change made mid-reconcile is never lost, and
+//!   two reconciles of one key never overlap.
+//! - When a key is requested twice, the earliest due time wins.
+//! - Failures back off per key: `base * 2^(n-1)` capped at `max`, with "equal
+//!   jitter" (half fixed, half random) so that many keys failing together (a Proxmox
+//!   outage) do not retry in lock-step. Success resets the count.
+//! - The periodic resync enqueues every idle key; it never shortens a backoff.
+//! - Triggers come from the store's change feed, and only for spec-level changes
+//!   (creation, spec, deletion): a reconciler's own status writes do not re-trigger it.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{ChangeKind, Store};
+
+/// What a successful reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until the next trigger or resync.
+    Done,
+    /// Run again after this long (e.g. to watch a long task or an expiry time).
+    RequeueAfter(Duration),
+}
+
+/// A reconcile loop for one kind of work.
+pub trait Reconciler: Send + Sync + 'static {
+    /// Failure of one reconcile.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Name used in logs and metrics (`virtualmachine`).
+    fn name(&self) -> &'static str;
+
+    /// Brings the object named `key` one step closer to its spec.
+    fn reconcile(&self, key: String) -> impl Future<Output = Result<Action, Self::Error>> + Send;
+
+    /// A short, stable label for a failure (metrics and conditions), e.g. `locked`.
+    fn error_reason(&self, error: &Self::Error) -> &'static str;
+}
+
+/// Tuning of the scheduler.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Reconciles running at once, across keys.
+    pub concurrency: usize,
+    /// First retry delay after a failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// A reconcile running longer than this is abandoned and counted as a failure.
+    pub timeout: Duration,
+    /// Every idle key is reconciled at least this often.
+    pub resync: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(600),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The delay before retry number `failures` (1-based), jittered.
+    pub fn backoff(&self, failures: u32, rng: &mut impl Rng) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(31)));
+        let capped = exp.min(self.backoff_max);
+        let half = capped / 2;
+        half + half.mul_f64(rng.r#gen::<f64>())
+    }
+}
+
+/// A request to reconcile a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// This key, now.
+    Key(String),
+    /// Every key listed by the key source (the change feed lagged: re-list).
+    All,
+}
+
+/// Feeds triggers from the store's change feed: creations, spec changes and
+/// deletions of `kind`; status-only writes are ignored. A lagging feed turns into
+/// [`Trigger::All`].
+pub fn store_triggers(
+    store: &Store,
+    kind: &'static str,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<Trigger> {
+    let mut rx = store.subscribe();
+    let (tx, out) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = rx.recv() => c,
+            };
+            let trigger = match change {
+                Ok(c) if c.kind == kind && c.what != ChangeKind::Status => Trigger::Key(c.name),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        kind,
+                        missed = n,
+                        "change feed lagged; re-listing every object"
+                    );
+                    Trigger::All
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(trigger).await.is_err() {
+                return;
+            }
+        }
+    });
+    out
+}
+
+type Labels = Vec<(String, String)>;
+
+/// A finished reconcile: its key, its outcome (a failure as reason and message),
+/// and how long it took.
+type Finished = (String, Result<Action, (&'static str, String)>, Duration);
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Scheduler state; private to [`run`].
+#[derive(Default)]
+struct Queue {
+    /// Due time of each pending key.
+    pending: HashMap<String, Instant>,
+    /// Due times in order; entries whose time no longer matches `pending` are stale.
+    heap: BinaryHeap<Reverse<(Instant, String)>>,
+    running: HashSet<String>,
+    /// Triggered while running: run again right after.
+    dirty: HashSet<String>,
+    failures: HashMap<String, u32>,
+}
+
+impl Queue {
+    /// Requests `key` at `due`; the earliest request wins.
+    fn request(&mut self, key: String, due: Instant) {
+        if self.running.contains(&key) {
+            self.dirty.insert(key);
+            return;
+        }
+        match self.pending.get(&key) {
+            Some(&at) if at <= due => {}
+            _ => {
+                self.pending.insert(key.clone(), due);
+                self.heap.push(Reverse((due, key)));
+            }
+        }
+    }
+
+    /// The next due key whose time has come.
+    fn pop_due(&mut self, now: Instant) -> Option<String> {
+        while let Some(Reverse((at, key))) = self.heap.peek().cloned() {
+            if self.pending.get(&key) != Some(&at) {
+                self.heap.pop(); // stale entry
+                continue;
+            }
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            self.pending.remove(&key);
+            return Some(key);
+        }
+        None
+    }
+
+    fn next_due(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, key))) = self.heap.peek() {
+            if self.pending.get(key) == Some(at) {
+                return Some(*at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+}
+
+/// Runs `reconciler` until `shutdown`: triggers from `triggers`, every key from
+/// `keys()` at start and at each resync. Returns when shut down, after the running
+/// reconciles finish (each is bounded by the timeout).
+pub async fn run<R: Reconciler>(
+    reconciler: Arc<R>,
+    cfg: RuntimeConfig,
+    metrics: Arc<Metrics>,
+    mut triggers: mpsc::Receiver<Trigger>,
+    keys: impl Fn() -> Vec<String> + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let name = reconciler.name();
+    let mut q = Queue::default();
+    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    // StdRng is Send (thread_rng is not), so this future can run on any worker.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let mut next_resync = Instant::now();
+    let mut triggers_open = true;
+    let depth = metrics
+        .reconcile_queue_depth
+        .get_or_create(&labels(&[("controller", name)]))
+        .clone();
+    loop {
+        let now = Instant::now();
+        if now >= next_resync {
+            for k in keys() {
+                if !q.running.contains(&k) && !q.pending.contains_key(&k) {
+                    q.request(k, now);
+                }
+            }
+            next_resync = now + cfg.resync;
+        }
+        while tasks.len() < cfg.concurrency.max(1) {
+            let Some(key) = q.pop_due(now) else { break };
+            q.running.insert(key.clone());
+            let r = reconciler.clone();
+            let timeout = cfg.timeout;
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let result = match tokio::time::timeout(timeout, r.reconcile(key.clone())).await {
+                    Ok(Ok(action)) => Ok(action),
+                    Ok(Err(e)) => Err((r.error_reason(&e), crate::error_chain(&e))),
+                    Err(_) => Err((
+                        "timeout",
+                        format!("reconcile did not finish within {timeout:?}"),
+                    )),
+                };
+                (key, result, started.elapsed())
+            });
+        }
+        depth.set(i64::try_from(q.pending.len()).unwrap_or(i64::MAX));
+        let wake = q
+            .next_due()
+            .filter(|_| tasks.len() < cfg.concurrency.max(1))
+            .map_or(next_resync, |d| d.min(next_resync));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            t = triggers.recv(), if triggers_open => match t {
+                Some(Trigger::Key(k)) => q.request(k, Instant::now()),
+                Some(Trigger::All) => {
+                    for k in keys() {
+                        q.request(k, Instant::now());
+                    }
+                }
+                None => triggers_open = false,
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((key, result, took)) = done else {
+                    tracing::error!(controller = name, "a reconcile task panicked");
+                    continue;
+                };
+                q.running.remove(&key);
+                let now = Instant::now();
+                metrics.reconcile_duration.get_or_create(&labels(&[("controller", name)])).observe(took.as_secs_f64());
+                let retry_at = match result {
+                    Ok(action) => {
+                        q.failures.remove(&key);
+                        metrics.reconciles.get_or_create(&labels(&[("controller", name), ("result", "success")])).inc();
+                        let secs = chrono::Utc::now().timestamp();
+                        metrics.reconcile_last_success.get_or_create(&labels(&[("controller", name), ("object", &key)])).set(secs);
+                        match action {
+                            Action::Done => None,
+                            Action::RequeueAfter(d) => Some(now + d),
+                        }
+                    }
+                    Err((reason, message)) => {
+                        let n = q.failures.entry(key.clone()).or_insert(0);
+                        *n = n.saturating_add(1);
+                        let delay = cfg.backoff(*n, &mut rng);
+                        metrics.reconciles.get_or_create(&labels(&[("controller", name), ("result", "error")])).inc();
+                        metrics.reconcile_failures.get_or_create(&labels(&[("controller", name), ("reason", reason)])).inc();
+                        tracing::warn!(controller = name, object = %key, reason, failures = *n, retry_in = ?delay, error = %message, "reconcile failed");
+                        Some(now + delay)
+                    }
+                };
+                // A trigger that arrived mid-run means new desired state: run again now.
+                let retry_at = if q.dirty.remove(&key) { Some(now) } else { retry_at };
+                if let Some(at) = retry_at {
+                    q.request(key, at);
+                }
+            },
+            () = tokio::time::sleep_until(wake) => {},
+        }
+    }
+    // Let running reconciles finish (bounded by their timeout) so none is cut mid-step.
+    while tasks.join_next().await.is_some() {}
+    tracing::info!(controller = name, "reconciler stopped");
+}
+
+/// Forgets metrics of an object that no longer exists.
+pub fn forget_object(metrics: &Metrics, controller: &str, key: &str) {
+    metrics
+        .reconcile_last_success
+        .remove(&labels(&[("controller", controller), ("object", key)]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("fake failure")]
+    struct Fail;
+
+    /// A reconciler whose behaviour per key is scripted and whose calls are logged.
+    #[derive(Default)]
+    struct Script {
+        log: Mutex<Vec<(String, Instant)>>,
+        work: Duration,
+        fail_times: Mutex<HashMap<String, u32>>,
+        requeue: Option<Duration>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        per_key: Mutex<HashMap<String, usize>>,
+        max_per_key: AtomicUsize,
+    }
+
+    impl Reconciler for Script {
+        type Error = Fail;
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn error_reason(&self, _: &Fail) -> &'static str {
+            "fake"
+        }
+        async fn reconcile(&self, key: String) -> Result<Action, Fail> {
+            self.log.lock().unwrap().push((key.clone(), Instant::now()));
+            let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+            let per = {
+                let mut m = self.per_key.lock().unwrap();
+                let e = m.entry(key.clone()).or_insert(0);
+                *e += 1;
+                *e
+            };
+            self.max_per_key.fetch_max(per, Ordering::SeqCst);
+            tokio::time::sleep(self.work).await;
+            *self.per_key.lock().unwrap().get_mut(&key).unwrap() -= 1;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let mut f = self.fail_times.lock().unwrap();
+            if let Some(left) = f.get_mut(&key)
+                && *left > 0
+            {
+                *left -= 1;
+                return Err(Fail);
+            }
+            Ok(self.requeue.map_or(Action::Done, Action::RequeueAfter))
+        }
+    }
+
+    fn cfg() -> RuntimeConfig {
+        RuntimeConfig {
+            concurrency: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(16),
+            timeout: Duration::from_secs(30),
+            resync: Duration::from_secs(3600),
+        }
+    }
+
+    struct Harness {
+        script: Arc<Script>,
+        tx: mpsc::Sender<Trigger>,
+        stop: CancellationToken,
+        metrics: Arc<Metrics>,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(script: Script, cfg: RuntimeConfig, keys: Vec<String>) -> Harness {
+        let script = Arc::new(script);
+        let (tx, rx) = mpsc::channel(100);
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let handle = tokio::spawn(run(
+            script.clone(),
+            cfg,
+            metrics.clone(),
+            rx,
+            move || keys.clone(),
+            stop.clone(),
+        ));
+        Harness {
+            script,
+            tx,
+            stop,
+            metrics,
+            handle,
+        }
+    }
+
+    impl Harness {
+        fn runs(&self, key: &str) -> Vec<Instant> {
+            self.script
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, t)| *t)
+                .collect()
+        }
+        async fn stop(self) -> Arc<Script> {
+            self.stop.cancel();
+            self.handle.await.unwrap();
+            self.script
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_key_never_runs_twice_at_once_and_dirty_reruns_once() {
+        let h = start(
+            Script {
+                work: Duration::from_secs(5),
+                ..Script::default()
+            },
+            cfg(),
+            vec![],
+        );
+        h.tx.send(Trigger::Key("a".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..5 {
+            h.tx.send(Trigger::Key("a".into())).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            h.runs("a").len(),
+            2,
+            "one run plus one re-run for the triggers that came mid-run"
+        );
+        let s = h.stop().await;
+        assert_eq!(s.max_per_key.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded() {
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        let h = start(
+            Script {
+                work: Duration::from_secs(1),
+                ..Script::default()
+            },
+            cfg(),
+            keys,
+        );
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let s = h.stop().await;
+        assert_eq!(s.log.lock().unwrap().len(), 10);
+        assert_eq!(s.max_in_flight.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_exponentially_with_jitter_and_reset_on_success() {
+        let script = Script::default();
+        script.fail_times.lock().unwrap().insert("a".into(), 6);
+        let h = start(script, cfg(), vec!["a".into()]);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let runs = h.runs("a");
+        assert_eq!(runs.len(), 7, "six failures then a success");
+        let gaps: Vec<f64> = runs
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        // Retry n waits between half and all of min(1s * 2^(n-1), 16s).
+        for (i, g) in gaps.iter().enumerate() {
+            let full = (2f64.powi(i32::try_from(i).unwrap())).min(16.0);
+            assert!(
+                *g >= full / 2.0 - 0.01 && *g <= full + 0.01,
+                "gap {i} = {g}s, expected within [{}, {full}]",
+                full / 2.0
+            );
+        }
+        // After the success, a new failure starts again from the base delay.
+        h.script.fail_times.lock().unwrap().insert("a".into(), 1);
+        let t = Instant::now();
+        h.tx.send(Trigger::Key("a".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after: Vec<Instant> = h.runs("a").into_iter().filter(|r| *r >= t).collect();
+        assert_eq!(after.len(), 2);
+        assert!((after[1] - after[0]) <= Duration::from_secs(1));
+        let text = h.metrics.render_registry_only();
+        assert!(
+            text.contains(
+                "blockhost_reconcile_failures_total{controller=\"test\",reason=\"fake\"} 7"
+            ),
+            "{text}"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_reconcile_times_out_and_is_retried() {
+        let mut c = cfg();
+        c.timeout = Duration::from_secs(2);
+        let h = start(
+            Script {
+                work: Duration::from_secs(3600),
+                ..Script::default()
+            },
+            c,
+            vec!["a".into()],
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(h.runs("a").len() >= 2, "timed out and retried");
+        let text = h.metrics.render_registry_only();
+        assert!(text.contains("reason=\"timeout\""), "{text}");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requeue_after_and_earliest_due_wins() {
+        let h = start(
+            Script {
+                requeue: Some(Duration::from_secs(100)),
+                ..Script::default()
+            },
+            cfg(),
+            vec!["a".into()],
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.runs("a").len(), 1);
+        // Due in 99 s, but a trigger now runs it now.
+        h.tx.send(Trigger::Key("a".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.runs("a").len(), 2);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(h.runs("a").len(), 3, "requeued after 100 s");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_visits_idle_keys_but_never_cuts_a_backoff_short() {
+        let mut c = cfg();
+        c.resync = Duration::from_secs(10);
+        c.backoff_base = Duration::from_secs(60);
+        c.backoff_max = Duration::from_secs(60);
+        let script = Script::default();
+        script.fail_times.lock().unwrap().insert("bad".into(), 100);
+        let h = start(script, c, vec!["good".into(), "bad".into()]);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(h.runs("good").len(), 3, "start, 10 s, 20 s");
+        assert_eq!(h.runs("bad").len(), 1, "still backing off (30..60 s)");
+        h.stop().await;
+    }
+}
