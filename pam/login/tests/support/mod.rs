@@ -7,6 +7,8 @@
 //! what to install or how to run, never a silent skip.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod sshd;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
