@@ -81,6 +81,7 @@ async function sign(id, session) {
   try {
     const r = await fetch(`/api/session/${id}`, { method: 'POST', body: sig, headers: { 'content-type': 'text/plain' } });
     if (r.ok) {
+      $('sign').disabled = true;
       setState('done', 'Signed. Return to your SSH terminal (press Enter if it is still waiting).');
     } else {
       const p = await r.json().catch(() => ({}));
