@@ -7,7 +7,8 @@
 //!   another tool, e.g. `cast wallet sign`).
 //! - `askpass PROMPT`: an `SSH_ASKPASS` program; `ssh` runs it with each
 //!   keyboard-interactive prompt, it answers with a signature made with the key file
-//!   named by `BLOCKHOST_KEY_FILE`.
+//!   named by `BLOCKHOST_KEY_FILE`. Invoked through a symlink named
+//!   `blockhost-login-askpass`, the program is that helper directly.
 //!
 //! Only messages that parse as BlockHost's Sign-In-with-Ethereum layout are signed:
 //! a key used for logins must never sign arbitrary text (a transaction-like message
@@ -174,8 +175,22 @@ fn run(cli: Cli) -> Result<String, CliError> {
     }
 }
 
+/// Parses the command line; invoked as `blockhost-login-askpass` (a symlink), the
+/// program is an `SSH_ASKPASS` helper and its one argument is the prompt.
+fn parse_cli() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as_askpass = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n.to_string_lossy().ends_with("-askpass"));
+    if invoked_as_askpass {
+        args.insert(1, "askpass".into());
+    }
+    Cli::parse_from(args)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(parse_cli()) {
         Ok(out) => {
             #[allow(clippy::print_stdout)] // the command's output
             {

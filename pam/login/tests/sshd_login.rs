@@ -3,7 +3,8 @@
 //! the shown message with foundry's `cast wallet sign`.
 //!
 //! One test walks every case against one sshd, in order, so that "sshd keeps
-//! serving" is checked after the hostile ones: valid login; replayed signature;
+//! serving" is checked after the hostile ones: valid login; the same through the
+//! `blockhost-login` askpass helper; replayed signature;
 //! wallet not in the access file; garbage; an oversized answer (OpenSSH's client
 //! sends at most 1023 bytes of it: the module's 1 MiB bound is covered in
 //! pam_module.rs); expired challenge; 1 MiB of junk on the raw TCP connection;
@@ -36,6 +37,14 @@ fn wallet_login_through_real_sshd() {
     );
     assert!(prompt.contains(WALLET0));
     std::fs::copy(in_dir(&sshd, "last-sig"), in_dir(&sshd, "replay-sig")).unwrap();
+
+    // The headless CLI as ssh's askpass helper (blockhost-login-askpass symlink).
+    let cli = sshd.ssh("cli");
+    assert!(
+        sshd.logged_in(&cli),
+        "CLI login failed: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
 
     for mode in ["replay", "other-wallet", "garbage", "oversized"] {
         let out = sshd.ssh(mode);
@@ -72,12 +81,12 @@ fn wallet_login_through_real_sshd() {
         sshd.log()
     );
 
-    // sshd saw exactly the outcomes above: 2 accepted, 5 failed keyboard-interactive attempts.
+    // sshd saw exactly the outcomes above: 3 accepted, 5 failed keyboard-interactive attempts.
     let log = sshd.log();
     assert_eq!(
         log.matches("Accepted keyboard-interactive/pam for bhssh")
             .count(),
-        2,
+        3,
         "{log}"
     );
     assert_eq!(

@@ -29,6 +29,7 @@ sign() { # $1 = anvil account index
 PROMPT="$1"
 case "$mode" in
   cast) sign 0 ;;
+  cli) BLOCKHOST_KEY_FILE="$dir/key0.hex" exec "$dir/blockhost-login-askpass" "$1" ;;
   other-wallet) sign 1 ;;
   slow) sleep 2.5; sign 0 ;;
   replay) cat "$dir/replay-sig" ;;
@@ -122,8 +123,11 @@ impl Sshd {
         );
         // Tools the askpass script calls, next to it.
         std::os::unix::fs::symlink(bin("blockhost-login"), d.join("blockhost-login")).unwrap();
+        std::os::unix::fs::symlink(bin("blockhost-login"), d.join("blockhost-login-askpass"))
+            .unwrap();
         std::os::unix::fs::symlink(cast(), d.join("cast")).unwrap();
         mnemonic_file(&d);
+        key_file(&d);
         write_file(&d.join("askpass"), ASKPASS, 0o755);
         std::fs::create_dir_all("/run/sshd").unwrap();
         let link = d.join(service);
@@ -159,6 +163,16 @@ impl Sshd {
                 d.join("access.toml").display(),
                 d.join("signer.sock").display()
             ),
+            0o644,
+        );
+    }
+
+    /// Replaces the auth line with `pam_permit.so` (no prompt): a baseline for
+    /// benchmarks, everything of a login except the wallet round trip.
+    pub fn write_pam_permit(&self) {
+        write_file(
+            &self.pam_path(),
+            "auth required pam_permit.so\naccount required pam_unix.so\nsession required pam_permit.so\n",
             0o644,
         );
     }
