@@ -267,6 +267,18 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Runs `f`, turning a panic into `PAM_SYSTEM_ERR`: unwinding into libpam's C
+/// frames (and so into sshd) is undefined behaviour.
+fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        audit(
+            Level::Error,
+            "outcome=error reason=\"internal panic caught\"",
+        );
+        PAM_SYSTEM_ERR
+    })
+}
+
 /// PAM entry point: wallet-signature authentication.
 ///
 /// # Safety
@@ -278,13 +290,7 @@ pub unsafe extern "C" fn pam_sm_authenticate(
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
-    catch_unwind(AssertUnwindSafe(|| authenticate_entry(pamh, argc, argv))).unwrap_or_else(|_| {
-        audit(
-            Level::Error,
-            "outcome=error reason=\"internal panic caught\"",
-        );
-        PAM_SYSTEM_ERR
-    })
+    guard(|| authenticate_entry(pamh, argc, argv))
 }
 
 /// PAM entry point: no credentials to establish; a signature proves identity only.
@@ -299,4 +305,15 @@ pub unsafe extern "C" fn pam_sm_setcred(
     _argv: *const *const c_char,
 ) -> c_int {
     PAM_SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_pam_system_err() {
+        assert_eq!(guard(|| panic!("boom")), PAM_SYSTEM_ERR);
+        assert_eq!(guard(|| PAM_AUTH_ERR), PAM_AUTH_ERR);
+    }
 }

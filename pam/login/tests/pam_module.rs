@@ -78,7 +78,36 @@ impl Setup {
     }
 
     fn start(&self, user: &str) -> Converse {
-        let mut child = Command::new(bin("blockhost-pam-converse"))
+        self.start_with(Command::new(bin("blockhost-pam-converse")), user)
+    }
+
+    /// Starts the driver inside a private mount namespace whose `/dev/log` is the
+    /// datagram socket `log` (the machine's /dev is left alone), to read the audit
+    /// lines the module sends to syslog.
+    fn start_logged(&self, user: &str, log: &Path) -> Converse {
+        let old_dev = self.dir.path().join("old-dev");
+        std::fs::create_dir_all(&old_dev).unwrap();
+        let script = "set -e; mount --rbind /dev \"$OLD_DEV\"; mount -t tmpfs tmpfs /dev; \
+                      touch /dev/null /dev/log; mount --bind \"$OLD_DEV/null\" /dev/null; \
+                      mount --bind \"$LOG_SOCK\" /dev/log; exec \"$@\"";
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(bin("blockhost-pam-converse"))
+        .env("OLD_DEV", &old_dev)
+        .env("LOG_SOCK", log);
+        self.start_with(cmd, user)
+    }
+
+    fn start_with(&self, mut cmd: Command, user: &str) -> Converse {
+        let mut child = cmd
             .args(["blockhost-test", user])
             .env("LD_PRELOAD", PAM_WRAPPER)
             .env("PAM_WRAPPER", "1")
@@ -98,8 +127,15 @@ impl Setup {
     }
 
     /// One login where `answer` sees each prompt (with the text before it).
-    fn login(&self, user: &str, mut answer: impl FnMut(&str) -> String) -> (i32, Vec<String>) {
-        let mut c = self.start(user);
+    fn login(&self, user: &str, answer: impl FnMut(&str) -> String) -> (i32, Vec<String>) {
+        self.converse(self.start(user), answer)
+    }
+
+    fn converse(
+        &self,
+        mut c: Converse,
+        mut answer: impl FnMut(&str) -> String,
+    ) -> (i32, Vec<String>) {
         let mut prompts = Vec::new();
         while let Some(p) = c.next_prompt() {
             let a = answer(&p);
@@ -383,4 +419,81 @@ fn without_a_signer_a_pasted_signature_still_works() {
     let (code, prompts) = s.login("alice", s.cast_answer(0));
     assert_eq!(code, PAM_SUCCESS);
     assert!(!prompts[0].contains("Signing page"));
+}
+
+#[test]
+fn audit_lines_go_to_syslog_auth_without_secrets() {
+    require_root(); // a private mount namespace replaces /dev/log for the driver only
+    let s = Setup::new(&[WALLET0], None, "");
+    let log_path = s.dir.path().join("log.sock");
+    let log = std::os::unix::net::UnixDatagram::bind(&log_path).unwrap();
+    log.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    let secrets = std::cell::RefCell::new(Vec::new());
+    let answer = |index: u32| {
+        let secrets = &secrets;
+        let s = &s;
+        move |p: &str| {
+            let msg = pam_blockhost::siwe::extract_from_prompt(p).unwrap();
+            let nonce = pam_blockhost::siwe::SiweMessage::parse(msg).unwrap().nonce;
+            let sig = cast_sign(&s.mnemonic, index, msg);
+            secrets.borrow_mut().push(nonce);
+            secrets.borrow_mut().push(sig[2..].to_string());
+            sig
+        }
+    };
+    let (ok, _) = s.converse(s.start_logged("alice", &log_path), answer(0));
+    assert_eq!(ok, PAM_SUCCESS);
+    let (denied, _) = s.converse(s.start_logged("alice", &log_path), answer(1));
+    assert_eq!(denied, PAM_AUTH_ERR);
+    let (unknown, _) = s.converse(s.start_logged("mallory\nforged=1", &log_path), |_| {
+        String::new()
+    });
+    assert_eq!(unknown, PAM_USER_UNKNOWN);
+
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while lines.len() < 3 {
+        let n = log
+            .recv(&mut buf)
+            .expect("the module wrote no audit line to /dev/log");
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if line.contains("pam_blockhost:") {
+            lines.push(line);
+        }
+    }
+    let w0 = WALLET0.to_lowercase();
+    let w1 = WALLET1.to_lowercase();
+    // <38> = facility auth (4) * 8 + info (6); <37> = auth + notice (5).
+    assert!(lines[0].starts_with("<38>"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!(
+            "user=\"alice\" rhost=\"\" wallet={w0} outcome=success"
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("<37>"), "{}", lines[1]);
+    assert!(
+        lines[1].contains(&format!(
+            "user=\"alice\" rhost=\"\" signer={w1} outcome=denied reason=\"signature rejected"
+        )),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("user=\"mallory?forged=1\""),
+        "control characters neutralised: {}",
+        lines[2]
+    );
+    assert!(lines[2].contains("outcome=denied"), "{}", lines[2]);
+    for line in &lines {
+        assert!(!line.contains('\n'), "one line per event: {line:?}");
+        for secret in secrets.borrow().iter() {
+            assert!(
+                !line.contains(secret.as_str()),
+                "audit line leaks {secret}: {line}"
+            );
+        }
+    }
 }

@@ -43,13 +43,14 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The PAM module built alongside the tests (blockhost-pam is a dependency, so cargo
-/// builds its cdylib before this test runs).
+/// The PAM module built alongside the tests. blockhost-pam is a dependency of this
+/// crate, so cargo rebuilds its cdylib into `deps/` whenever the module's source
+/// changes; the copy one level up is refreshed only by `cargo build` and may be stale.
 pub fn module_path() -> PathBuf {
-    let p = target_dir().join("libpam_blockhost.so");
+    let p = target_dir().join("deps/libpam_blockhost.so");
     assert!(
         p.exists(),
-        "{} is missing: build it with `cargo build -p blockhost-pam`",
+        "{} is missing: cargo did not build the module's cdylib",
         p.display()
     );
     p
