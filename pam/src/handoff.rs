@@ -10,6 +10,7 @@
 //! signature itself; the signer is a courier, not a judge.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,6 +55,10 @@ pub enum HandoffError {
     /// Nothing arrived in time.
     #[error("no signature arrived from the signing page in time")]
     Timeout,
+    /// The socket is served by a process not running as root: whoever it is, it is
+    /// not the signer (which runs as root), so it gets no message.
+    #[error("hand-off socket is served by uid {0}, not root")]
+    NotRoot(u32),
     /// The signer closed the connection without a signature.
     #[error("signer closed the session")]
     Closed,
@@ -82,6 +87,10 @@ impl Handoff {
     /// Connects to the signer and registers the session.
     pub fn register(socket: &Path, reg: &Register) -> Result<Self, HandoffError> {
         let mut stream = UnixStream::connect(socket).map_err(HandoffError::Connect)?;
+        let uid = peer_uid(&stream).map_err(HandoffError::Io)?;
+        if uid != 0 {
+            return Err(HandoffError::NotRoot(uid));
+        }
         // A wedged signer must not hang the login before the prompt is even shown.
         stream
             .set_write_timeout(Some(Duration::from_secs(2)))
@@ -130,4 +139,30 @@ impl Handoff {
             }
         }
     }
+}
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`; std's
+/// `peer_cred` is not stable yet).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket fd, and an out-pointer and length matching `ucred`,
+    // as SO_PEERCRED requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }

@@ -9,7 +9,7 @@
 //! - [`options`]: the module's `key=value` options from the PAM stack line.
 //! - [`login`]: one login attempt: access file, user check, challenge, verification.
 //! - [`handoff`]: the Unix-socket protocol between the module and the signer service.
-//! - `ffi`: `pam_sm_authenticate`/`pam_sm_setcred`, the only `unsafe` code.
+//! - `ffi`: `pam_sm_authenticate`/`pam_sm_setcred` over libpam's C interface.
 //! - `log`: audit lines to syslog's auth facility.
 //!
 //! Signature rules (65 bytes, v, low-s, constant-time compare) live in

@@ -43,7 +43,7 @@ async function main() {
   $('message').textContent = session.message;
   $('request').hidden = false;
   if (!window.ethereum || typeof window.ethereum.request !== 'function') {
-    setState('no-wallet', `No browser wallet found. Sign the message above with wallet ${session.address} by other means (e.g. blockhost-login sign) and paste the signature into your SSH terminal.`);
+    setState('no-wallet', `No browser wallet found. Sign the message below with wallet ${session.address} by other means (e.g. blockhost-login sign) and paste the signature into your SSH terminal.`);
     $('sign').disabled = true;
     return;
   }

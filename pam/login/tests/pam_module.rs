@@ -497,3 +497,59 @@ fn audit_lines_go_to_syslog_auth_without_secrets() {
         }
     }
 }
+
+#[test]
+fn a_hand_off_socket_not_served_by_root_gets_no_message() {
+    require_root(); // to start the impostor as another user
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "{} missing: apt-get install python3",
+        python.display()
+    );
+    let s = Setup::new(&[WALLET0], Some("https://127.0.0.1:8443/"), "");
+    // The impostor (uid 65534) needs a directory it may create its socket in.
+    let open_dir = s.dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &open_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = open_dir.join("signer.sock");
+    let impostor = Guard(
+        std::os::unix::process::CommandExt::uid(
+            std::os::unix::process::CommandExt::gid(&mut Command::new(python), 65534),
+            65534,
+        )
+        .args([
+            "-c",
+            "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\ntime.sleep(60)",
+        ])
+        .arg(&socket)
+        .spawn()
+        .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "impostor socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.write_service(&format!("socket={}", socket.display()));
+    let (code, prompts) = s.login("alice", s.cast_answer(0));
+    assert!(
+        !prompts[0].contains("Signing page"),
+        "registered with a non-root socket: {}",
+        prompts[0]
+    );
+    assert_eq!(code, PAM_SUCCESS, "pasting still works");
+    drop(impostor);
+}
