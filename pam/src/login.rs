@@ -140,7 +140,15 @@ pub fn challenge(
     SiweMessage {
         domain: access.machine.clone(),
         address: wallet,
-        statement: format!("Log in to {} as Unix user {user} (SSH).", access.machine),
+        // The statement is what a wallet shows most prominently: say where, as whom,
+        // and (once minted) which access NFT grants it.
+        statement: match access.nft_token_id {
+            Some(id) => format!(
+                "Log in to {} as Unix user {user} (SSH, access NFT #{id}).",
+                access.machine
+            ),
+            None => format!("Log in to {} as Unix user {user} (SSH).", access.machine),
+        },
         uri: format!("ssh://{user}@{}", access.machine),
         chain_id: access.chain_id,
         nonce: hex::encode(rand::random::<[u8; 16]>()),

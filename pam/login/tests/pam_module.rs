@@ -203,7 +203,10 @@ fn cast_signature_logs_in() {
     assert_eq!(parsed.address.to_checksum(), WALLET0);
     assert_eq!(parsed.chain_id, 31337);
     assert_eq!(parsed.uri, "ssh://alice@blockhost-007");
-    assert!(parsed.statement.contains("alice"));
+    assert_eq!(
+        parsed.statement,
+        "Log in to blockhost-007 as Unix user alice (SSH, access NFT #7)."
+    );
     assert!(parsed.nonce.len() >= 24, "nonce carries at least 96 bits");
     assert_eq!(
         (parsed.expiration_time - parsed.issued_at).num_seconds(),

@@ -111,11 +111,14 @@ impl Sshd {
         write_file(
             &d.join("sshd_config"),
             &format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {d}/sshd.pid\nUsePAM yes\n\
-                 KbdInteractiveAuthentication yes\nAuthenticationMethods keyboard-interactive\n\
-                 PasswordAuthentication no\nPubkeyAuthentication no\nPermitRootLogin no\n\
+                // The authentication settings are the packaged snippet itself, so the
+                // test proves what the VM template ships.
+                "Include {snippet}\nListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
                  AllowUsers {user}\nMaxAuthTries 6\nLoginGraceTime 60\nStrictModes no\nUseDNS no\n\
                  PrintMotd no\nPrintLastLog no\nX11Forwarding no\nLogLevel VERBOSE\n",
+                snippet = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../packaging/sshd_config.d-50-blockhost.conf")
+                    .display(),
                 hk = d.join("host_key").display(),
                 d = d.display()
             ),
