@@ -35,7 +35,7 @@ fn wallet_login_through_the_signing_page_in_chromium() {
 
     let state_dir = in_dir(&sshd, "signer-state");
     let signer_log = std::fs::File::create(in_dir(&sshd, "signer.log")).unwrap();
-    let _signer = Guard(
+    let signer = Guard(
         Command::new(bin("blockhost-signer"))
             .args([
                 "--listen",
@@ -92,6 +92,11 @@ fn wallet_login_through_the_signing_page_in_chromium() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let out = run_bounded(cmd, Duration::from_secs(120));
+        if !out.status.success() {
+            // Stop the signer so the waiting login ends now rather than at its timeout.
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(signer.0.id() as i32, libc::SIGKILL) };
+        }
         assert!(
             out.status.success(),
             "browser script failed: {}",

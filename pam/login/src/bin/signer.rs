@@ -45,6 +45,8 @@ const FAILURES_MAX: u32 = 5;
 /// Requests per client address per window.
 const RATE_LIMIT: u32 = 60;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// How long a client may take to send its first request, or any request's headers.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client addresses tracked by the rate limiter before the table is reset.
 const RATE_TABLE_MAX: usize = 4096;
 
@@ -410,8 +412,17 @@ async fn run(args: Args) -> Result<(), StartError> {
         shutdown.graceful_shutdown(Some(Duration::from_secs(2)));
     });
     info!(listen = %args.listen, socket = %args.socket.display(), "signing service ready");
-    let served = axum_server::bind_rustls(args.listen, tls)
+    // Idle or trickling clients must not hold connections: TLS handshakes are cut
+    // at 10 s (axum-server's default), the first request and HTTP/1 headers too.
+    // (Not http1_only: the certificate's ALPN offers h2, which browsers pick.)
+    let mut server = axum_server::bind_rustls(args.listen, tls)
         .handle(handle)
+        .first_request_timeout(CLIENT_TIMEOUT);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(CLIENT_TIMEOUT);
+    let served = server
         .serve(router(st).into_make_service_with_connect_info::<SocketAddr>())
         .await;
     let _ = std::fs::remove_file(&args.socket);
