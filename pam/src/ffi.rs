@@ -13,7 +13,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
-use crate::log::{Level, audit, quote};
+use crate::log::{Level, audit, error_chain, quote};
 use crate::login::{ANSWER_MAX, Answer, Conversation, ConversationError, LoginError, authenticate};
 use crate::options::Options;
 
@@ -248,23 +248,14 @@ fn authenticate_entry(pamh: *mut PamHandle, argc: c_int, argv: *const *const c_c
             };
             audit(
                 level,
-                &format!("{who}{wallet} outcome=denied reason={}", quote(&chain(&e))),
+                &format!(
+                    "{who}{wallet} outcome=denied reason={}",
+                    quote(&error_chain(&e))
+                ),
             );
             code
         }
     }
-}
-
-/// "outer: inner: innermost", for the log line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// Runs `f`, turning a panic into `PAM_SYSTEM_ERR`: unwinding into libpam's C

@@ -35,12 +35,27 @@ pub fn audit(level: Level, line: &str) {
     }
 }
 
+/// "outer: inner: innermost", the whole cause chain of an error on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Longest value written into an audit line (a reason with its causes fits).
+const QUOTE_MAX: usize = 160;
+
 /// Quotes a value for a `key=value` audit line: printable ASCII only, bounded, so a
 /// hostile user name or host cannot forge extra fields or lines.
 pub fn quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len().min(64) + 2);
+    let mut out = String::with_capacity(value.len().min(QUOTE_MAX) + 2);
     out.push('"');
-    for c in value.chars().take(64) {
+    for c in value.chars().take(QUOTE_MAX) {
         match c {
             '"' | '\\' => {
                 out.push('\\');
@@ -62,6 +77,6 @@ mod tests {
     fn quoting_neutralises_control_characters() {
         assert_eq!(quote("alice"), "\"alice\"");
         assert_eq!(quote("a\"b\nc\\"), "\"a\\\"b?c\\\\\"");
-        assert_eq!(quote(&"x".repeat(100)).len(), 66);
+        assert_eq!(quote(&"x".repeat(500)).len(), QUOTE_MAX + 2);
     }
 }

@@ -16,6 +16,7 @@ use blockhost_crd::{AccessFile, WalletAddress};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
 use crate::handoff::{Handoff, HandoffError, Register, new_session_id};
+use crate::log::{Level, audit, error_chain, quote};
 use crate::options::Options;
 use crate::siwe::{BEGIN_MARKER, END_MARKER, SiweMessage};
 
@@ -157,10 +158,8 @@ pub fn challenge(
     }
 }
 
-/// Runs one login attempt for `user`.
-///
-/// `now` is passed in (not read here) so tests can make challenges that are already
-/// stale; the expiry check itself reads the real clock after the answer arrives.
+/// Runs one login attempt for `user`. The expiry check reads the clock after the
+/// answer arrives, so time spent at the prompt or waiting for the page counts.
 pub fn authenticate(
     user: &str,
     options: &Options,
@@ -183,9 +182,18 @@ pub fn authenticate(
             message: text.clone(),
             expires_at: message.expiration_time.timestamp(),
         };
-        Handoff::register(&options.socket, &reg)
-            .ok()
-            .map(|h| (h, format!("{}#{session}", url.trim_end_matches('#'))))
+        match Handoff::register(&options.socket, &reg) {
+            Ok(h) => Some((h, format!("{}#{session}", url.trim_end_matches('#')))),
+            Err(e) => {
+                // Not a login failure, but the operator should know the page is down
+                // (or, for NotRoot, that something impersonates the signer).
+                audit(
+                    Level::Error,
+                    &format!("signing page unavailable: {}", quote(&error_chain(&e))),
+                );
+                None
+            }
+        }
     });
 
     let mut info = format!(

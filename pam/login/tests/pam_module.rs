@@ -479,7 +479,8 @@ fn audit_lines_go_to_syslog_auth_without_secrets() {
     assert!(lines[1].starts_with("<37>"), "{}", lines[1]);
     assert!(
         lines[1].contains(&format!(
-            "user=\"alice\" rhost=\"\" signer={w1} outcome=denied reason=\"signature rejected"
+            "user=\"alice\" rhost=\"\" signer={w1} outcome=denied reason=\"signature rejected: \
+             signature was made by {WALLET1}, which is not an allowed wallet\""
         )),
         "{}",
         lines[1]
