@@ -60,6 +60,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The chain watcher cannot start (server key, RPC client).
+    #[error("cannot start the chain watcher")]
+    Chain(#[from] crate::chain::ChainError),
     /// The configured socket group does not exist.
     #[error("socket group {0:?} does not exist (api.socketGroup)")]
     NoSuchGroup(String),
@@ -109,6 +112,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     tracing::info!(socket = %socket.display(), "API listening");
 
     let mut tasks = tokio::task::JoinSet::new();
+
+    // --- chain watcher (issue 4): chain events -> Subscription/VirtualMachine/Plan specs ---
+    if let Some(chain) = &cfg.chain {
+        tasks.spawn(crate::chain::task(chain, store.clone(), metrics.clone(), shutdown.clone())?);
+    } else {
+        tracing::info!("no chain section in the configuration; no chain is watched");
+    }
+    // --- end chain watcher ---
     if let Some(addr) = cfg.metrics.listen {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "metrics are served on a non-loopback address; they reveal object counts");

@@ -6,6 +6,8 @@
 //! - [`api`]: the HTTP API on a Unix socket — [`api::server`] (axum, in the daemon)
 //!   and [`api::client`] (hyper, in `bhctl`).
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
+//! - [`chain`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
+//!   and failover, turning subscription events into specs.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`reconcile`]: the reconcile runtime (keyed queue, backoff, resync) and the
 //!   reconcilers that drive Proxmox.
@@ -13,6 +15,7 @@
 //! - [`cli`]: `bhctl`'s commands and output formats.
 
 pub mod api;
+pub mod chain;
 pub mod cli;
 pub mod daemon;
 pub mod manifest;

@@ -35,6 +35,20 @@ pub struct Metrics {
     pub reconcile_last_success: Family<Labels, Gauge>,
     /// Duration of reconciles in seconds, by controller.
     pub reconcile_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The chain head the watcher last saw.
+    pub chain_head_block: Gauge,
+    /// The last block the watcher committed.
+    pub chain_cursor_block: Gauge,
+    /// Chain events, by outcome (`applied`, `duplicate`, `malformed`).
+    pub chain_events: Family<Labels, Counter>,
+    /// Reorganisations undone.
+    pub chain_reorgs: Counter,
+    /// `eth_getLogs` ranges a node refused.
+    pub chain_range_refusals: Counter,
+    /// The current `eth_getLogs` range.
+    pub chain_get_logs_range: Gauge,
+    /// Failed watcher steps, by kind.
+    pub chain_errors: Family<Labels, Counter>,
     objects: Family<Labels, Gauge>,
 }
 
@@ -100,6 +114,20 @@ impl Metrics {
             "Duration of reconciles",
             reconcile_duration.clone(),
         );
+        let chain_head_block = Gauge::default();
+        registry.register("chain_head_block", "Chain head the watcher last saw", chain_head_block.clone());
+        let chain_cursor_block = Gauge::default();
+        registry.register("chain_cursor_block", "Last block the chain watcher committed", chain_cursor_block.clone());
+        let chain_events = Family::<Labels, Counter>::default();
+        registry.register("chain_events", "Chain events, by outcome", chain_events.clone());
+        let chain_reorgs = Counter::default();
+        registry.register("chain_reorgs", "Chain reorganisations undone", chain_reorgs.clone());
+        let chain_range_refusals = Counter::default();
+        registry.register("chain_range_refusals", "eth_getLogs ranges a node refused", chain_range_refusals.clone());
+        let chain_get_logs_range = Gauge::default();
+        registry.register("chain_get_logs_range", "Current eth_getLogs block range", chain_get_logs_range.clone());
+        let chain_errors = Family::<Labels, Counter>::default();
+        registry.register("chain_errors", "Failed chain watcher steps, by kind", chain_errors.clone());
         let info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -114,6 +142,13 @@ impl Metrics {
             reconcile_failures,
             reconcile_last_success,
             reconcile_duration,
+            chain_head_block,
+            chain_cursor_block,
+            chain_events,
+            chain_reorgs,
+            chain_range_refusals,
+            chain_get_logs_range,
+            chain_errors,
             objects,
         }
     }

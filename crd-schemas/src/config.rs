@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod chain;
+pub use chain::{ChainConfig, PlanDefaults};
+
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/blockhost/blockhost.yaml";
 /// Default path of the redb database.
@@ -37,6 +40,9 @@ pub struct DaemonConfig {
     /// The per-object event log.
     #[serde(default)]
     pub events: EventsConfig,
+    /// The chain watched for subscriptions; absent: no chain is watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainConfig>,
 }
 
 impl Default for DaemonConfig {
@@ -47,6 +53,7 @@ impl Default for DaemonConfig {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             events: EventsConfig::default(),
+            chain: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`meta`]: object metadata, conditions and events (Kubernetes-shaped).
 //! - [`resource`]: the [`Resource`] trait and [`AnyObject`] for run-time kinds.
 //! - [`vm`]: the `VirtualMachine` kind. [`plan`]: the `Plan` kind.
+//! - [`subscription`]: the `Subscription` kind, mirrored from the chain.
 //! - [`config`]: `blockhostd`'s configuration file.
 //! - [`bounded`]: validated scalars (names, users, bounded integers).
 //! - [`wallet`]: Ethereum addresses, EIP-55 checked, stored normalized.
@@ -24,6 +25,7 @@ pub mod meta;
 pub mod plan;
 pub mod resource;
 pub mod schema;
+pub mod subscription;
 pub mod validate;
 pub mod vm;
 pub mod wallet;
@@ -34,6 +36,7 @@ pub use config::DaemonConfig;
 pub use meta::{API_VERSION, Condition, ConditionStatus, Event, EventType, ObjectMeta};
 pub use plan::{Plan, PlanSpec, PlanStatus};
 pub use resource::{AnyObject, Resource, TypeMeta};
+pub use subscription::{Subscription, SubscriptionSpec, SubscriptionState, SubscriptionStatus};
 pub use vm::{
     PowerState, Resources, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus, VmPhase,
     VmSource,

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::meta::{API_VERSION, ObjectMeta};
-use crate::{Plan, VirtualMachine};
+use crate::{Plan, Subscription, VirtualMachine};
 
 /// A stored, declarative kind.
 pub trait Resource:
@@ -80,6 +80,11 @@ pub const KINDS: &[(&str, &str, &[&str])] = &[
         VirtualMachine::ALIASES,
     ),
     (Plan::KIND, Plan::PLURAL, Plan::ALIASES),
+    (
+        Subscription::KIND,
+        Subscription::PLURAL,
+        Subscription::ALIASES,
+    ),
 ];
 
 /// Resolves what a user typed (`vm`, `vms`, `virtualmachine`, `VirtualMachine`, …) to a kind.
@@ -103,10 +108,10 @@ pub enum TypeMetaError {
     #[error("unsupported apiVersion {0:?} (expected {API_VERSION:?})")]
     WrongApiVersion(String),
     /// No `kind`.
-    #[error("missing kind (one of: VirtualMachine, Plan)")]
+    #[error("missing kind (one of: VirtualMachine, Plan, Subscription)")]
     MissingKind,
     /// A kind we do not know.
-    #[error("unknown kind {0:?} (one of: VirtualMachine, Plan)")]
+    #[error("unknown kind {0:?} (one of: VirtualMachine, Plan, Subscription)")]
     UnknownKind(String),
 }
 
@@ -135,6 +140,8 @@ pub enum AnyObject {
     VirtualMachine(Box<VirtualMachine>),
     /// A plan.
     Plan(Box<Plan>),
+    /// A subscription (written by the chain watcher only).
+    Subscription(Box<Subscription>),
 }
 
 impl AnyObject {
@@ -143,6 +150,7 @@ impl AnyObject {
         match self {
             AnyObject::VirtualMachine(_) => VirtualMachine::KIND,
             AnyObject::Plan(_) => Plan::KIND,
+            AnyObject::Subscription(_) => Subscription::KIND,
         }
     }
 
@@ -151,6 +159,7 @@ impl AnyObject {
         match self {
             AnyObject::VirtualMachine(o) => o.meta(),
             AnyObject::Plan(o) => o.meta(),
+            AnyObject::Subscription(o) => o.meta(),
         }
     }
 
@@ -162,6 +171,9 @@ impl AnyObject {
     ) -> Result<Self, serde_path_to_error::Error<D::Error>> {
         match kind {
             "Plan" => serde_path_to_error::deserialize(de).map(|p| AnyObject::Plan(Box::new(p))),
+            "Subscription" => {
+                serde_path_to_error::deserialize(de).map(|s| AnyObject::Subscription(Box::new(s)))
+            }
             _ => {
                 serde_path_to_error::deserialize(de).map(|v| AnyObject::VirtualMachine(Box::new(v)))
             }

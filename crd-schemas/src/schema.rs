@@ -3,7 +3,7 @@
 //! the committed files differ from what the types generate (run
 //! `cargo run -p blockhost-crd --bin gen-schemas` to refresh them).
 
-use crate::{AccessFile, DaemonConfig, Plan, VirtualMachine};
+use crate::{AccessFile, DaemonConfig, Plan, Subscription, VirtualMachine};
 
 /// `(file name, pretty JSON text)` of every schema.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -17,6 +17,7 @@ pub fn all() -> Vec<(&'static str, String)> {
     vec![
         ("virtualmachine.json", render::<VirtualMachine>()),
         ("plan.json", render::<Plan>()),
+        ("subscription.json", render::<Subscription>()),
         ("daemon-config.json", render::<DaemonConfig>()),
         ("access-file.json", render::<AccessFile>()),
     ]

@@ -2,8 +2,8 @@
 //! check the user, build a fresh challenge, show it, take the answer (typed, or from
 //! the signing page), and verify it.
 //!
-//! The conversation is a trait so the whole flow is tested in-process; the FFI layer
-//! ([`crate::ffi`]) only adapts libpam's conversation function to it.
+//! The conversation is a trait so that the flow does not depend on libpam; the FFI
+//! layer (`ffi.rs`) only adapts libpam's conversation function to it.
 
 use std::fs::File;
 use std::io::Read;

@@ -30,6 +30,8 @@ use redb::{
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+pub mod chain;
+
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -370,6 +372,13 @@ impl Store {
         let now = self.now();
         let mut seen = std::collections::HashSet::new();
         for o in &objects {
+            if o.kind() == blockhost_crd::Subscription::KIND {
+                return Err(StoreError::Rejected {
+                    kind: o.kind(),
+                    name: o.meta().name.to_string(),
+                    reason: "subscriptions mirror the chain and are written by the chain watcher only".into(),
+                });
+            }
             if !seen.insert((o.kind(), o.meta().name.as_str().to_owned())) {
                 return Err(StoreError::Rejected {
                     kind: o.kind(),
@@ -400,6 +409,10 @@ impl Store {
                         })?
                     }
                     AnyObject::Plan(o) => {
+                        apply_one(*o, existing.as_deref(), &k, now, rv + 1, |_, _| Ok(()))?
+                    }
+                    // Refused above; kept exhaustive.
+                    AnyObject::Subscription(o) => {
                         apply_one(*o, existing.as_deref(), &k, now, rv + 1, |_, _| Ok(()))?
                     }
                 };
@@ -624,6 +637,13 @@ impl Store {
     /// last finalizer is dropped through [`Store::update_status`].
     pub fn delete(&self, kind: &str, name: &str) -> Result<DeleteOutcome, StoreError> {
         let kind = canonical_kind(kind);
+        if kind == blockhost_crd::Subscription::KIND {
+            return Err(StoreError::Rejected {
+                kind,
+                name: name.into(),
+                reason: "subscriptions mirror the chain; cancel on chain instead".into(),
+            });
+        }
         let k = key(kind, name);
         let now = self.now();
         let txn = self.inner.db.begin_write()?;

@@ -175,3 +175,37 @@ fn clients_are_rate_limited() {
     assert!(codes[..60].iter().all(|&c| c == 200), "{codes:?}");
     assert_eq!(codes[64], 429);
 }
+
+#[test]
+fn the_certificate_is_made_once_and_kept() {
+    let s = Signer::start();
+    let state = s.dir.path().join("state");
+    let cert = std::fs::read(state.join("cert.pem")).unwrap();
+    assert!(String::from_utf8_lossy(&cert).starts_with("-----BEGIN CERTIFICATE-----"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.join("key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // A restart with the same state directory serves the same certificate, so a
+    // browser exception the user accepted stays valid.
+    let Signer { dir, _proc, .. } = s;
+    drop(_proc);
+    let port = free_port();
+    let _again = Guard(
+        Command::new(bin("blockhost-signer"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--socket")
+            .arg(dir.path().join("s2.sock"))
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port, "blockhost-signer (restarted)");
+    assert_eq!(std::fs::read(state.join("cert.pem")).unwrap(), cert);
+}

@@ -1,0 +1,379 @@
+//! A small JSON-RPC client for Ethereum nodes over HTTP(S), with failover across
+//! several endpoints.
+//!
+//! Why not alloy's provider crates: the watcher needs four read-only methods
+//! (`eth_chainId`, `eth_blockNumber`, `eth_getBlockByNumber`, `eth_getLogs`), and
+//! the provider stack (transports, fillers, network types) roughly doubles the
+//! controller's build on our two-core machines for nothing the watcher uses.
+//! reqwest with rustls is already in the workspace for Proxmox, and decoding the
+//! logs themselves still uses the `sol!` bindings of `blockhost-chain`. Minting
+//! (signing, fees, nonces) may justify alloy's signer and consensus crates later.
+//!
+//! Every answer is checked: hex shapes, lengths, and a body-size cap (a hostile or
+//! broken node cannot make the daemon buffer gigabytes; an oversized `eth_getLogs`
+//! answer is reported as a refusal so the watcher narrows its range).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::node::{Node, NodeError, RawLog};
+
+/// Largest answer accepted from a node.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// JSON-RPC over HTTP to one of several endpoints; sticks to the one that last
+/// answered and moves to the next when it fails.
+#[derive(Debug)]
+pub struct RpcClient {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    current: AtomicUsize,
+    ids: AtomicUsize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Transport {
+    #[error("HTTP request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent an answer larger than {MAX_BODY} bytes")]
+    TooLarge { url: String },
+    #[error("{url} sent something that is not JSON-RPC")]
+    NotJson {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl RpcClient {
+    /// A client for `urls`, tried in order.
+    pub fn new(urls: Vec<String>) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(2)
+            .build()?;
+        Ok(Self {
+            http,
+            urls,
+            current: AtomicUsize::new(0),
+            ids: AtomicUsize::new(1),
+        })
+    }
+
+    /// The endpoint in use (for logs and metrics; URLs may carry API keys in
+    /// their path, so only the host is shown).
+    pub fn current_host(&self) -> String {
+        let i = self.current.load(Ordering::Relaxed) % self.urls.len().max(1);
+        self.urls
+            .get(i)
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .map(|u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or("?"),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<Value, Transport> {
+        let http = |source| Transport::Http {
+            url: redact(url),
+            source,
+        };
+        let mut resp = self.http.post(url).json(body).send().await.map_err(http)?;
+        if resp.status().is_server_error()
+            || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+        {
+            return Err(Transport::Status {
+                url: redact(url),
+                status: resp.status().as_u16(),
+            });
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(http)? {
+            if buf.len() + chunk.len() > MAX_BODY {
+                return Err(Transport::TooLarge { url: redact(url) });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&buf).map_err(|source| Transport::NotJson {
+            url: redact(url),
+            source,
+        })
+    }
+
+    /// Calls `method`, failing over to the next endpoints on transport errors.
+    pub async fn call(&self, method: &'static str, params: Value) -> Result<Value, NodeError> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let n = self.urls.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..n {
+            let i = (start + step) % n;
+            let Some(url) = self.urls.get(i) else {
+                continue;
+            };
+            match self.post(url, &body).await {
+                Ok(mut v) => {
+                    if step > 0 {
+                        tracing::warn!(endpoint = %self.current_host_of(i), "RPC failover: using another endpoint");
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+                        return Err(NodeError::Refused {
+                            method,
+                            code: err["code"].as_i64().unwrap_or(0),
+                            message: err["message"]
+                                .as_str()
+                                .unwrap_or("(no message)")
+                                .chars()
+                                .take(300)
+                                .collect(),
+                        });
+                    }
+                    return Ok(v["result"].take());
+                }
+                Err(Transport::TooLarge { .. }) if method == "eth_getLogs" => {
+                    return Err(NodeError::Refused {
+                        method,
+                        code: 0,
+                        message: format!("answer larger than {MAX_BODY} bytes"),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::error_chain(&e), "RPC endpoint failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(NodeError::Unavailable {
+            tried: n,
+            source: match last {
+                Some(e) => Box::new(e),
+                None => "no RPC URL configured".into(),
+            },
+        })
+    }
+
+    fn current_host_of(&self, i: usize) -> String {
+        self.urls.get(i).map(|u| redact(u)).unwrap_or_default()
+    }
+}
+
+/// Scheme, host and port of a URL, without path or credentials.
+fn redact(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .map(|u| {
+            format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|| "(unparsable URL)".into())
+}
+
+fn malformed(method: &'static str, detail: impl Into<String>) -> NodeError {
+    NodeError::Malformed {
+        method,
+        detail: detail.into(),
+    }
+}
+
+/// Parses a `0x…` quantity.
+pub fn quantity(method: &'static str, v: &Value) -> Result<u64, NodeError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| malformed(method, format!("expected a hex quantity, got {}", short(v))))?;
+    let digits = s
+        .strip_prefix("0x")
+        .ok_or_else(|| malformed(method, format!("quantity {s:?} lacks 0x")))?;
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(malformed(
+            method,
+            format!("quantity {s:?} is not a 64-bit number"),
+        ));
+    }
+    u64::from_str_radix(digits, 16)
+        .map_err(|_| malformed(method, format!("quantity {s:?} is not hex")))
+}
+
+fn data(method: &'static str, v: &Value, what: &str) -> Result<Vec<u8>, NodeError> {
+    let s = v
+        .as_str()
+        .and_then(|s| s.strip_prefix("0x"))
+        .ok_or_else(|| malformed(method, format!("{what}: expected 0x-hex, got {}", short(v))))?;
+    hex::decode(s).map_err(|_| malformed(method, format!("{what}: invalid hex")))
+}
+
+fn fixed<const N: usize>(
+    method: &'static str,
+    v: &Value,
+    what: &str,
+) -> Result<[u8; N], NodeError> {
+    let b = data(method, v, what)?;
+    <[u8; N]>::try_from(b.as_slice()).map_err(|_| {
+        malformed(
+            method,
+            format!("{what}: expected {N} bytes, got {}", b.len()),
+        )
+    })
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(80).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s
+    }
+}
+
+/// Parses one log of an `eth_getLogs` answer.
+pub fn parse_log(v: &Value) -> Result<RawLog, NodeError> {
+    const M: &str = "eth_getLogs";
+    let topics = v["topics"]
+        .as_array()
+        .ok_or_else(|| malformed(M, "log without topics"))?;
+    if topics.len() > 4 {
+        return Err(malformed(M, format!("log with {} topics", topics.len())));
+    }
+    Ok(RawLog {
+        address: fixed(M, &v["address"], "address")?,
+        topics: topics
+            .iter()
+            .map(|t| fixed(M, t, "topic"))
+            .collect::<Result<_, _>>()?,
+        data: data(M, &v["data"], "data")?,
+        block_number: quantity(M, &v["blockNumber"])?,
+        block_hash: fixed(M, &v["blockHash"], "blockHash")?,
+        log_index: quantity(M, &v["logIndex"])?,
+        transaction_hash: fixed(M, &v["transactionHash"], "transactionHash")?,
+    })
+}
+
+fn hex_q(n: u64) -> String {
+    format!("0x{n:x}")
+}
+
+impl Node for RpcClient {
+    async fn chain_id(&self) -> Result<u64, NodeError> {
+        let v = self.call("eth_chainId", json!([])).await?;
+        quantity("eth_chainId", &v)
+    }
+
+    async fn head(&self) -> Result<u64, NodeError> {
+        let v = self.call("eth_blockNumber", json!([])).await?;
+        quantity("eth_blockNumber", &v)
+    }
+
+    async fn block_hash(&self, number: u64) -> Result<Option<[u8; 32]>, NodeError> {
+        let v = self
+            .call("eth_getBlockByNumber", json!([hex_q(number), false]))
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        let got = quantity("eth_getBlockByNumber", &v["number"])?;
+        if got != number {
+            return Err(malformed(
+                "eth_getBlockByNumber",
+                format!("asked for block {number}, got {got}"),
+            ));
+        }
+        fixed("eth_getBlockByNumber", &v["hash"], "hash").map(Some)
+    }
+
+    async fn logs(
+        &self,
+        from: u64,
+        to: u64,
+        addresses: &[[u8; 20]],
+    ) -> Result<Vec<RawLog>, NodeError> {
+        let addrs: Vec<String> = addresses
+            .iter()
+            .map(|a| format!("0x{}", hex::encode(a)))
+            .collect();
+        let v = self
+            .call(
+                "eth_getLogs",
+                json!([{"fromBlock": hex_q(from), "toBlock": hex_q(to), "address": addrs}]),
+            )
+            .await?;
+        let items = v.as_array().ok_or_else(|| {
+            malformed(
+                "eth_getLogs",
+                format!("expected an array, got {}", short(&v)),
+            )
+        })?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            // A removed log is one the node already knows was reorged away.
+            if item["removed"].as_bool() == Some(true) {
+                continue;
+            }
+            out.push(parse_log(item)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_and_logs_are_checked() {
+        assert_eq!(quantity("m", &json!("0x1f")).unwrap(), 31);
+        assert!(quantity("m", &json!("1f")).is_err());
+        assert!(quantity("m", &json!("0x")).is_err());
+        assert!(quantity("m", &json!("0x1ffffffffffffffff")).is_err());
+        assert!(quantity("m", &json!(12)).is_err());
+        let good = json!({
+            "address": format!("0x{}", "11".repeat(20)),
+            "topics": [format!("0x{}", "22".repeat(32))],
+            "data": "0x",
+            "blockNumber": "0x5", "blockHash": format!("0x{}", "33".repeat(32)),
+            "logIndex": "0x0", "transactionHash": format!("0x{}", "44".repeat(32))
+        });
+        let log = parse_log(&good).unwrap();
+        assert_eq!(log.block_number, 5);
+        assert!(log.id().ends_with(":0"));
+        for (field, bad) in [
+            ("address", json!("0x1234")),
+            ("topics", json!(["0x00"])),
+            ("data", json!("zz")),
+            ("blockNumber", json!(null)),
+            ("blockHash", json!(7)),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad;
+            assert!(parse_log(&v).is_err(), "{field}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_paths() {
+        assert_eq!(
+            redact("https://user:pw@rpc.example:8545/v3/SECRET"),
+            "https://rpc.example:8545"
+        );
+    }
+}
