@@ -557,3 +557,33 @@ fn a_hand_off_socket_not_served_by_root_gets_no_message() {
     assert_eq!(code, PAM_SUCCESS, "pasting still works");
     drop(impostor);
 }
+
+#[test]
+fn random_bytes_as_answers_never_crash_the_module() {
+    let s = Setup::new(&[WALLET0], None, "");
+    // Deterministic xorshift: a failure is reproducible from the case number.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for case in 0..60 {
+        let len = (next() % 2048) as usize;
+        // Any byte but NUL (ends a C string) and newline (ends the driver's line).
+        let answer: Vec<u8> = (0..len)
+            .map(|_| match (next() % 256) as u8 {
+                0 | b'\n' => b'x',
+                b => b,
+            })
+            .collect();
+        let mut c = s.start("alice");
+        assert!(c.next_prompt().is_some(), "case {case}: no prompt");
+        let _ = c.stdin.write_all(&answer);
+        let _ = c.stdin.write_all(b"\n");
+        let _ = c.stdin.flush();
+        assert!(c.next_prompt().is_none(), "case {case}: asked again");
+        assert_eq!(c.result, Some(PAM_AUTH_ERR), "case {case} (len {len})");
+    }
+}

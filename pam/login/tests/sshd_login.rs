@@ -56,6 +56,20 @@ fn wallet_login_through_real_sshd() {
         assert!(sshd.alive(), "sshd died after {mode}:\n{}", sshd.log());
     }
 
+    // Logins at the same time do not disturb each other (each has its own challenge).
+    sshd.set_mode("cli");
+    std::thread::scope(|scope| {
+        let logins: Vec<_> = (0..4).map(|_| scope.spawn(|| sshd.ssh_as("cli"))).collect();
+        for l in logins {
+            let out = l.join().unwrap();
+            assert!(
+                sshd.logged_in(&out),
+                "concurrent login failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+
     // A challenge answered after its TTL: sshd re-reads the PAM service per connection.
     sshd.write_pam("ttl=1");
     assert!(
@@ -81,12 +95,12 @@ fn wallet_login_through_real_sshd() {
         sshd.log()
     );
 
-    // sshd saw exactly the outcomes above: 3 accepted, 5 failed keyboard-interactive attempts.
+    // sshd saw exactly the outcomes above: 7 accepted, 5 failed keyboard-interactive attempts.
     let log = sshd.log();
     assert_eq!(
         log.matches("Accepted keyboard-interactive/pam for bhssh")
             .count(),
-        3,
+        7,
         "{log}"
     );
     assert_eq!(

@@ -192,8 +192,20 @@ impl Sshd {
 
     /// Logs in with the askpass script in `mode`, running `echo wallet-login-ok; id -un`.
     pub fn ssh(&self, mode: &str) -> Output {
+        self.set_mode(mode);
+        self.ssh_as(mode)
+    }
+
+    /// Chooses how the askpass script answers.
+    pub fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("mode"), mode).unwrap();
+    }
+
+    /// Like [`Sshd::ssh`] for a mode already written (safe to call from several
+    /// threads at once with the same mode).
+    pub fn ssh_as(&self, mode: &str) -> Output {
         let d = self.dir.path();
-        std::fs::write(d.join("mode"), mode).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("mode")).unwrap(), mode);
         let mut cmd = Command::new("ssh");
         cmd.args([
             "-F",
