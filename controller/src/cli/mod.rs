@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use blockhost_crd::resource::kind_for;
-use blockhost_crd::{Event, Plan, VirtualMachine};
+use blockhost_crd::{Event, Plan, Subscription, VirtualMachine};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 
@@ -48,6 +48,9 @@ pub enum GetType {
     /// Plan objects.
     #[value(alias = "plan")]
     Plans,
+    /// Subscription objects (mirrored from the chain).
+    #[value(alias = "subscription", alias = "sub", alias = "subs")]
+    Subscriptions,
     /// The event log.
     #[value(alias = "event", alias = "ev")]
     Events,
@@ -62,6 +65,9 @@ pub enum ObjType {
     /// A Plan.
     #[value(alias = "plans")]
     Plan,
+    /// A Subscription.
+    #[value(alias = "subscriptions", alias = "sub", alias = "subs")]
+    Subscription,
 }
 
 impl ObjType {
@@ -69,6 +75,7 @@ impl ObjType {
         match self {
             ObjType::Vm => "virtualmachines",
             ObjType::Plan => "plans",
+            ObjType::Subscription => "subscriptions",
         }
     }
 }
@@ -199,10 +206,10 @@ async fn get(
         }
         return Ok(());
     }
-    let plural = if what == GetType::Vms {
-        "virtualmachines"
-    } else {
-        "plans"
+    let plural = match what {
+        GetType::Vms => "virtualmachines",
+        GetType::Subscriptions => "subscriptions",
+        _ => "plans",
     };
     if let Some(n) = name {
         let body = client
@@ -244,7 +251,11 @@ async fn get(
                 if items.is_empty() {
                     eprintln!(
                         "No {} found.",
-                        if what == GetType::Vms { "VMs" } else { "plans" }
+                        match what {
+                            GetType::Vms => "VMs",
+                            GetType::Subscriptions => "subscriptions",
+                            _ => "plans",
+                        }
                     );
                 } else {
                     output::table(out, what, &items, format == Format::Wide, now, true)?;
@@ -341,10 +352,10 @@ async fn describe(
             None,
         )
         .await?;
-    let kind = if what == ObjType::Vm {
-        "VirtualMachine"
-    } else {
-        "Plan"
+    let kind = match what {
+        ObjType::Vm => "VirtualMachine",
+        ObjType::Plan => "Plan",
+        ObjType::Subscription => "Subscription",
     };
     let ev_body = client
         .request(
@@ -367,6 +378,12 @@ async fn describe(
         ObjType::Plan => {
             output::describe_plan(out, &serde_json::from_slice::<Plan>(&body)?, &events, now)?
         }
+        ObjType::Subscription => output::describe_subscription(
+            out,
+            &serde_json::from_slice::<Subscription>(&body)?,
+            &events,
+            now,
+        )?,
     }
     Ok(())
 }

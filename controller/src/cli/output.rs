@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use blockhost_crd::meta::{Condition, Event};
-use blockhost_crd::{Plan, VirtualMachine, VmSource};
+use blockhost_crd::{Plan, Subscription, VirtualMachine, VmSource};
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 use serde_json::Value;
@@ -217,6 +217,48 @@ fn table_rows(what: GetType, items: &[Value], wide: bool, now: DateTime<Utc>) ->
                         s(&sp["owner"]),
                         ts(&sp["expiresAt"]).map_or("never".into(), |t| age(Some(t), now)),
                         reason.unwrap_or_else(|| "<none>".into()),
+                    ]);
+                }
+                rows.push(row);
+            }
+        }
+        GetType::Subscriptions => {
+            let mut h = vec!["ID", "PLAN", "SUBSCRIBER", "EXPIRES", "VM", "STATE"];
+            if wide {
+                h.extend(["NAME", "BLOCK", "NFT", "REASON", "AGE"]);
+            }
+            rows.push(h.into_iter().map(String::from).collect());
+            for v in items {
+                let sp = &v["spec"];
+                let st = &v["status"];
+                let expires = ts(&sp["expiresAt"]).map_or("<none>".into(), |t| {
+                    if t < now {
+                        format!("{} ago", age(Some(t), now))
+                    } else {
+                        format!("in {}", age(Some(now), t))
+                    }
+                });
+                let mut row = vec![
+                    s(&sp["subscriptionId"]),
+                    s(&sp["planId"]),
+                    s(&sp["subscriber"]),
+                    expires,
+                    st["vm"].as_str().unwrap_or("<none>").into(),
+                    st["state"].as_str().unwrap_or("Pending").into(),
+                ];
+                if wide {
+                    let reason = st["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["status"] == "False"))
+                        .map_or("<none>".into(), |c| s(&c["reason"]));
+                    row.extend([
+                        s(&v["metadata"]["name"]),
+                        s(&sp["blockNumber"]),
+                        st["nftTokenId"]
+                            .as_u64()
+                            .map_or("<none>".into(), |t| t.to_string()),
+                        reason,
+                        age(ts(&v["metadata"]["creationTimestamp"]), now),
                     ]);
                 }
                 rows.push(row);
@@ -457,6 +499,42 @@ pub fn describe_vm(
         writeln!(out, "  Last error:      {e}")?;
     }
     writeln!(out, "Conditions:")?;
+    conditions_table(out, &st.conditions, now)?;
+    writeln!(out, "Events:")?;
+    indented_events(out, events, now)
+}
+
+/// `bhctl describe subscription`.
+pub fn describe_subscription(
+    out: &mut impl Write,
+    sub: &Subscription,
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    meta_lines(out, &sub.metadata, "Subscription", now)?;
+    let sp = &sub.spec;
+    writeln!(out, "Spec (from the chain):")?;
+    writeln!(out, "  Subscription id: {}", sp.subscription_id)?;
+    writeln!(out, "  Plan id:         {}", sp.plan_id)?;
+    writeln!(out, "  Subscriber:      {}", sp.subscriber)?;
+    writeln!(out, "  Expires:         {}", sp.expires_at.to_rfc3339())?;
+    writeln!(out, "  Cancelled:       {}", yes_no(sp.cancelled))?;
+    writeln!(out, "  VM name:         {}", sp.vm_name)?;
+    writeln!(out, "  Block:           {}", sp.block_number)?;
+    writeln!(out, "  Transaction:     {}", sp.transaction_hash)?;
+    let st = &sub.status;
+    writeln!(out, "Status:")?;
+    writeln!(out, "  State:           {:?}", st.state)?;
+    writeln!(
+        out,
+        "  VM:              {}",
+        st.vm.as_ref().map_or("<none>", |v| v.as_str())
+    )?;
+    writeln!(
+        out,
+        "  NFT token id:    {}",
+        st.nft_token_id.map_or("<none>".into(), |t| t.to_string())
+    )?;
     conditions_table(out, &st.conditions, now)?;
     writeln!(out, "Events:")?;
     indented_events(out, events, now)
