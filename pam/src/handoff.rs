@@ -72,9 +72,19 @@ pub fn is_session_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A fresh 128-bit session id from the operating system's CSPRNG.
+/// A fresh 128-bit session id; see [`random_128`].
 pub fn new_session_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    random_128()
+}
+
+/// 128 random bits as 32 hex digits, straight from the kernel (`getrandom`) rather
+/// than a user-space generator: sshd forks for every connection, and a per-process
+/// generator state must never be able to repeat a nonce across forks.
+pub fn random_128() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// The module's side of one pending session.
@@ -165,4 +175,22 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_128_bit_hex_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_session_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| is_session_id(id)));
+        assert!(!is_session_id("0123"));
+        assert!(!is_session_id(&"G".repeat(32)));
+        assert!(
+            !is_session_id(&"A".repeat(32)),
+            "upper case is not what we make"
+        );
+    }
 }

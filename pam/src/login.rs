@@ -15,7 +15,7 @@ use blockhost_crd::eip191::{self, Eip191Error, Signature};
 use blockhost_crd::{AccessFile, WalletAddress};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
-use crate::handoff::{Handoff, HandoffError, Register, new_session_id};
+use crate::handoff::{Handoff, HandoffError, Register, new_session_id, random_128};
 use crate::log::{Level, audit, error_chain, quote};
 use crate::options::Options;
 use crate::siwe::{BEGIN_MARKER, END_MARKER, SiweMessage};
@@ -152,7 +152,7 @@ pub fn challenge(
         },
         uri: format!("ssh://{user}@{}", access.machine),
         chain_id: access.chain_id,
-        nonce: hex::encode(rand::random::<[u8; 16]>()),
+        nonce: random_128(),
         issued_at: now,
         expiration_time: now + ttl,
     }
