@@ -40,6 +40,22 @@ case "$mode" in
 esac
 "#;
 
+/// GECOS comment of the Unix users these tests create.
+const TEST_USER_MARK: &str = "blockhost wallet-login test user";
+
+/// The GECOS comment of `user`, or None if there is no such user.
+fn passwd_comment(user: &str) -> Option<String> {
+    let out = Command::new("getent")
+        .args(["passwd", user])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(line.split(':').nth(4).unwrap_or_default().to_owned())
+}
+
 /// A running test sshd.
 pub struct Sshd {
     pub dir: tempfile::TempDir,
@@ -76,20 +92,26 @@ impl Sshd {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let created_user = Command::new("id")
-            .arg(user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap();
-        if created_user {
-            let ok = Command::new("useradd")
-                .args(["--create-home", "--shell", "/bin/sh", user])
-                .status()
-                .unwrap();
-            assert!(ok.success(), "useradd {user} failed");
-        }
+        // A user left by an interrupted earlier run carries our marker and is ours
+        // to reuse and remove; any other existing user is left alone.
+        let created_user = match passwd_comment(user) {
+            None => {
+                let ok = Command::new("useradd")
+                    .args([
+                        "--create-home",
+                        "--shell",
+                        "/bin/sh",
+                        "--comment",
+                        TEST_USER_MARK,
+                        user,
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "useradd {user} failed");
+                true
+            }
+            Some(comment) => comment == TEST_USER_MARK,
+        };
         let port = free_port();
         let mut s = Self {
             dir,
@@ -256,10 +278,19 @@ impl Drop for Sshd {
         self.process.take();
         let _ = std::fs::remove_file(self.pam_path());
         if self.created_user {
-            let _ = Command::new("userdel")
-                .args(["--remove", &self.user])
-                .stderr(Stdio::null())
-                .status();
+            // userdel refuses while the user's last session processes are still
+            // exiting (sshd was just stopped); give them a moment.
+            for _ in 0..50 {
+                let done = Command::new("userdel")
+                    .args(["--remove", &self.user])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if done || passwd_comment(&self.user).is_none() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
