@@ -60,6 +60,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The reconciler could not start (Proxmox client, token secret).
+    #[error("cannot start the VM reconciler")]
+    Reconciler(#[source] crate::reconcile::vm::setup::SetupError),
     /// The chain watcher cannot start (server key, RPC client).
     #[error("cannot start the chain watcher")]
     Chain(#[from] crate::chain::ChainError),
@@ -72,8 +75,21 @@ pub enum DaemonError {
 /// defaults; a missing file that was asked for explicitly is an error.
 pub fn load_config(path: &Path, explicit: bool) -> Result<DaemonConfig, DaemonError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => crate::yaml::from_single(&path.display().to_string(), &text)
-            .map_err(DaemonError::ConfigInvalid),
+        Ok(text) => {
+            let file = path.display().to_string();
+            let cfg: DaemonConfig =
+                crate::yaml::from_single(&file, &text).map_err(DaemonError::ConfigInvalid)?;
+            cfg.validate().map_err(|message| {
+                DaemonError::ConfigInvalid(YamlError {
+                    file,
+                    line: None,
+                    column: None,
+                    path: None,
+                    message,
+                })
+            })?;
+            Ok(cfg)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
             tracing::info!(path = %path.display(), "no configuration file; running on local defaults (nothing is driven)");
             Ok(DaemonConfig::default())
@@ -90,6 +106,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let store_path = cfg.store.clone();
     let opts = StoreOptions {
         event_retention: cfg.events.retention_per_object,
+        pools: crate::store::alloc::Pools {
+            ipv4: cfg.network.ipv4.clone(),
+            ipv6: cfg.network.ipv6.clone(),
+        },
         ..StoreOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path, opts))
@@ -113,9 +133,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
 
     let mut tasks = tokio::task::JoinSet::new();
 
+    // Reconcilers: only when a Proxmox cluster is configured.
+    crate::reconcile::vm::setup::spawn(&cfg, &store, &metrics, &shutdown, &mut tasks)
+        .map_err(DaemonError::Reconciler)?;
+
     // --- chain watcher (issue 4): chain events -> Subscription/VirtualMachine/Plan specs ---
     if let Some(chain) = &cfg.chain {
-        tasks.spawn(crate::chain::task(chain, store.clone(), metrics.clone(), shutdown.clone())?);
+        tasks.spawn(crate::chain::task(
+            chain,
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?);
     } else {
         tracing::info!("no chain section in the configuration; no chain is watched");
     }

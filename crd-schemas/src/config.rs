@@ -43,6 +43,12 @@ pub struct DaemonConfig {
     /// The chain watched for subscriptions; absent: no chain is watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainConfig>,
+    /// The Proxmox VE cluster to drive; absent: specs are stored, nothing is driven.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxmox: Option<ProxmoxConfig>,
+    /// Address pools for VMs.
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 impl Default for DaemonConfig {
@@ -54,6 +60,8 @@ impl Default for DaemonConfig {
             log: LogConfig::default(),
             events: EventsConfig::default(),
             chain: None,
+            proxmox: None,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -163,4 +171,217 @@ fn retention<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         )));
     }
     Ok(n)
+}
+
+/// The Proxmox VE cluster the reconcilers drive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxmoxConfig {
+    /// API base, e.g. `https://192.0.2.10:8006` (the `/api2/json` suffix is added).
+    pub url: String,
+    /// API token id, `USER@REALM!TOKENID`.
+    pub token_id: String,
+    /// File holding the token secret (mode 0600 or 0640; never put it in this file or argv).
+    pub token_secret_file: PathBuf,
+    /// SHA-256 fingerprint of the server certificate (PVE's self-signed default),
+    /// `AB:CD:…`; absent: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// Accept any certificate. Only for throw-away test setups; logged as a warning.
+    #[serde(default)]
+    pub tls_insecure: bool,
+    /// Nodes VMs may be placed on; empty: every online node.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// VMIDs BlockHost may use, inclusive.
+    #[serde(default = "default_vmid_first")]
+    pub vmid_first: crate::Vmid,
+    /// Last VMID BlockHost may use.
+    #[serde(default = "default_vmid_last")]
+    pub vmid_last: crate::Vmid,
+    /// Template cloned when neither the spec nor its plan names one.
+    #[serde(default = "default_template")]
+    pub default_template: crate::Vmid,
+    /// Storage for cloned disks; absent: the template's storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// Disk key resized to the spec's size.
+    #[serde(default = "default_disk")]
+    pub disk: String,
+    /// Days a suspended (expired) VM is kept before it is deleted.
+    #[serde(default = "default_grace_days")]
+    pub grace_period_days: u32,
+    /// What to do when a managed VM vanishes from Proxmox.
+    #[serde(default)]
+    pub lost_policy: LostPolicy,
+    /// Seconds a clean shutdown may take before the VM is stopped hard.
+    #[serde(default = "default_shutdown_secs")]
+    pub shutdown_timeout_secs: u32,
+    /// Seconds to wait for the guest agent after start.
+    #[serde(default = "default_agent_secs")]
+    pub agent_timeout_secs: u32,
+    /// Reconciles running at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Seconds between full resyncs (one `cluster/resources` call each).
+    #[serde(default = "default_resync_secs")]
+    pub resync_secs: u32,
+}
+
+fn default_vmid_first() -> crate::Vmid {
+    crate::Vmid::new(10_000).unwrap_or_else(|_| unreachable!())
+}
+fn default_vmid_last() -> crate::Vmid {
+    crate::Vmid::new(19_999).unwrap_or_else(|_| unreachable!())
+}
+fn default_template() -> crate::Vmid {
+    crate::Vmid::new(9001).unwrap_or_else(|_| unreachable!())
+}
+fn default_disk() -> String {
+    "scsi0".into()
+}
+fn default_grace_days() -> u32 {
+    7
+}
+fn default_shutdown_secs() -> u32 {
+    120
+}
+fn default_agent_secs() -> u32 {
+    180
+}
+fn default_concurrency() -> u32 {
+    8
+}
+fn default_resync_secs() -> u32 {
+    60
+}
+
+/// What to do when a managed VM vanishes from Proxmox behind our back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LostPolicy {
+    /// Mark it `Lost` and wait for an operator (the default: a re-created VM has an empty disk).
+    #[default]
+    Hold,
+    /// Mark it `Lost` and create it again.
+    Recreate,
+}
+
+/// Address pools for VMs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// IPv4 pool; absent: VMs get no IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Pool>,
+    /// IPv6 prefix VMs get /128s from; absent: no IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Pool>,
+    /// Bridge VMs attach to.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// DNS servers written into cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<std::net::IpAddr>,
+}
+
+fn default_bridge() -> String {
+    "vmbr0".into()
+}
+
+/// An IPv4 pool: a prefix of any length, its gateway, and optionally a sub-range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ipv4Pool {
+    /// The subnet, e.g. `10.10.0.0/24`.
+    pub cidr: crate::net::Ipv4Cidr,
+    /// Its gateway (never handed out).
+    pub gateway: std::net::Ipv4Addr,
+    /// First address handed out; absent: the first host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<std::net::Ipv4Addr>,
+    /// Last address handed out; absent: the last host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<std::net::Ipv4Addr>,
+}
+
+/// An IPv6 prefix VMs get /128s from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ipv6Pool {
+    /// The prefix, e.g. `2001:db8:1::/64`.
+    pub prefix: crate::net::Ipv6Cidr,
+    /// Its gateway (never handed out).
+    pub gateway: std::net::Ipv6Addr,
+}
+
+impl Ipv4Pool {
+    /// The inclusive range of addresses handed out, as integers.
+    pub fn range(&self) -> (u32, u32) {
+        let (lo, hi) = self.cidr.hosts();
+        (
+            self.first.map_or(lo, u32::from),
+            self.last.map_or(hi, u32::from),
+        )
+    }
+}
+
+impl Ipv6Pool {
+    /// The inclusive range handed out: the prefix minus its first 256 addresses,
+    /// kept for the gateway and infrastructure.
+    pub fn range(&self) -> (u128, u128) {
+        let (lo, hi) = self.prefix.hosts();
+        (lo.saturating_add(0x100).min(hi), hi)
+    }
+}
+
+impl DaemonConfig {
+    /// Checks what types alone cannot: values that must agree with each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = &self.proxmox {
+            if p.vmid_first > p.vmid_last {
+                return Err(format!(
+                    "proxmox.vmidFirst {} is after proxmox.vmidLast {}",
+                    p.vmid_first, p.vmid_last
+                ));
+            }
+            if !(p.url.starts_with("https://") || p.url.starts_with("http://")) {
+                return Err(format!("proxmox.url {:?} must start with https://", p.url));
+            }
+            if !p.token_id.contains('@') || !p.token_id.contains('!') {
+                return Err(format!(
+                    "proxmox.tokenId {:?} must look like USER@REALM!TOKENID",
+                    p.token_id
+                ));
+            }
+        }
+        if let Some(v4) = &self.network.ipv4 {
+            if !v4.cidr.contains(v4.gateway) {
+                return Err(format!(
+                    "network.ipv4.gateway {} is outside {}",
+                    v4.gateway, v4.cidr
+                ));
+            }
+            for (field, a) in [("first", v4.first), ("last", v4.last)] {
+                if let Some(a) = a
+                    && !v4.cidr.contains(a)
+                {
+                    return Err(format!("network.ipv4.{field} {a} is outside {}", v4.cidr));
+                }
+            }
+            let (lo, hi) = v4.range();
+            if lo > hi {
+                return Err("network.ipv4.first is after network.ipv4.last".into());
+            }
+        }
+        if let Some(v6) = &self.network.ipv6
+            && !v6.prefix.contains(v6.gateway)
+        {
+            return Err(format!(
+                "network.ipv6.gateway {} is outside {}",
+                v6.gateway, v6.prefix
+            ));
+        }
+        Ok(())
+    }
 }

@@ -6,6 +6,7 @@
 //! - [`vm`]: the `VirtualMachine` kind. [`plan`]: the `Plan` kind.
 //! - [`subscription`]: the `Subscription` kind, mirrored from the chain.
 //! - [`config`]: `blockhostd`'s configuration file.
+//! - [`net`]: IPv4/IPv6 prefixes for the address pools.
 //! - [`bounded`]: validated scalars (names, users, bounded integers).
 //! - [`wallet`]: Ethereum addresses, EIP-55 checked, stored normalized.
 //! - [`validate`]: rules beyond types (DNS labels, Unix users).
@@ -22,6 +23,7 @@ pub mod bounded;
 pub mod config;
 pub mod eip191;
 pub mod meta;
+pub mod net;
 pub mod plan;
 pub mod resource;
 pub mod schema;

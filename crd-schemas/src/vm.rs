@@ -287,6 +287,13 @@ pub struct VirtualMachineStatus {
     /// The last error a controller met, for `bhctl describe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the VM was last suspended for expiry; the grace period counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<DateTime<Utc>>,
+    /// SHA-256 of the access file last written into the VM; it is rewritten when
+    /// the owner, NFT or users change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_file_digest: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

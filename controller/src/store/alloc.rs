@@ -255,6 +255,26 @@ pub(super) fn vmid_owner(
         .map(|g| g.value().to_owned()))
 }
 
+/// Who holds an IPv4 or IPv6 address, if anyone.
+pub(super) fn address_owner(
+    txn: &redb::ReadTransaction,
+    addr: &str,
+) -> Result<Option<String>, StoreError> {
+    if let Ok(a) = addr.parse::<Ipv4Addr>() {
+        return Ok(txn
+            .open_table(IPV4)?
+            .get(u32::from(a))?
+            .map(|g| g.value().to_owned()));
+    }
+    if let Ok(a) = addr.parse::<Ipv6Addr>() {
+        return Ok(txn
+            .open_table(IPV6)?
+            .get(u128::from(a))?
+            .map(|g| g.value().to_owned()));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

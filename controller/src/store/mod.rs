@@ -16,12 +16,14 @@
 //! `("Kind/name", seq)` to an event's JSON (bounded per object); `meta` holds the
 //! schema version and the sequences.
 
+pub mod alloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use blockhost_crd::VirtualMachine;
 use blockhost_crd::meta::{Event, EventType};
 use blockhost_crd::resource::{AnyObject, Resource};
-use blockhost_crd::{Plan, VirtualMachine};
 use chrono::{DateTime, Utc};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -205,6 +207,8 @@ pub struct StoreOptions {
     pub schema_version: u64,
     /// The migrations available.
     pub migrations: &'static [Migration],
+    /// Address pools VMs get addresses from.
+    pub pools: alloc::Pools,
 }
 
 impl Default for StoreOptions {
@@ -214,6 +218,7 @@ impl Default for StoreOptions {
             clock: Arc::new(Utc::now),
             schema_version: SCHEMA_VERSION,
             migrations: MIGRATIONS,
+            pools: alloc::Pools::default(),
         }
     }
 }
@@ -251,12 +256,14 @@ fn key(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
+/// The `'static` name of a kind given as text; callers pass known kinds (the API
+/// resolves user input first), so an unknown one is a programming error that
+/// degrades to a lookup that finds nothing rather than touching another kind.
 fn canonical_kind(kind: &str) -> &'static str {
-    if kind == Plan::KIND {
-        Plan::KIND
-    } else {
-        VirtualMachine::KIND
-    }
+    blockhost_crd::resource::KINDS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map_or("Unknown", |(k, _, _)| *k)
 }
 
 impl Store {
@@ -303,6 +310,7 @@ impl Store {
             // Creating the tables here means readers never meet a missing table.
             txn.open_table(OBJECTS)?;
             txn.open_table(EVENTS)?;
+            alloc::create_tables(&txn)?;
             let mut meta = txn.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|g| g.value());
             match found {
@@ -376,7 +384,9 @@ impl Store {
                 return Err(StoreError::Rejected {
                     kind: o.kind(),
                     name: o.meta().name.to_string(),
-                    reason: "subscriptions mirror the chain and are written by the chain watcher only".into(),
+                    reason:
+                        "subscriptions mirror the chain and are written by the chain watcher only"
+                            .into(),
                 });
             }
             if !seen.insert((o.kind(), o.meta().name.as_str().to_owned())) {
@@ -388,6 +398,7 @@ impl Store {
                 });
             }
         }
+        let pools = &self.inner.opts.pools;
         let txn = self.inner.db.begin_write()?;
         let mut results = Vec::with_capacity(objects.len());
         let mut published = Vec::new();
@@ -403,18 +414,45 @@ impl Store {
                 let k = key(kind, &name);
                 let existing = table.get(k.as_str())?.map(|g| g.value().to_vec());
                 let applied = match obj {
-                    AnyObject::VirtualMachine(o) => {
-                        apply_one(*o, existing.as_deref(), &k, now, rv + 1, |old, new| {
-                            new.spec.validate_update(&old.spec)
-                        })?
-                    }
-                    AnyObject::Plan(o) => {
-                        apply_one(*o, existing.as_deref(), &k, now, rv + 1, |_, _| Ok(()))?
-                    }
-                    // Refused above; kept exhaustive.
-                    AnyObject::Subscription(o) => {
-                        apply_one(*o, existing.as_deref(), &k, now, rv + 1, |_, _| Ok(()))?
-                    }
+                    AnyObject::VirtualMachine(o) => apply_one(
+                        *o,
+                        existing.as_deref(),
+                        &k,
+                        now,
+                        rv + 1,
+                        |old, new| new.spec.validate_update(&old.spec),
+                        // Addresses are allocated in the transaction that stores the spec.
+                        |vm| {
+                            let st = &mut vm.status;
+                            alloc::sync_addresses(
+                                &txn,
+                                pools,
+                                &k,
+                                &vm.spec.network,
+                                &mut st.addresses,
+                                &mut st.conditions,
+                                now,
+                            )
+                        },
+                    )?,
+                    AnyObject::Plan(o) => apply_one(
+                        *o,
+                        existing.as_deref(),
+                        &k,
+                        now,
+                        rv + 1,
+                        |_, _| Ok(()),
+                        |_| Ok(()),
+                    )?,
+                    AnyObject::Subscription(o) => apply_one(
+                        *o,
+                        existing.as_deref(),
+                        &k,
+                        now,
+                        rv + 1,
+                        |_, _| Ok(()),
+                        |_| Ok(()),
+                    )?,
                 };
                 let Applied {
                     outcome,
@@ -544,6 +582,16 @@ impl Store {
         Ok(rv)
     }
 
+    /// Names of every object of a kind, in order.
+    pub fn for_each_names(&self, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_raw(kind, |k, _| {
+            out.push(k.split_once('/').map_or(k, |(_, n)| n).to_owned());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Number of objects of a kind.
     pub fn count(&self, kind: &str) -> Result<u64, StoreError> {
         let mut n = 0;
@@ -610,6 +658,11 @@ impl Store {
             if gone {
                 table.remove(k.as_str())?;
                 remove_events(&txn, &k)?;
+                let value = serde_json::to_value(&obj).map_err(|source| StoreError::Corrupt {
+                    key: k.clone(),
+                    source,
+                })?;
+                alloc::release_all(&txn, &k, &value)?;
             } else {
                 table.insert(k.as_str(), out.as_slice())?;
             }
@@ -703,6 +756,7 @@ impl Store {
                 table.remove(k.as_str())?;
                 drop(table);
                 remove_events(&txn, &k)?;
+                alloc::release_all(&txn, &k, &value)?;
                 outcome = DeleteOutcome::Deleted;
                 change = Change {
                     kind,
@@ -716,6 +770,152 @@ impl Store {
         txn.commit()?;
         self.publish(vec![change]);
         Ok(outcome)
+    }
+
+    /// Reserves a VMID in `[first, last]` for the VM `name` before it is cloned,
+    /// skipping ids `taken` in Proxmox, and records it in the VM's status in the
+    /// same transaction. Idempotent: a VM that holds one gets it back.
+    pub fn reserve_vmid(
+        &self,
+        name: &str,
+        first: u32,
+        last: u32,
+        taken: &dyn Fn(u32) -> bool,
+    ) -> Result<u32, StoreError> {
+        let k = key(VirtualMachine::KIND, name);
+        let txn = self.inner.db.begin_write()?;
+        let (vmid, change) = {
+            let mut table = txn.open_table(OBJECTS)?;
+            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
+                return Err(StoreError::NotFound {
+                    kind: VirtualMachine::KIND,
+                    name: name.into(),
+                });
+            };
+            let mut vm: VirtualMachine =
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                    key: k.clone(),
+                    source,
+                })?;
+            if let Some(v) = vm.status.vmid {
+                return Ok(v);
+            }
+            let Some(v) = alloc::reserve_vmid(&txn, &k, first, last, taken)? else {
+                return Err(StoreError::Rejected {
+                    kind: VirtualMachine::KIND,
+                    name: name.into(),
+                    reason: format!(
+                        "no free VMID in {first}..={last}; widen proxmox.vmidFirst/vmidLast"
+                    ),
+                });
+            };
+            vm.status.vmid = Some(v);
+            let mut meta = txn.open_table(META)?;
+            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
+            meta.insert(META_RV, rv)?;
+            vm.metadata.resource_version = Some(rv);
+            let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
+                key: k.clone(),
+                source,
+            })?;
+            table.insert(k.as_str(), out.as_slice())?;
+            (
+                v,
+                Change {
+                    kind: VirtualMachine::KIND,
+                    name: name.into(),
+                    resource_version: rv,
+                    what: ChangeKind::Status,
+                    object: out.into(),
+                },
+            )
+        };
+        txn.commit()?;
+        self.publish(vec![change]);
+        Ok(vmid)
+    }
+
+    /// Gives up the VM's reserved VMID because Proxmox says something else holds
+    /// it; that id is never handed out again.
+    pub fn reject_vmid(&self, name: &str, vmid: u32) -> Result<(), StoreError> {
+        let k = key(VirtualMachine::KIND, name);
+        let txn = self.inner.db.begin_write()?;
+        alloc::mark_foreign(&txn, vmid)?;
+        txn.commit()?;
+        self.update_status::<VirtualMachine>(name, |vm| {
+            let had = vm.status.vmid == Some(vmid);
+            if had {
+                vm.status.vmid = None;
+            }
+            had
+        })?;
+        tracing::warn!(object = %k, vmid, "VMID is taken in Proxmox by something else; it will not be used again");
+        Ok(())
+    }
+
+    /// Who holds a VMID (`"VirtualMachine/name"`, the foreign marker, or nobody).
+    pub fn vmid_owner(&self, vmid: u32) -> Result<Option<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        alloc::vmid_owner(&txn, vmid)
+    }
+
+    /// Who holds an address (`"VirtualMachine/name"`), if anyone.
+    pub fn address_owner(&self, addr: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        alloc::address_owner(&txn, addr)
+    }
+
+    /// Tries again to allocate the addresses a VM wants but lacks (an exhausted
+    /// pool that has since freed up).
+    pub fn retry_addresses(&self, name: &str) -> Result<Option<VirtualMachine>, StoreError> {
+        let k = key(VirtualMachine::KIND, name);
+        let now = self.now();
+        let txn = self.inner.db.begin_write()?;
+        let (vm, change) = {
+            let mut table = txn.open_table(OBJECTS)?;
+            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
+                return Ok(None);
+            };
+            let mut vm: VirtualMachine =
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                    key: k.clone(),
+                    source,
+                })?;
+            let before = vm.status.clone();
+            let st = &mut vm.status;
+            alloc::sync_addresses(
+                &txn,
+                &self.inner.opts.pools,
+                &k,
+                &vm.spec.network,
+                &mut st.addresses,
+                &mut st.conditions,
+                now,
+            )?;
+            if vm.status == before {
+                return Ok(Some(vm));
+            }
+            let mut meta = txn.open_table(META)?;
+            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
+            meta.insert(META_RV, rv)?;
+            vm.metadata.resource_version = Some(rv);
+            let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
+                key: k.clone(),
+                source,
+            })?;
+            table.insert(k.as_str(), out.as_slice())?;
+            let change = Change {
+                kind: VirtualMachine::KIND,
+                name: name.into(),
+                resource_version: rv,
+                what: ChangeKind::Status,
+                object: out.into(),
+            };
+            (vm, change)
+        };
+        txn.commit()?;
+        self.publish(vec![change]);
+        Ok(Some(vm))
     }
 
     /// Appends an event to an object's log (dropping the oldest beyond retention).
@@ -807,6 +1007,7 @@ fn apply_one<R: Resource>(
     now: DateTime<Utc>,
     next_rv: u64,
     check_update: impl FnOnce(&R, &R) -> Result<(), String>,
+    finish: impl FnOnce(&mut R) -> Result<(), StoreError>,
 ) -> Result<Applied, StoreError> {
     let reject = |reason: String| StoreError::Rejected {
         kind: R::KIND,
@@ -822,6 +1023,7 @@ fn apply_one<R: Resource>(
         m.creation_timestamp = Some(now);
         m.deletion_timestamp = None;
         m.finalizers.clear();
+        finish(&mut new)?;
         let bytes = serde_json::to_vec(&new).map_err(|source| StoreError::Corrupt {
             key: k.into(),
             source,
@@ -858,6 +1060,7 @@ fn apply_one<R: Resource>(
     merged.meta_mut().generation = Some(generation + 1);
     merged.meta_mut().resource_version = Some(next_rv);
     set_spec(&mut merged, spec);
+    finish(&mut merged)?;
     let bytes = serde_json::to_vec(&merged).map_err(|source| StoreError::Corrupt {
         key: k.into(),
         source,

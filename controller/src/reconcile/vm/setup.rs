@@ -1,0 +1,133 @@
+//! Starting the VM reconciler from the daemon's configuration: the Proxmox client
+//! (token secret read from a file with safe permissions, TLS pinned or system
+//! roots), the reconciler, and the runtime that schedules it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockhost_crd::DaemonConfig;
+use blockhost_crd::config::ProxmoxConfig;
+use blockhost_pve::{ClientConfig, Credentials, Fingerprint, PveClient, TlsMode, WaitOptions};
+use tokio_util::sync::CancellationToken;
+
+use super::VmReconciler;
+use super::observed::Observed;
+use crate::metrics::Metrics;
+use crate::reconcile::runtime::{self, RuntimeConfig};
+use crate::store::Store;
+
+/// Why the reconciler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The token secret file is unreadable.
+    #[error("cannot read the Proxmox token secret file {path}")]
+    Secret {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token secret file can be read by others.
+    #[error(
+        "the Proxmox token secret file {path} is mode {mode:o}; make it 0600 or 0640 (chmod 600 {path})"
+    )]
+    SecretPermissions {
+        /// The file.
+        path: String,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The fingerprint is malformed.
+    #[error("proxmox.tlsFingerprint is not a SHA-256 fingerprint: {0}")]
+    Fingerprint(String),
+    /// The client could not be built.
+    #[error("cannot build the Proxmox client")]
+    Client(#[source] blockhost_pve::Error),
+}
+
+/// Reads a secret from a file that only its owner (and group) may read.
+pub fn read_secret(path: &std::path::Path) -> Result<String, SetupError> {
+    let p = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| SetupError::Secret {
+        path: p.clone(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o037 != 0 {
+        return Err(SetupError::SecretPermissions { path: p, mode });
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SetupError::Secret { path: p, source })?;
+    Ok(text.trim().to_owned())
+}
+
+/// Builds the HTTP client for the configured cluster.
+pub fn client(cfg: &ProxmoxConfig) -> Result<PveClient, SetupError> {
+    let secret = read_secret(&cfg.token_secret_file)?;
+    let tls = match (&cfg.tls_fingerprint, cfg.tls_insecure) {
+        (Some(fp), _) => TlsMode::Pinned(
+            fp.parse::<Fingerprint>()
+                .map_err(|e| SetupError::Fingerprint(e.to_string()))?,
+        ),
+        (None, true) => TlsMode::Insecure,
+        (None, false) => TlsMode::SystemRoots,
+    };
+    PveClient::new(ClientConfig::new(
+        cfg.url.clone(),
+        Credentials::api_token(cfg.token_id.clone(), secret),
+        tls,
+    ))
+    .map_err(SetupError::Client)
+}
+
+/// Spawns the VM reconciler under the runtime, if Proxmox is configured.
+pub fn spawn(
+    cfg: &DaemonConfig,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<bool, SetupError> {
+    let Some(px) = cfg.proxmox.clone() else {
+        tracing::info!("no proxmox section in the configuration: VMs are stored but not driven");
+        return Ok(false);
+    };
+    let pve = Arc::new(client(&px)?);
+    let resync = Duration::from_secs(u64::from(px.resync_secs.max(1)));
+    let runtime_cfg = RuntimeConfig {
+        concurrency: px.concurrency.max(1) as usize,
+        resync,
+        ..RuntimeConfig::default()
+    };
+    let reconciler = Arc::new(VmReconciler {
+        store: store.clone(),
+        pve,
+        network: cfg.network.clone(),
+        chain_id: 0,
+        observed: Observed::default(),
+        listing_max_age: resync,
+        wait: WaitOptions::default(),
+        cfg: px.clone(),
+    });
+    let triggers = runtime::store_triggers(store, "VirtualMachine", shutdown.clone());
+    let keys_store = store.clone();
+    let keys = move || match keys_store.for_each_names("VirtualMachine") {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot list VMs for a resync");
+            Vec::new()
+        }
+    };
+    tasks.spawn(runtime::run(
+        reconciler,
+        runtime_cfg,
+        metrics.clone(),
+        triggers,
+        keys,
+        shutdown.clone(),
+    ));
+    tracing::info!(url = %px.url, "driving Proxmox");
+    Ok(true)
+}

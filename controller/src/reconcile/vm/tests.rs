@@ -1,0 +1,553 @@
+//! Decision-logic tests of the VM reconciler against the in-process fake cluster,
+//! with the store's clock under the test's control.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blockhost_crd::config::{Ipv4Pool, Ipv6Pool, LostPolicy, NetworkConfig, ProxmoxConfig};
+use blockhost_crd::meta::ConditionStatus;
+use blockhost_crd::resource::AnyObject;
+use blockhost_crd::{VirtualMachine, VmPhase};
+use blockhost_pve::fake::{FakeCluster, Fault, Op};
+use blockhost_pve::types::RunState;
+use blockhost_pve::{Pve, WaitOptions};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::observed::Observed;
+use super::*;
+use crate::reconcile::runtime::Action;
+use crate::store::{Store, StoreOptions, alloc::Pools};
+
+struct T {
+    _dir: tempfile::TempDir,
+    r: VmReconciler<FakeCluster>,
+    now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+fn network() -> NetworkConfig {
+    NetworkConfig {
+        ipv4: Some(Ipv4Pool {
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            first: None,
+            last: None,
+        }),
+        ipv6: Some(Ipv6Pool {
+            prefix: "2001:db8::/64".parse().unwrap(),
+            gateway: "2001:db8::1".parse().unwrap(),
+        }),
+        bridge: "vmbr0".into(),
+        nameservers: vec!["10.0.0.1".parse().unwrap()],
+    }
+}
+
+fn proxmox(policy: LostPolicy) -> ProxmoxConfig {
+    serde_json::from_value(serde_json::json!({
+        "url": "https://127.0.0.1:8006", "tokenId": "root@pam!blockhost", "tokenSecretFile": "/dev/null",
+        "vmidFirst": 10000, "vmidLast": 10099, "gracePeriodDays": 7, "lostPolicy": policy,
+        "agentTimeoutSecs": 60, "shutdownTimeoutSecs": 30
+    }))
+    .unwrap()
+}
+
+fn setup(policy: LostPolicy) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(Mutex::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
+    let clock = now.clone();
+    let net = network();
+    let opts = StoreOptions {
+        clock: Arc::new(move || *clock.lock().unwrap()),
+        pools: Pools {
+            ipv4: net.ipv4.clone(),
+            ipv6: net.ipv6.clone(),
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("s.redb"), opts).unwrap();
+    let r = VmReconciler {
+        store,
+        pve: Arc::new(FakeCluster::standard()),
+        cfg: proxmox(policy),
+        network: net,
+        chain_id: 31337,
+        observed: Observed::default(),
+        listing_max_age: Duration::from_secs(3600),
+        wait: WaitOptions {
+            interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(2),
+            deadline: Duration::from_secs(5),
+            log_tail: 5,
+        },
+    };
+    T { _dir: dir, r, now }
+}
+
+const OWNER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+const NEW_OWNER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+
+fn vm_json(name: &str, cores: u32, extra: serde_json::Value) -> AnyObject {
+    let mut v = serde_json::json!({
+        "apiVersion": "blockhost.io/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"owner": OWNER, "resources": {"cores": cores, "memoryMiB": 2048, "diskGiB": 20}, "guestUser": "alice"}
+    });
+    if let serde_json::Value::Object(m) = extra {
+        for (k, val) in m {
+            v["spec"][k] = val;
+        }
+    }
+    AnyObject::VirtualMachine(Box::new(serde_json::from_value(v).unwrap()))
+}
+
+impl T {
+    fn apply(&self, o: AnyObject) {
+        self.r.store.apply(vec![o], false).unwrap();
+    }
+    fn vm(&self, name: &str) -> Option<VirtualMachine> {
+        self.r.store.get(name).unwrap()
+    }
+    async fn reconcile(&self, name: &str) -> Result<Action, VmError> {
+        self.r.reconcile(name.to_owned()).await
+    }
+    /// Reconciles until the VM settles (no immediate requeue), with a bound.
+    async fn settle(&self, name: &str) -> Action {
+        for _ in 0..10 {
+            match self.reconcile(name).await {
+                Ok(Action::RequeueAfter(d)) if d < Duration::from_secs(5) => continue,
+                Ok(a) => return a,
+                Err(_) => continue,
+            }
+        }
+        panic!("{name} did not settle");
+    }
+    fn advance(&self, d: chrono::Duration) {
+        *self.now.lock().unwrap() += d;
+    }
+    fn events(&self, name: &str) -> Vec<String> {
+        self.r
+            .store
+            .events(Some(("VirtualMachine", name)), 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn creates_configures_starts_and_writes_the_access_file_within_the_request_budget() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json(
+        "web",
+        2,
+        serde_json::json!({"expiresAt": "2026-02-01T00:00:00Z"}),
+    ));
+    t.r.pve.reset_requests();
+    let action = t.reconcile("web").await.unwrap();
+    // Requeued for the expiry time (31 days).
+    assert!(
+        matches!(action, Action::RequeueAfter(d) if d > Duration::from_secs(30 * 86400)),
+        "{action:?}"
+    );
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Running, "{:?}", vm.status);
+    let vmid = vm.status.vmid.unwrap();
+    assert!((10000..=10099).contains(&vmid));
+    assert_eq!(vm.status.node.as_deref(), Some("pve1"));
+    assert!(vm.metadata.finalizers.contains(&FINALIZER.to_owned()));
+    let pve = t.r.pve.vm(vmid).unwrap();
+    assert_eq!(pve.status, RunState::Running);
+    assert_eq!(pve.config.get("cores").map(String::as_str), Some("2"));
+    assert_eq!(pve.config.get("memory").map(String::as_str), Some("2048"));
+    assert_eq!(pve.config.get("ciuser").map(String::as_str), Some("alice"));
+    let ipc = pve.config.get("ipconfig0").unwrap();
+    assert!(
+        ipc.contains("ip=10.0.0.2/24")
+            && ipc.contains("gw=10.0.0.1")
+            && ipc.contains("ip6=2001:db8::100/128"),
+        "{ipc}"
+    );
+    let tags = pve.config.get("tags").unwrap();
+    assert!(
+        tags.contains("blockhost") && tags.contains(&format!("bh-{}", vm.metadata.uid.unwrap())),
+        "{tags}"
+    );
+    assert!(
+        pve.config
+            .get("description")
+            .unwrap()
+            .contains("VirtualMachine/web")
+    );
+    let (path, content) = pve.agent_files.last().unwrap();
+    assert_eq!(path, "/etc/blockhost/access.toml");
+    let access = blockhost_crd::AccessFile::from_toml(content).unwrap();
+    assert_eq!(access.wallets[0].to_lower_hex(), OWNER);
+    assert_eq!(
+        (
+            access.machine.as_str(),
+            access.chain_id,
+            access.users[0].as_str()
+        ),
+        ("web", 31337, "alice")
+    );
+    // Listing, nodes, clone, config, resize, start, agent ping, file write: 8.
+    let requests = t.r.pve.requests_without_task_polls();
+    assert!(
+        requests <= 10,
+        "{requests} requests: {:?}",
+        t.r.pve.requests_by_op()
+    );
+    assert_eq!(
+        t.events("web"),
+        [
+            "Created",
+            "Cloned",
+            "Configured",
+            "Started",
+            "AccessFileWritten",
+            "Running"
+        ]
+    );
+
+    // A second reconcile of a VM that matches its spec asks Proxmox nothing.
+    t.r.pve.reset_requests();
+    t.reconcile("web").await.unwrap();
+    assert_eq!(t.r.pve.requests(), 0, "{:?}", t.r.pve.requests_by_op());
+    assert_eq!(t.r.pve.vmids().len(), 2, "template + one VM, no duplicate");
+}
+
+#[tokio::test]
+async fn power_state_expiry_extension_and_grace() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"expiresAt": "2026-01-10T00:00:00Z"}),
+    ));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+
+    // Desired Suspended: shut down, disk kept.
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"expiresAt": "2026-01-10T00:00:00Z", "powerState": "Suspended"}),
+    ));
+    t.settle("web").await;
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Suspended);
+    assert_eq!(t.r.pve.vm(vmid).unwrap().status, RunState::Stopped);
+    assert!(
+        t.vm("web").unwrap().status.suspended_at.is_none(),
+        "not expired: no grace clock"
+    );
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"expiresAt": "2026-01-10T00:00:00Z"}),
+    ));
+    t.settle("web").await;
+    assert_eq!(t.r.pve.vm(vmid).unwrap().status, RunState::Running);
+
+    // Past expiry: suspended, with the grace clock started.
+    t.advance(chrono::Duration::days(10));
+    let a = t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Suspended);
+    assert!(vm.status.suspended_at.is_some());
+    assert!(
+        matches!(a, Action::RequeueAfter(d) if d > Duration::from_secs(6 * 86400)),
+        "{a:?}"
+    );
+    assert_eq!(t.r.pve.vm(vmid).unwrap().status, RunState::Stopped);
+
+    // Extended (absolute expiry moved ahead): resumed.
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"expiresAt": "2026-03-01T00:00:00Z"}),
+    ));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(
+        (vm.status.phase, vm.status.suspended_at),
+        (VmPhase::Running, None)
+    );
+    assert!(t.events("web").contains(&"Resumed".to_owned()));
+
+    // Expired again and past the grace period: deleted, everything released.
+    t.advance(chrono::Duration::days(60));
+    t.settle("web").await;
+    t.advance(chrono::Duration::days(8));
+    t.settle("web").await;
+    assert!(t.vm("web").is_none(), "deleted after grace");
+    assert!(t.r.pve.vm(vmid).is_none());
+    assert!(t.r.store.vmid_owner(vmid).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn delete_stops_purges_confirms_and_releases() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    let vmid = vm.status.vmid.unwrap();
+    assert_eq!(
+        t.r.store.delete("VirtualMachine", "web").unwrap(),
+        crate::store::DeleteOutcome::Terminating
+    );
+    t.settle("web").await;
+    assert!(t.r.pve.vm(vmid).is_none());
+    assert!(t.vm("web").is_none());
+    // Its VMID and addresses are free again.
+    assert!(t.r.store.vmid_owner(vmid).unwrap().is_none());
+    assert!(
+        t.r.store
+            .address_owner(vm.status.addresses.ipv4.as_deref().unwrap())
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        t.r.store
+            .address_owner(vm.status.addresses.ipv6.as_deref().unwrap())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn drift_is_set_back_and_unmanaged_settings_are_left_alone() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 2, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    t.r.pve.modify_vm(vmid, |v| {
+        v.status = RunState::Stopped;
+        v.config.insert("cores".into(), "8".into());
+        v.config.insert("balloon".into(), "512".into());
+    });
+    t.r.observed.refresh(t.r.pve.as_ref()).await.unwrap();
+    t.settle("web").await;
+    let pve = t.r.pve.vm(vmid).unwrap();
+    assert_eq!(
+        pve.status,
+        RunState::Running,
+        "stopped behind our back: started again"
+    );
+    assert_eq!(
+        pve.config.get("cores").map(String::as_str),
+        Some("2"),
+        "managed setting set back"
+    );
+    assert_eq!(
+        pve.config.get("balloon").map(String::as_str),
+        Some("512"),
+        "unmanaged setting untouched"
+    );
+    let ev = t.events("web");
+    assert!(
+        ev.contains(&"DriftCorrected".to_owned()) && ev.contains(&"Started".to_owned()),
+        "{ev:?}"
+    );
+
+    // A spec change is applied the same way, as a reconfiguration.
+    t.apply(vm_json("web", 4, serde_json::json!({})));
+    t.settle("web").await;
+    assert_eq!(
+        t.r.pve
+            .vm(vmid)
+            .unwrap()
+            .config
+            .get("cores")
+            .map(String::as_str),
+        Some("4")
+    );
+    assert!(t.events("web").contains(&"Reconfigured".to_owned()));
+    assert_eq!(t.vm("web").unwrap().status.observed_generation, Some(2));
+}
+
+#[tokio::test]
+async fn owner_change_rewrites_the_access_file() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    t.apply(vm_json("web", 1, serde_json::json!({"owner": NEW_OWNER})));
+    t.settle("web").await;
+    let files = t.r.pve.vm(vmid).unwrap().agent_files;
+    assert_eq!(files.len(), 2);
+    let access = blockhost_crd::AccessFile::from_toml(&files[1].1).unwrap();
+    assert_eq!(access.wallets.len(), 1);
+    assert_eq!(
+        access.wallets[0].to_lower_hex(),
+        NEW_OWNER,
+        "the old owner can no longer log in"
+    );
+}
+
+#[tokio::test]
+async fn a_clone_left_by_a_crash_is_adopted_not_duplicated() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    // What a reconcile did before being killed: reserved a VMID and cloned.
+    let vmid =
+        t.r.store
+            .reserve_vmid("web", 10000, 10099, &|_| false)
+            .unwrap();
+    t.r.store
+        .update_status::<VirtualMachine>("web", |v| {
+            v.status.node = Some("pve1".into());
+            true
+        })
+        .unwrap();
+    let req = blockhost_pve::CloneRequest::full(vmid).name("web");
+    let upid = t.r.pve.clone_vm("pve1", 9001, &req).await.unwrap();
+    t.r.pve.wait_task(&upid, t.r.wait).await.unwrap();
+    // The listing the restarted daemon had predates the clone.
+    t.settle("web").await;
+    assert_eq!(t.r.pve.vmids().len(), 2, "no second clone");
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Running);
+    assert_eq!(t.r.pve.vm(vmid).unwrap().status, RunState::Running);
+}
+
+#[tokio::test]
+async fn a_vanished_vm_is_lost_then_held_or_recreated() {
+    for policy in [LostPolicy::Hold, LostPolicy::Recreate] {
+        let t = setup(policy);
+        t.apply(vm_json("web", 1, serde_json::json!({})));
+        t.settle("web").await;
+        let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+        t.r.pve.remove_vm(vmid);
+        t.r.observed.refresh(t.r.pve.as_ref()).await.unwrap();
+        t.settle("web").await;
+        let vm = t.vm("web").unwrap();
+        assert!(t.events("web").contains(&"Lost".to_owned()));
+        match policy {
+            LostPolicy::Hold => {
+                assert_eq!(vm.status.phase, VmPhase::Failed);
+                assert!(t.r.pve.vm(vmid).is_none(), "held: not re-created");
+                let lost = vm
+                    .status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Lost")
+                    .unwrap();
+                assert_eq!(lost.status, ConditionStatus::True);
+            }
+            LostPolicy::Recreate => {
+                assert_eq!(vm.status.phase, VmPhase::Running);
+                assert!(t.r.pve.vm(vmid).is_some(), "re-created under its VMID");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn transient_faults_and_failed_tasks_converge_without_duplicates() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.r.pve.inject(
+        Op::Clone,
+        None,
+        Fault::TaskError("storage full".into()),
+        Some(1),
+    );
+    t.r.pve.inject(Op::SetConfig, None, Fault::Locked, Some(1));
+    t.r.pve.inject(
+        Op::Start,
+        None,
+        Fault::Api {
+            status: 500,
+            message: "internal error".into(),
+        },
+        Some(1),
+    );
+    let first = t.reconcile("web").await.unwrap_err();
+    assert_eq!(first.reason(), "task_failed", "{first}");
+    let vm = t.vm("web").unwrap();
+    assert!(
+        vm.status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("storage full"),
+        "{:?}",
+        vm.status.last_error
+    );
+    assert!(t.events("web").contains(&"ReconcileFailed".to_owned()));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Running);
+    assert!(vm.status.last_error.is_none(), "cleared on success");
+    assert_eq!(
+        t.r.pve.vmids().len(),
+        2,
+        "exactly one VM despite the failures"
+    );
+}
+
+#[tokio::test]
+async fn waits_for_the_guest_agent_then_times_out_visibly() {
+    let t = setup(LostPolicy::Hold);
+    t.r.pve.set_agent_on_start(false);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    let a = t.reconcile("web").await.unwrap();
+    assert_eq!(a, Action::RequeueAfter(Duration::from_secs(2)));
+    let vm = t.vm("web").unwrap();
+    let c = vm
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "GuestAgent")
+        .unwrap();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "Waiting")
+    );
+    assert_ne!(vm.status.phase, VmPhase::Running);
+    t.advance(chrono::Duration::seconds(61));
+    let e = t.reconcile("web").await.unwrap_err();
+    assert_eq!(e.reason(), "agent_timeout");
+    let vm = t.vm("web").unwrap();
+    let c = vm
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "GuestAgent")
+        .unwrap();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "Timeout")
+    );
+    assert!(
+        vm.status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("qemu-guest-agent")
+    );
+    // The agent comes up after all: the VM gets its access file and runs.
+    let vmid = vm.status.vmid.unwrap();
+    t.r.pve.modify_vm(vmid, |v| v.agent_ready = true);
+    t.reconcile("web").await.unwrap();
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Running);
+}
+
+#[tokio::test]
+async fn a_missing_template_or_full_cluster_is_reported_not_retried_blindly() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({"template": 9999})));
+    let e = t.reconcile("web").await.unwrap_err();
+    assert!(matches!(e, VmError::NoTemplate(9999)), "{e}");
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Failed);
+    assert!(e.needs_operator());
+    let t = setup(LostPolicy::Hold);
+    let huge = serde_json::json!({"apiVersion": "blockhost.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "big"},
+        "spec": {"owner": OWNER, "resources": {"cores": 1, "memoryMiB": 1_000_000, "diskGiB": 20}}});
+    t.apply(AnyObject::VirtualMachine(Box::new(
+        serde_json::from_value(huge).unwrap(),
+    )));
+    let e = t.reconcile("big").await.unwrap_err();
+    assert!(e.to_string().contains("no online node"), "{e}");
+}
