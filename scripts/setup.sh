@@ -12,12 +12,15 @@ APT_PACKAGES=(
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
-  nodejs npm                      # npm tools below (already on the Rust image)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm from Debian only when the machine has none: an image may ship its
+# own build, which Debian's npm package conflicts with.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
