@@ -328,6 +328,19 @@ pub fn events_table(
     columns(out, &rows, true)
 }
 
+/// The closing sections of every `describe`: conditions, then recent events.
+fn conditions_and_events(
+    out: &mut impl Write,
+    conditions: &[Condition],
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    writeln!(out, "Conditions:")?;
+    conditions_table(out, conditions, now)?;
+    writeln!(out, "Events:")?;
+    indented_events(out, events, now)
+}
+
 fn conditions_table(
     out: &mut impl Write,
     conditions: &[Condition],
@@ -498,10 +511,7 @@ pub fn describe_vm(
     if let Some(e) = &st.last_error {
         writeln!(out, "  Last error:      {e}")?;
     }
-    writeln!(out, "Conditions:")?;
-    conditions_table(out, &st.conditions, now)?;
-    writeln!(out, "Events:")?;
-    indented_events(out, events, now)
+    conditions_and_events(out, &st.conditions, events, now)
 }
 
 /// `bhctl describe subscription`.
@@ -535,9 +545,7 @@ pub fn describe_subscription(
         "  NFT token id:    {}",
         st.nft_token_id.map_or("<none>".into(), |t| t.to_string())
     )?;
-    conditions_table(out, &st.conditions, now)?;
-    writeln!(out, "Events:")?;
-    indented_events(out, events, now)
+    conditions_and_events(out, &st.conditions, events, now)
 }
 
 /// `bhctl describe plan`.

@@ -435,14 +435,15 @@ impl Store {
                             )
                         },
                     )?,
+                    // Kinds without update rules or allocations.
                     AnyObject::Plan(o) => apply_one(
                         *o,
                         existing.as_deref(),
                         &k,
                         now,
                         rv + 1,
-                        |_, _| Ok(()),
-                        |_| Ok(()),
+                        no_rules,
+                        no_finish,
                     )?,
                     AnyObject::Subscription(o) => apply_one(
                         *o,
@@ -450,8 +451,8 @@ impl Store {
                         &k,
                         now,
                         rv + 1,
-                        |_, _| Ok(()),
-                        |_| Ok(()),
+                        no_rules,
+                        no_finish,
                     )?,
                 };
                 let Applied {
@@ -1070,6 +1071,16 @@ fn apply_one<R: Resource>(
         generation: generation + 1,
         bytes,
     })
+}
+
+/// No update rules beyond the type's own validation.
+fn no_rules<R>(_: &R, _: &R) -> Result<(), String> {
+    Ok(())
+}
+
+/// Nothing to allocate when storing.
+fn no_finish<R>(_: &mut R) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Replaces an object's spec through JSON, since [`Resource`] exposes no setter.

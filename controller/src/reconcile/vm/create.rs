@@ -89,9 +89,15 @@ pub async fn locate<P: Pve + 'static>(
         r.store(move |s| s.reject_vmid(&n, vmid)).await?;
         return Err(VmError::ForeignVmid(vmid));
     }
+    // The node is recorded before the clone is requested, so without one no clone
+    // was ever started: nothing to look for. (Asking Proxmox about `/nodes//qemu/…`
+    // would be refused as an invalid node name, and retried forever: a kill
+    // between the VMID reservation and the node write left a VM stuck that way.)
+    let Some(node) = vm.status.node.clone() else {
+        return Ok(Located::Missing);
+    };
     // Not in the listing: ask Proxmox directly (only on this unusual path), since
     // the listing may predate a clone another process made.
-    let node = vm.status.node.clone().unwrap_or_default();
     match r.pve.vm_status(&node, vmid).await {
         Ok(_) => {
             r.observed.refresh(r.pve.as_ref()).await?;
@@ -268,19 +274,11 @@ pub async fn run<P: Pve + 'static>(
     {
         r.pve.wait_task(&upid, r.wait).await?;
     }
-    let (cores, mem, tags) = (
-        vm.spec.resources.cores.get(),
-        vm.spec.resources.memory_mib.get(),
-        managed_tags(&vm),
-    );
+    r.observed.record_config(&vm, vmid).await;
     r.observed
-        .patch(vmid, |cv| {
-            cv.maxcpu = f64::from(cores);
-            cv.maxmem = u64::from(mem) << 20;
-            cv.maxdisk = cv.maxdisk.max(want_disk);
-            cv.tags = tags;
-        })
+        .patch(vmid, |cv| cv.maxdisk = cv.maxdisk.max(want_disk))
         .await;
+    let res = vm.spec.resources;
     let cond = r.condition(
         "Provisioned",
         ConditionStatus::True,
@@ -302,8 +300,8 @@ pub async fn run<P: Pve + 'static>(
         EventType::Normal,
         "Configured",
         format!(
-            "{cores} cores, {mem} MiB, {} GiB",
-            vm.spec.resources.disk_gib
+            "{} cores, {} MiB, {} GiB",
+            res.cores, res.memory_mib, res.disk_gib
         ),
     )
     .await;

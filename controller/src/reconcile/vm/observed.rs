@@ -91,6 +91,21 @@ impl Observed {
         }
     }
 
+    /// Records the managed settings we just wrote to a VM.
+    pub async fn record_config(&self, vm: &blockhost_crd::VirtualMachine, vmid: VmId) {
+        let (cores, mem) = (
+            vm.spec.resources.cores.get(),
+            vm.spec.resources.memory_mib.get(),
+        );
+        let tags = super::create::managed_tags(vm);
+        self.patch(vmid, |cv| {
+            cv.maxcpu = f64::from(cores);
+            cv.maxmem = u64::from(mem) << 20;
+            cv.tags = tags;
+        })
+        .await;
+    }
+
     /// Records a VM we just created.
     pub async fn insert(&self, vm: ClusterVm) {
         self.vms.write().await.by_vmid.insert(vm.vmid, vm);

@@ -10,7 +10,7 @@ use blockhost_crd::access::{ACCESS_FILE_PATH, ACCESS_FILE_VERSION, AccessFile};
 use blockhost_crd::meta::{ConditionStatus, EventType, set_condition};
 use blockhost_crd::{PowerState, VirtualMachine, VmPhase};
 use blockhost_pve::types::RunState;
-use blockhost_pve::{ClusterVm, Pve, ShutdownOptions};
+use blockhost_pve::{ClusterVm, DiskSize, Pve, ShutdownOptions};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -111,18 +111,7 @@ pub async fn run<P: Pve + 'static>(
         r.pve
             .set_vm_config(&node, vmid, &config_for(r, &vm)?)
             .await?;
-        let (cores, mem, tags) = (
-            vm.spec.resources.cores.get(),
-            vm.spec.resources.memory_mib.get(),
-            managed_tags(&vm),
-        );
-        r.observed
-            .patch(vmid, |cv| {
-                cv.maxcpu = f64::from(cores);
-                cv.maxmem = u64::from(mem) << 20;
-                cv.tags = tags;
-            })
-            .await;
+        r.observed.record_config(&vm, vmid).await;
         let (reason, msg) = if spec_changed {
             ("Reconfigured", format!("applied the new spec: {diff}"))
         } else {
@@ -140,6 +129,34 @@ pub async fn run<P: Pve + 'static>(
             },
             reason,
             msg,
+        )
+        .await;
+    }
+
+    // The disk only grows. Checked here and not only in create: a create that
+    // failed between clone and resize is finished by a later reconcile that finds
+    // the VM and never runs create again, and a spec may ask for a bigger disk
+    // later. A listing without a size (0) is no evidence of a small disk.
+    let want_disk = u64::from(vm.spec.resources.disk_gib.get()) << 30;
+    if listing.lock.is_none() && listing.maxdisk > 0 && listing.maxdisk < want_disk {
+        let gib = vm.spec.resources.disk_gib.get();
+        if let Some(upid) = r
+            .pve
+            .resize_disk(&node, vmid, &r.cfg.disk, DiskSize::gib(u64::from(gib)))
+            .await?
+        {
+            r.pve.wait_task(&upid, r.wait).await?;
+        }
+        r.observed.patch(vmid, |cv| cv.maxdisk = want_disk).await;
+        r.event(
+            &name,
+            EventType::Normal,
+            "DiskGrown",
+            format!(
+                "{} grown from {} GiB to {gib} GiB",
+                r.cfg.disk,
+                listing.maxdisk >> 30
+            ),
         )
         .await;
     }
