@@ -601,3 +601,73 @@ async fn malformed_logs_are_skipped() {
     );
     assert_eq!(store.list::<Subscription>().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn watcher_vms_get_addresses_and_give_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool: blockhost_crd::config::Ipv4Pool = serde_json::from_value(serde_json::json!({
+        "cidr": "10.9.0.0/29", "gateway": "10.9.0.1"
+    }))
+    .unwrap();
+    let opts = StoreOptions {
+        pools: crate::store::alloc::Pools {
+            ipv4: Some(pool),
+            ipv6: None,
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("s.redb"), opts).unwrap();
+    let node = FakeNode::new();
+    let mut w = watcher(&store, &node, 0, 1000);
+    node.mine(vec![plan_created(1), created(1, 1, good_payload())]);
+    drain(&mut w).await;
+    let vm: VirtualMachine = store.get("blockhost-001").unwrap().unwrap();
+    let ip = vm
+        .status
+        .addresses
+        .ipv4
+        .clone()
+        .expect("allocated with the spec");
+    assert_eq!(
+        store.address_owner(&ip).unwrap().as_deref(),
+        Some("VirtualMachine/blockhost-001")
+    );
+    // A reorg that removes the purchase frees the address.
+    node.reorg(1);
+    drain(&mut w).await;
+    assert!(
+        store
+            .get::<VirtualMachine>("blockhost-001")
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.address_owner(&ip).unwrap(), None);
+}
+
+#[test]
+fn server_key_file_must_be_private_and_hex() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.key");
+    std::fs::write(&path, format!("0x{SERVER}\n")).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = super::load_server_key(&path).unwrap_err();
+        assert!(
+            matches!(e, super::ChainError::KeyPermissions { .. }),
+            "{mode:o}: {e}"
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        super::load_server_key(&path).unwrap().to_bytes(),
+        server().to_bytes()
+    );
+    std::fs::write(&path, "not a key but secret-looking text").unwrap();
+    let e = super::load_server_key(&path).unwrap_err();
+    assert!(
+        !crate::error_chain(&e).contains("secret-looking"),
+        "content never quoted"
+    );
+    assert!(super::load_server_key(&dir.path().join("missing")).is_err());
+}

@@ -31,9 +31,9 @@
 
 use std::collections::HashSet;
 
-use blockhost_crd::Subscription;
 use blockhost_crd::meta::{Event, EventType};
 use blockhost_crd::resource::Resource;
+use blockhost_crd::{Subscription, VirtualMachine};
 use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,7 @@ pub struct ChainTxn<'t> {
     undo: Vec<UndoOp>,
     touched: HashSet<String>,
     changes: Vec<Change>,
+    pools: &'t super::alloc::Pools,
 }
 
 impl std::fmt::Debug for ChainTxn<'_> {
@@ -266,6 +267,25 @@ impl<'t> ChainTxn<'t> {
                 (old, what)
             }
         };
+        // A VM's addresses are allocated in the transaction that stores its spec,
+        // as `Store::apply` does (the reconciler never sees a VM without them).
+        let value = if R::KIND == VirtualMachine::KIND {
+            let mut vm: VirtualMachine =
+                serde_json::from_value(value).map_err(|e| corrupt(&k, e))?;
+            let st = &mut vm.status;
+            super::alloc::sync_addresses(
+                self.txn,
+                self.pools,
+                &k,
+                &vm.spec.network,
+                &mut st.addresses,
+                &mut st.conditions,
+                self.now,
+            )?;
+            serde_json::to_value(&vm).map_err(|e| corrupt(&k, e))?
+        } else {
+            value
+        };
         // Decode once more: what is stored must be a valid object of its kind.
         let typed: R = serde_json::from_value(value.clone()).map_err(|e| corrupt(&k, e))?;
         let bytes = serde_json::to_vec(&typed).map_err(|e| corrupt(&k, e))?;
@@ -340,6 +360,7 @@ impl<'t> ChainTxn<'t> {
         } else {
             self.txn.open_table(OBJECTS)?.remove(k.as_str())?;
             remove_events(self.txn, &k)?;
+            super::alloc::release_all(self.txn, &k, &value)?;
             self.changes.push(Change {
                 kind,
                 name: name.into(),
@@ -511,6 +532,7 @@ impl Store {
                 undo: Vec::new(),
                 touched: HashSet::new(),
                 changes: Vec::new(),
+                pools: &self.inner.opts.pools,
             };
             for b in blocks {
                 ctx.start_block();
@@ -766,6 +788,7 @@ fn undo_one(
                         table.remove(k.as_str())?;
                         drop(table);
                         remove_events(txn, k)?;
+                        super::alloc::release_all(txn, k, &v)?;
                         changes.push(Change {
                             kind,
                             name: name.into(),
