@@ -671,3 +671,43 @@ fn server_key_file_must_be_private_and_hex() {
     );
     assert!(super::load_server_key(&dir.path().join("missing")).is_err());
 }
+
+/// The watcher's own cost of a catch-up (mapping, ECIES, store commits), with an
+/// in-memory node so the node's speed does not count: 100,000 blocks holding
+/// 1,000 purchases. Run by `bench/chain.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run bench/chain.sh"]
+async fn bench_catch_up_in_memory_node() {
+    let blocks: u64 = std::env::var("BENCH_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let purchases: u64 = std::env::var("BENCH_PURCHASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let range: u64 = std::env::var("BENCH_RANGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+    let node = FakeNode::new();
+    node.mine(vec![plan_created(1)]);
+    let payload = good_payload();
+    let gap = blocks / purchases;
+    for i in 1..=purchases {
+        node.mine_empty(gap as usize - 1);
+        node.mine(vec![created(i, 1, payload.clone())]);
+    }
+    let mut w = watcher(&store, &node, 0, range);
+    let start = std::time::Instant::now();
+    drain(&mut w).await;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(store.count("VirtualMachine").unwrap(), purchases);
+    eprintln!(
+        "RESULT catch-up (in-memory node): {blocks} blocks, {purchases} purchases, range {range}: {secs:.2} s = {:.0} blocks/s, {:.0} purchases/s",
+        blocks as f64 / secs,
+        purchases as f64 / secs
+    );
+}
