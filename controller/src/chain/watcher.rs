@@ -277,6 +277,16 @@ impl<N: Node> Watcher<N> {
             );
             return Ok(Progress::More);
         }
+        // The chunk must extend the cursor: if the cursor block was replaced
+        // while we read, `to` may sit on a branch that does not contain it, and
+        // committing would hide that reorg for good. Check again; the next step
+        // then undoes it properly.
+        if let Some(c) = cursor
+            && c.hash != [0; 32]
+            && self.node.block_hash(c.number).await? != Some(c.hash)
+        {
+            return Ok(Progress::More);
+        }
         let blocks = self.group(logs, from, to, pre)?;
         let end = BlockRef {
             number: to,
