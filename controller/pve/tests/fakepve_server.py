@@ -14,6 +14,12 @@ stdin and answers each with one JSON line on stdout: {"ok": true, "result": ...}
 
 Why a control channel rather than arguments: faults are injected in the middle of a test (after the
 clone, before the start), which a command line cannot express.
+
+Besides fault injection and inspection, the channel offers what the controller's end-to-end tests
+need: `vms` (every non-template VM), `error_answers` (method, path, status and message of every
+answer with status >= 400 the server gave, so a test can prove that no request failed PVE's
+parameter validation) and `auto_agent` (every VM's guest agent answers from then on, including
+clones made later: a daemon under test cannot be told "now set the agent" between its own steps).
 """
 
 import argparse
@@ -36,10 +42,29 @@ TOKEN_SECRET = 's3cret-token'
 TEMPLATE = 9001
 
 
+def record_error_answers():
+    """Wrap FakePve._answer so that every error status it returns is kept in pve.error_answers.
+
+    fakepve's own request log holds no status; this is the one place every answer to an
+    authenticated request passes (schema validation included)."""
+    original = FakePve._answer
+
+    async def answer(self, request, handler, generic, path_node):
+        response = await original(self, request, handler, generic, path_node)
+        if response.status >= 400:
+            text = getattr(response, 'text', None)
+            self.error_answers.append([request.method, request.path, response.status, text])
+        return response
+    FakePve._answer = answer
+
+
 def build(host, nodes):
+    record_error_answers()
     pve = FakePve(user='root@pam', password='secret', host=host, port=8006)
     pve.time_scale = 0
     pve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    pve.error_answers = []
+    pve.auto_agent = False
     for node in nodes:
         pve.add_node(node)
     pve.storages['local-lvm'].setdefault('volumes', {})['base-9001-disk-0'] = {
@@ -96,10 +121,27 @@ async def command(pve, cmd):
         # Every later request gets no answer for `secs` seconds (the test's client times out first).
         pve.flaky_network(hang_rate=1.0, hang_secs=cmd.get('secs', 30))
         return None
+    if op == 'vms':
+        return [vm_state(vm) for vm in pve.vms if not vm.config.get('template')]
+    if op == 'error_answers':
+        return pve.error_answers
+    if op == 'auto_agent':
+        pve.auto_agent = True
+        return None
     if op == 'lose_quorum':
         pve.lose_quorum()
         return None
     raise ValueError('unknown op {0!r}'.format(op))
+
+
+async def answer_agents(pve):
+    """With auto_agent on, give every VM without an answering agent one (checked every 20 ms)."""
+    while True:
+        await asyncio.sleep(0.02)
+        if pve.auto_agent:
+            for vm in pve.vms:
+                if vm.agent is None and not vm.config.get('template'):
+                    vm.agent = {}
 
 
 async def serve(args):
@@ -114,6 +156,7 @@ async def serve(args):
     fingerprint = ':'.join(digest[i:i + 2] for i in range(0, len(digest), 2))
     print(json.dumps({'url': pve.url, 'fingerprint': fingerprint}), flush=True)
     loop = asyncio.get_running_loop()
+    agents = asyncio.create_task(answer_agents(pve))
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if not line:
@@ -123,6 +166,7 @@ async def serve(args):
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the test as text
             reply = {'ok': False, 'error': '{0}: {1}'.format(type(exc).__name__, exc)}
         print(json.dumps(reply, default=str), flush=True)
+    agents.cancel()
     await pve.stop()
 
 

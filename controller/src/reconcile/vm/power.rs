@@ -275,9 +275,15 @@ pub async fn run<P: Pve + 'static>(
     );
     let became_running = vm.status.phase != VmPhase::Running;
     r.update(&name, move |v| {
-        let changed = v.status.phase != VmPhase::Running || v.status.suspended_at.is_some();
+        let changed = v.status.phase != VmPhase::Running
+            || v.status.suspended_at.is_some()
+            || v.status.last_error.is_some();
         v.status.phase = VmPhase::Running;
         v.status.suspended_at = None;
+        // Cleared in the same write as the phase: a reader must never see
+        // Running next to the error of the attempt that just got past it (the
+        // runtime's own clearing comes in a later write).
+        v.status.last_error = None;
         set_condition(&mut v.status.conditions, ready) || changed
     })
     .await?;

@@ -551,3 +551,63 @@ async fn a_missing_template_or_full_cluster_is_reported_not_retried_blindly() {
     let e = t.reconcile("big").await.unwrap_err();
     assert!(e.to_string().contains("no online node"), "{e}");
 }
+
+/// The `size=` of a fake VM's `scsi0`, in GiB.
+fn disk_gib(t: &T, vmid: u32) -> String {
+    let scsi0 =
+        t.r.pve
+            .vm(vmid)
+            .unwrap()
+            .config
+            .get("scsi0")
+            .unwrap()
+            .clone();
+    scsi0
+        .split(',')
+        .find_map(|p| p.strip_prefix("size="))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_failure_between_clone_and_resize_still_ends_with_the_specs_disk_and_disks_grow_later() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    // The config step fails right after the clone: the next reconcile finds the
+    // VM and never runs the create path again, so the resize must happen there.
+    t.r.pve.inject(
+        Op::SetConfig,
+        None,
+        Fault::Api {
+            status: 503,
+            message: "service unavailable".into(),
+        },
+        Some(1),
+    );
+    assert!(t.reconcile("web").await.is_err());
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Running);
+    let vmid = vm.status.vmid.unwrap();
+    assert_eq!(disk_gib(&t, vmid), "20G", "grown to the spec's 20 GiB");
+
+    // A later, bigger disk in the spec is applied too (disks only grow).
+    let mut bigger = vm_json("web", 1, serde_json::json!({}));
+    if let AnyObject::VirtualMachine(v) = &mut bigger {
+        v.spec.resources.disk_gib = serde_json::from_value(serde_json::json!(30)).unwrap();
+    }
+    t.apply(bigger);
+    t.r.observed.invalidate().await;
+    t.settle("web").await;
+    assert_eq!(disk_gib(&t, vmid), "30G");
+    assert!(t.events("web").contains(&"DiskGrown".to_owned()));
+    // Once grown, a reconcile asks nothing more.
+    t.r.observed.invalidate().await;
+    t.r.observed
+        .ensure_fresh(t.r.pve.as_ref(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    t.r.pve.reset_requests();
+    t.reconcile("web").await.unwrap();
+    assert_eq!(t.r.pve.requests(), 0, "{:?}", t.r.pve.requests_by_op());
+}
