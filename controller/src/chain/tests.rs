@@ -711,3 +711,44 @@ async fn bench_catch_up_in_memory_node() {
         purchases as f64 / secs
     );
 }
+
+#[tokio::test]
+async fn undoing_an_extension_keeps_the_minted_token_id() {
+    let (_d, store, node, mut w) = setup(0);
+    node.mine(vec![plan_created(1), created(3, 1, good_payload())]);
+    drain(&mut w).await;
+    store
+        .update_status::<Subscription>("blockhost-003", |s| {
+            s.status.nft_token_id = Some(5);
+            true
+        })
+        .unwrap();
+    node.mine(vec![(
+        SUBS,
+        Subs::SubscriptionExtended {
+            subscriptionId: U256::from(3),
+            planId: U256::from(1),
+            extendedBy: Address::ZERO,
+            newExpiresAt: U256::from(2_000_000_000u64),
+            paidAmount: U256::ZERO,
+            paymentToken: Address::ZERO,
+        }
+        .encode_log_data(),
+    )]);
+    drain(&mut w).await;
+    node.reorg(1);
+    drain(&mut w).await;
+    let s = sub(&store, "blockhost-003");
+    assert_eq!(
+        s.spec.expires_at.timestamp(),
+        1_900_000_000,
+        "extension undone"
+    );
+    assert_eq!(
+        s.status.nft_token_id,
+        Some(5),
+        "the minter's token id survives"
+    );
+    let vm: VirtualMachine = store.get("blockhost-003").unwrap().unwrap();
+    assert_eq!(vm.spec.expires_at.unwrap().timestamp(), 1_900_000_000);
+}

@@ -822,7 +822,13 @@ fn undo_one(
                         o.remove("labels");
                     }
                     if kind == Subscription::KIND {
+                        // The watcher's status comes back; the minter's token id
+                        // (written outside any block) stays.
+                        let token = v["status"]["nftTokenId"].take();
                         v["status"] = prior_v["status"].clone();
+                        if !token.is_null() {
+                            v["status"]["nftTokenId"] = token;
+                        }
                     }
                     if spec_changed {
                         let g = v["metadata"]["generation"].as_u64().unwrap_or(1) + 1;
