@@ -115,19 +115,47 @@ impl Metrics {
             reconcile_duration.clone(),
         );
         let chain_head_block = Gauge::default();
-        registry.register("chain_head_block", "Chain head the watcher last saw", chain_head_block.clone());
+        registry.register(
+            "chain_head_block",
+            "Chain head the watcher last saw",
+            chain_head_block.clone(),
+        );
         let chain_cursor_block = Gauge::default();
-        registry.register("chain_cursor_block", "Last block the chain watcher committed", chain_cursor_block.clone());
+        registry.register(
+            "chain_cursor_block",
+            "Last block the chain watcher committed",
+            chain_cursor_block.clone(),
+        );
         let chain_events = Family::<Labels, Counter>::default();
-        registry.register("chain_events", "Chain events, by outcome", chain_events.clone());
+        registry.register(
+            "chain_events",
+            "Chain events, by outcome",
+            chain_events.clone(),
+        );
         let chain_reorgs = Counter::default();
-        registry.register("chain_reorgs", "Chain reorganisations undone", chain_reorgs.clone());
+        registry.register(
+            "chain_reorgs",
+            "Chain reorganisations undone",
+            chain_reorgs.clone(),
+        );
         let chain_range_refusals = Counter::default();
-        registry.register("chain_range_refusals", "eth_getLogs ranges a node refused", chain_range_refusals.clone());
+        registry.register(
+            "chain_range_refusals",
+            "eth_getLogs ranges a node refused",
+            chain_range_refusals.clone(),
+        );
         let chain_get_logs_range = Gauge::default();
-        registry.register("chain_get_logs_range", "Current eth_getLogs block range", chain_get_logs_range.clone());
+        registry.register(
+            "chain_get_logs_range",
+            "Current eth_getLogs block range",
+            chain_get_logs_range.clone(),
+        );
         let chain_errors = Family::<Labels, Counter>::default();
-        registry.register("chain_errors", "Failed chain watcher steps, by kind", chain_errors.clone());
+        registry.register(
+            "chain_errors",
+            "Failed chain watcher steps, by kind",
+            chain_errors.clone(),
+        );
         let info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
