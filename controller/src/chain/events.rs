@@ -240,3 +240,57 @@ mod tests {
         assert!(decode(&log, SUBS, NFT).unwrap().is_none());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Random data under every topic the watcher knows (and random topics):
+    /// decoding returns an event or an error, never panics.
+    #[test]
+    fn random_logs_never_panic() {
+        let sigs = [
+            Subs::SubscriptionCreated::SIGNATURE_HASH,
+            Subs::SubscriptionExtended::SIGNATURE_HASH,
+            Subs::SubscriptionCancelled::SIGNATURE_HASH,
+            Subs::PlanCreated::SIGNATURE_HASH,
+            Subs::PlanUpdated::SIGNATURE_HASH,
+            Nft::Transfer::SIGNATURE_HASH,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..20_000 {
+            let mut topics = vec![if i % 7 == 0 {
+                rng.r#gen::<[u8; 32]>()
+            } else {
+                sigs[i % sigs.len()].0
+            }];
+            for _ in 0..rng.gen_range(0..4) {
+                let mut t = [0u8; 32];
+                // Small numbers are the interesting ones (ids, addresses).
+                let from = rng.gen_range(0..32);
+                rng.fill(&mut t[from..]);
+                topics.push(t);
+            }
+            let len = [0, 31, 32, 64, 96, 160, 224, 300, 1000][rng.gen_range(0..9)];
+            let mut data = vec![0u8; len];
+            rng.fill(data.as_mut_slice());
+            // Plausible offsets/lengths now and then, to reach the dynamic types.
+            if len >= 64 && rng.gen_bool(0.5) {
+                data[31] = 0x20;
+                data[63] = rng.r#gen();
+            }
+            let log = RawLog {
+                address: if i % 2 == 0 { [1; 20] } else { [2; 20] },
+                topics,
+                data,
+                block_number: 1,
+                block_hash: [0; 32],
+                log_index: 0,
+                transaction_hash: [0; 32],
+            };
+            let _ = decode(&log, [1; 20], [2; 20]);
+        }
+    }
+}
