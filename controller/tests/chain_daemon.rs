@@ -100,6 +100,20 @@ async fn daemon_serves_purchases_made_while_it_was_killed() {
         table.contains("blockhost-003") && table.contains("Active"),
         "{table}"
     );
+    let o = daemon.bhctl(&["get", "subscriptions", "-o", "wide"]);
+    assert!(
+        stdout(&o).lines().next().unwrap().contains("BLOCK"),
+        "{}",
+        stdout(&o)
+    );
+    let o = daemon.bhctl(&["get", "subs", "-o", "name"]);
+    assert!(
+        stdout(&o).contains("subscription/blockhost-001"),
+        "{}",
+        stdout(&o)
+    );
+    let o = daemon.bhctl(&["get", "subscription", "blockhost-001", "-o", "yaml"]);
+    assert!(stdout(&o).contains("subscriptionId: 1"), "{}", stdout(&o));
     let o = daemon.bhctl(&["describe", "subscription", "blockhost-002"]);
     assert!(stdout(&o).contains("Subscription id: 2"), "{}", stdout(&o));
     let o = daemon.bhctl(&["get", "plans"]);
