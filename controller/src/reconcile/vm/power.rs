@@ -274,19 +274,33 @@ pub async fn run<P: Pve + 'static>(
         "running, and the owner's wallet can log in",
     );
     let became_running = vm.status.phase != VmPhase::Running;
-    r.update(&name, move |v| {
-        let changed = v.status.phase != VmPhase::Running
-            || v.status.suspended_at.is_some()
-            || v.status.last_error.is_some();
-        v.status.phase = VmPhase::Running;
-        v.status.suspended_at = None;
-        // Cleared in the same write as the phase: a reader must never see
-        // Running next to the error of the attempt that just got past it (the
-        // runtime's own clearing comes in a later write).
-        v.status.last_error = None;
-        set_condition(&mut v.status.conditions, ready) || changed
-    })
-    .await?;
+    // A VM already recorded as Running and Ready needs no write at all: the
+    // fields below are written only here, so the copy read at the start of this
+    // reconcile is current (the runtime never runs two reconciles of one key).
+    let settled = !became_running
+        && vm.status.suspended_at.is_none()
+        && vm.status.last_error.is_none()
+        && vm.status.conditions.iter().any(|c| {
+            c.type_ == ready.type_
+                && c.status == ready.status
+                && c.reason == ready.reason
+                && c.message == ready.message
+        });
+    if !settled {
+        r.update(&name, move |v| {
+            let changed = v.status.phase != VmPhase::Running
+                || v.status.suspended_at.is_some()
+                || v.status.last_error.is_some();
+            v.status.phase = VmPhase::Running;
+            v.status.suspended_at = None;
+            // Cleared in the same write as the phase: a reader must never see
+            // Running next to the error of the attempt that just got past it (the
+            // runtime's own clearing comes in a later write).
+            v.status.last_error = None;
+            set_condition(&mut v.status.conditions, ready) || changed
+        })
+        .await?;
+    }
     if became_running {
         r.event(
             &name,
