@@ -18,11 +18,15 @@ use chain_support::*;
 use common::{Daemon, stderr, stdout};
 
 fn write_config(dir: &Path, anvil: &Anvil, d: &Deployed, key_mode: u32) {
+    write_config_range(dir, anvil, d, key_mode, 2000);
+}
+
+fn write_config_range(dir: &Path, anvil: &Anvil, d: &Deployed, key_mode: u32, range: u64) {
     let key = dir.join("server.key");
     std::fs::write(&key, format!("0x{SERVER_KEY}\n")).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(key_mode)).unwrap();
     let cfg = format!(
-        "chain:\n  chainId: 31337\n  rpcUrls: [\"{}\"]\n  subscriptionsContract: \"{:#x}\"\n  nftContract: \"{:#x}\"\n  deploymentBlock: {}\n  confirmations: 0\n  pollIntervalMs: 20\n  serverKeyFile: {}\n",
+        "chain:\n  chainId: 31337\n  rpcUrls: [\"{}\"]\n  subscriptionsContract: \"{:#x}\"\n  nftContract: \"{:#x}\"\n  deploymentBlock: {}\n  confirmations: 0\n  pollIntervalMs: 20\n  maxBlockRange: {range}\n  serverKeyFile: {}\n",
         anvil.url,
         d.subs,
         d.nft,
@@ -144,4 +148,54 @@ async fn daemon_serves_purchases_made_while_it_was_killed() {
     let subs = items(&daemon, "subscriptions");
     assert_eq!(subs.len(), 53);
     assert!(subs.iter().all(|s| s["status"]["state"] == "Active"));
+}
+
+/// SIGKILL at arbitrary moments of a catch-up (one block per commit, so kills
+/// land between and during commits): after the last restart every purchase has
+/// exactly one VM, created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkill_during_catch_up_loses_and_duplicates_nothing() {
+    if !tools_available() {
+        return;
+    }
+    let anvil = Anvil::start(18631);
+    let d = anvil.deploy().await;
+    anvil.create_plan(&d, "basic", 150).await;
+    for _ in 0..40 {
+        anvil.buy(&d, 1, 30, payload()).await;
+        anvil.mine(3).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config_range(dir.path(), &anvil, &d, 0o600, 1);
+    let mut progress = Vec::new();
+    for round in 0..6u64 {
+        let daemon = Daemon::start(dir.path());
+        std::thread::sleep(Duration::from_millis(40 + round * 37));
+        daemon.kill9();
+        let store = open_store(dir.path());
+        progress.push(store.count("VirtualMachine").unwrap());
+    }
+    eprintln!("VMs after each SIGKILL: {progress:?}");
+    assert!(
+        progress[0] < 40,
+        "the first kill landed mid-catch-up: {progress:?}"
+    );
+    let daemon = Daemon::start(dir.path());
+    wait_items(&daemon, "vms", 40);
+    std::thread::sleep(Duration::from_millis(300));
+    let vms = items(&daemon, "vms");
+    assert_eq!(vms.len(), 40);
+    assert!(vms.iter().all(|v| v["metadata"]["generation"] == 1));
+    for v in &vms {
+        let name = v["metadata"]["name"].as_str().unwrap();
+        let o = daemon.bhctl(&["get", "events", name, "-o", "json"]);
+        let ev: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let created = ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "Created")
+            .count();
+        assert_eq!(created, 1, "{name}: {ev}");
+    }
 }
