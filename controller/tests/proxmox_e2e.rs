@@ -121,6 +121,10 @@ fn apply_creates_a_configured_running_vm_then_suspend_resume_delete_converge() {
     });
     assert!(pve.vms().is_empty(), "PVE still has {:#?}", pve.vms());
     pve.assert_no_validation_errors();
+    assert!(
+        !d.log().contains(TOKEN_SECRET),
+        "the token secret reached the daemon's log"
+    );
 }
 
 #[test]
