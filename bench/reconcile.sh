@@ -12,7 +12,7 @@ cd "$root"
 [ -f scripts/env.sh ] && source scripts/env.sh
 profile=(--release)
 [ "${1:-}" = "--debug" ] && profile=()
-for bench in bench_create bench_steady; do
+for bench in bench_create bench_steady bench_fake_only_rss; do
   cargo test "${profile[@]}" -p blockhost-controller --test reconcile_bench -- \
     --ignored --exact "$bench" --test-threads=1 --nocapture 2>&1 |
     grep -E 'setup:|RESULT|panicked|test result'

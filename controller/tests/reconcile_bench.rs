@@ -133,7 +133,7 @@ async fn start(n: usize, resync: Duration) -> Bench {
             network: net,
             chain_id: 0,
             observed: Observed::default(),
-            listing_max_age: resync,
+            listing_max_age: blockhost_controller::reconcile::vm::setup::listing_max_age(resync),
             wait: WaitOptions {
                 interval: Duration::from_millis(1),
                 max_interval: Duration::from_millis(5),
@@ -306,4 +306,60 @@ async fn bench_steady() {
         "RESULT rss: {n} Running VMs in-process (store + runtime + reconciler + fake cluster): VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB"
     );
     b.stop().await;
+}
+
+/// Baseline for the RSS figure: a process holding only the fake cluster with the
+/// same number of VMs, made through the same `Pve` calls a create makes (clone,
+/// config, start, access-file write). The daemon's own share of `bench_steady`'s
+/// RSS is roughly the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run bench/reconcile.sh"]
+async fn bench_fake_only_rss() {
+    use blockhost_pve::{CloneRequest, ConfigUpdate, Pve};
+    let n = env("BENCH_STEADY_VMS", 10_000) as u32;
+    let pve = FakeCluster::standard();
+    pve.add_node("pve1", 64 * 1024 * GIB, 4096);
+    let wait = WaitOptions {
+        interval: Duration::from_millis(1),
+        max_interval: Duration::from_millis(5),
+        deadline: Duration::from_secs(30),
+        log_tail: 5,
+    };
+    let access = "version = 1\nmachine = \"vm-00000\"\nchain_id = 0\nwallets = [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"]\nusers = [\"alice\"]\n";
+    for i in 0..n {
+        let vmid = 100_000 + i;
+        let name = format!("vm-{i:05}");
+        let upid = pve
+            .clone_vm(
+                "pve1",
+                9001,
+                &CloneRequest::full(vmid)
+                    .name(name.clone())
+                    .description(format!("Managed by BlockHost; do not edit. object=VirtualMachine/{name} uid=00000000-0000-0000-0000-000000000000")),
+            )
+            .await
+            .unwrap();
+        pve.wait_task(&upid, wait).await.unwrap();
+        let cfg = ConfigUpdate::new()
+            .cores(1)
+            .memory_mib(512)
+            .tags(vec![
+                "blockhost".to_owned(),
+                "bh-00000000-0000-0000-0000-000000000000".to_owned(),
+            ])
+            .ciuser("alice".to_owned())
+            .nameserver("10.64.0.1".to_owned())
+            .agent(true)
+            .onboot(true);
+        pve.set_vm_config("pve1", vmid, &cfg).await.unwrap();
+        let upid = pve.start_vm("pve1", vmid).await.unwrap();
+        pve.wait_task(&upid, wait).await.unwrap();
+        pve.agent_file_write("pve1", vmid, "/etc/blockhost/access.toml", access)
+            .await
+            .unwrap();
+    }
+    let (rss, hwm) = rss_mib();
+    eprintln!(
+        "RESULT rss baseline: the fake cluster alone with {n} running VMs: VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB"
+    );
 }

@@ -82,6 +82,18 @@ pub fn client(cfg: &ProxmoxConfig) -> Result<PveClient, SetupError> {
     .map_err(SetupError::Client)
 }
 
+/// How old the cached cluster listing may be, for a given resync interval.
+///
+/// Half the interval, not the whole: a listing fetched just after one resync
+/// began is slightly *younger* than the interval when the next begins, so with
+/// the full interval as the limit a resync could visit every VM against the
+/// previous resync's listing (and refresh mid-way or not at all). With half,
+/// each resync starts with one fresh listing and, as long as visiting every VM
+/// takes less than half the interval, uses it throughout: one request per resync.
+pub fn listing_max_age(resync: Duration) -> Duration {
+    resync / 2
+}
+
 /// Spawns the VM reconciler under the runtime, if Proxmox is configured.
 pub fn spawn(
     cfg: &DaemonConfig,
@@ -107,7 +119,7 @@ pub fn spawn(
         network: cfg.network.clone(),
         chain_id: 0,
         observed: Observed::default(),
-        listing_max_age: resync,
+        listing_max_age: listing_max_age(resync),
         wait: WaitOptions::default(),
         cfg: px.clone(),
     });
