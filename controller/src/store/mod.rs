@@ -626,11 +626,7 @@ impl Store {
             let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
                 return Ok(None);
             };
-            let mut obj: R =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
+            let mut obj: R = decode(&k, &bytes)?;
             let before_spec = obj.spec().clone();
             let before_meta = obj.meta().clone();
             if !f(&mut obj) {
@@ -647,9 +643,7 @@ impl Store {
                     reason: "a status update may not change the spec".into(),
                 });
             }
-            let mut meta = txn.open_table(META)?;
-            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
-            meta.insert(META_RV, rv)?;
+            let rv = next_rv(&txn)?;
             obj.meta_mut().resource_version = Some(rv);
             let gone = obj.meta().deletion_timestamp.is_some() && obj.meta().finalizers.is_empty();
             let out = serde_json::to_vec(&obj).map_err(|source| StoreError::Corrupt {
@@ -711,14 +705,8 @@ impl Store {
                     name: name.into(),
                 });
             };
-            let mut value: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
-            let mut meta = txn.open_table(META)?;
-            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
-            meta.insert(META_RV, rv)?;
+            let mut value: serde_json::Value = decode(&k, &bytes)?;
+            let rv = next_rv(&txn)?;
             let m = &mut value["metadata"];
             let has_finalizers = m["finalizers"].as_array().is_some_and(|a| !a.is_empty());
             m["resourceVersion"] = rv.into();
@@ -733,6 +721,7 @@ impl Store {
                 })?;
                 table.insert(k.as_str(), out.as_slice())?;
                 let mut events = txn.open_table(EVENTS)?;
+                let mut meta = txn.open_table(META)?;
                 let seq = meta.get(META_EVENT_SEQ)?.map(|g| g.value()).unwrap_or(0) + 1;
                 meta.insert(META_EVENT_SEQ, seq)?;
                 let ev = Event {
@@ -793,11 +782,7 @@ impl Store {
                     name: name.into(),
                 });
             };
-            let mut vm: VirtualMachine =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
+            let mut vm: VirtualMachine = decode(&k, &bytes)?;
             if let Some(v) = vm.status.vmid {
                 return Ok(v);
             }
@@ -811,9 +796,7 @@ impl Store {
                 });
             };
             vm.status.vmid = Some(v);
-            let mut meta = txn.open_table(META)?;
-            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
-            meta.insert(META_RV, rv)?;
+            let rv = next_rv(&txn)?;
             vm.metadata.resource_version = Some(rv);
             let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
                 key: k.clone(),
@@ -877,11 +860,7 @@ impl Store {
             let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
                 return Ok(None);
             };
-            let mut vm: VirtualMachine =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
+            let mut vm: VirtualMachine = decode(&k, &bytes)?;
             let before = vm.status.clone();
             let st = &mut vm.status;
             alloc::sync_addresses(
@@ -896,9 +875,7 @@ impl Store {
             if vm.status == before {
                 return Ok(Some(vm));
             }
-            let mut meta = txn.open_table(META)?;
-            let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
-            meta.insert(META_RV, rv)?;
+            let rv = next_rv(&txn)?;
             vm.metadata.resource_version = Some(rv);
             let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
                 key: k.clone(),
@@ -1070,6 +1047,22 @@ fn apply_one<R: Resource>(
         outcome: ApplyOutcome::Configured,
         generation: generation + 1,
         bytes,
+    })
+}
+
+/// Takes the next database-wide resource version (inside a write transaction).
+fn next_rv(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
+    meta.insert(META_RV, rv)?;
+    Ok(rv)
+}
+
+/// Decodes a stored object, naming its key when it is corrupt.
+fn decode<T: serde::de::DeserializeOwned>(k: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: k.to_owned(),
+        source,
     })
 }
 
@@ -1439,11 +1432,7 @@ mod tests {
                 .get(k.as_str())?
                 .map(|g| g.value().to_vec())
                 .unwrap_or_default();
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
+            let mut v: serde_json::Value = decode(&k, &bytes)?;
             v["metadata"]["labels"]["migrated"] = "yes".into();
             t.insert(
                 k.as_str(),
