@@ -50,6 +50,19 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// A short, stable label for a failure (metrics and conditions), e.g. `locked`.
     fn error_reason(&self, error: &Self::Error) -> &'static str;
+
+    /// Runs once before each periodic resync (e.g. to read the world once for all keys).
+    fn before_resync(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Whether a periodic resync may skip `key`: nothing a resync exists to catch
+    /// (drift outside the store, a deadline) can have changed since its last settled
+    /// success. Only resync visits consult this; triggered runs (spec changes, a
+    /// lagging change feed, requeues, retries) always run.
+    fn resync_skip(&self, _key: &str) -> bool {
+        false
+    }
 }
 
 /// Tuning of the scheduler.
@@ -232,8 +245,13 @@ pub async fn run<R: Reconciler>(
     loop {
         let now = Instant::now();
         if now >= next_resync {
+            reconciler.before_resync().await;
+            let now = Instant::now();
             for k in keys() {
-                if !q.running.contains(&k) && !q.pending.contains_key(&k) {
+                if !q.running.contains(&k)
+                    && !q.pending.contains_key(&k)
+                    && !reconciler.resync_skip(&k)
+                {
                     q.request(k, now);
                 }
             }
@@ -556,6 +574,59 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(h.runs("a").len(), 3, "requeued after 100 s");
         h.stop().await;
+    }
+
+    /// A reconciler that asks resyncs to skip one key.
+    struct Skipper(Arc<Script>);
+
+    impl Reconciler for Skipper {
+        type Error = Fail;
+        fn name(&self) -> &'static str {
+            "skipper"
+        }
+        fn error_reason(&self, _: &Fail) -> &'static str {
+            "fake"
+        }
+        async fn reconcile(&self, key: String) -> Result<Action, Fail> {
+            self.0.reconcile(key).await
+        }
+        fn resync_skip(&self, key: &str) -> bool {
+            key == "settled"
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_skips_what_the_reconciler_calls_settled_but_triggers_never_skip() {
+        let script = Arc::new(Script::default());
+        let (tx, rx) = mpsc::channel(10);
+        let stop = CancellationToken::new();
+        let mut c = cfg();
+        c.resync = Duration::from_secs(10);
+        let keys = vec!["settled".to_owned(), "other".to_owned()];
+        let handle = tokio::spawn(run(
+            Arc::new(Skipper(script.clone())),
+            c,
+            Arc::new(Metrics::new()),
+            rx,
+            move || keys.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        tx.send(Trigger::Key("settled".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        handle.await.unwrap();
+        let log = script.log.lock().unwrap();
+        assert_eq!(
+            log.iter().filter(|(k, _)| k == "other").count(),
+            3,
+            "start, 10 s, 20 s"
+        );
+        assert_eq!(
+            log.iter().filter(|(k, _)| k == "settled").count(),
+            1,
+            "only the trigger"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,18 @@ pub struct VmReconciler<P> {
     pub listing_max_age: Duration,
     /// How task waits poll.
     pub wait: blockhost_pve::WaitOptions,
+    /// Per VM, what it looked like after its last settled success (see
+    /// [`Reconciler::resync_skip`]); build with `Default::default()`.
+    pub settled: std::sync::Mutex<std::collections::HashMap<String, Settled>>,
+}
+
+/// A VM at rest after a successful reconcile: its listing fingerprint and the next
+/// time something is due (expiry, end of grace).
+#[derive(Debug, Clone)]
+pub struct Settled {
+    vmid: blockhost_pve::VmId,
+    print: observed::ListingPrint,
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Why a VM reconcile failed.
@@ -242,9 +254,30 @@ impl<P: Pve + 'static> Reconciler for VmReconciler<P> {
         error.reason()
     }
 
+    /// One fresh cluster listing per resync, shared by every VM's check.
+    async fn before_resync(&self) {
+        if let Err(e) = self.observed.refresh(self.pve.as_ref()).await {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot list the cluster's VMs for a resync");
+            self.observed.invalidate().await;
+        }
+    }
+
+    fn resync_skip(&self, name: &str) -> bool {
+        let Some(s) = self.settled.lock().ok().and_then(|m| m.get(name).cloned()) else {
+            return false;
+        };
+        if s.deadline.is_some_and(|d| self.store.now() >= d) {
+            return false;
+        }
+        // Skip only when the listing entry is exactly what we left; a vanished,
+        // stopped or edited VM (or an unreadable listing) gets a visit.
+        matches!(self.observed.try_print(s.vmid), Some(Some(p)) if p == s.print)
+    }
+
     async fn reconcile(&self, name: String) -> Result<Action, VmError> {
         let mut sync_status = false;
         let result = self.reconcile_inner(&name, &mut sync_status).await;
+        self.remember(&name, result.is_ok()).await;
         match &result {
             // Nothing was stale when read (and a spec change made since then
             // triggers another run): a VM in steady state costs no second read.
@@ -295,6 +328,61 @@ impl<P: Pve + 'static> Reconciler for VmReconciler<P> {
             }
         }
         result
+    }
+}
+
+impl<P: Pve + 'static> VmReconciler<P> {
+    /// Records (or forgets) the VM's settled state after a reconcile.
+    async fn remember(&self, name: &str, ok: bool) {
+        let settled = if ok {
+            self.settled_state(name).await
+        } else {
+            None
+        };
+        if let Ok(mut m) = self.settled.lock() {
+            match settled {
+                Some(s) => {
+                    m.insert(name.to_owned(), s);
+                }
+                None => {
+                    m.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The VM's settled state, if it is at rest: running with its access file, or
+    /// suspended; addresses allocated; not being deleted.
+    async fn settled_state(&self, name: &str) -> Option<Settled> {
+        let vm = self.load(name).await.ok().flatten()?;
+        let st = &vm.status;
+        let at_rest = match st.phase {
+            VmPhase::Running => st.access_file_digest.is_some(),
+            VmPhase::Suspended => true,
+            _ => false,
+        };
+        let starved = st.conditions.iter().any(|c| {
+            c.type_ == crate::store::alloc::ADDRESSES_CONDITION
+                && c.status == ConditionStatus::False
+        });
+        if !at_rest || starved || vm.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let vmid = st.vmid?;
+        let print = self.observed.try_print(vmid).flatten()?;
+        let now = self.store.now();
+        let expired = vm.spec.expires_at.is_some_and(|t| now >= t);
+        let deadline = if expired {
+            st.suspended_at
+                .map(|s| s + chrono::Duration::days(i64::from(self.cfg.grace_period_days)))
+        } else {
+            vm.spec.expires_at
+        };
+        Some(Settled {
+            vmid,
+            print,
+            deadline,
+        })
     }
 }
 

@@ -106,6 +106,13 @@ impl Observed {
         .await;
     }
 
+    /// The fingerprint of a VM's listing entry, if the listing can be read without
+    /// waiting (a resync check must not block the scheduler).
+    pub fn try_print(&self, vmid: VmId) -> Option<Option<ListingPrint>> {
+        let snap = self.vms.try_read().ok()?;
+        Some(snap.by_vmid.get(&vmid).map(ListingPrint::of))
+    }
+
     /// Records a VM we just created.
     pub async fn insert(&self, vm: ClusterVm) {
         self.vms.write().await.by_vmid.insert(vm.vmid, vm);
@@ -114,5 +121,36 @@ impl Observed {
     /// Records a VM we just deleted.
     pub async fn remove(&self, vmid: VmId) {
         self.vms.write().await.by_vmid.remove(&vmid);
+    }
+}
+
+/// What a resync looks at in a VM's listing entry: everything that drift or a
+/// vanished VM would change, and nothing that moves on its own (CPU load, uptime,
+/// memory in use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListingPrint {
+    node: String,
+    name: Option<String>,
+    status: blockhost_pve::types::RunState,
+    maxcpu: u64,
+    maxmem: u64,
+    maxdisk: u64,
+    tags: Vec<String>,
+    lock: Option<String>,
+}
+
+impl ListingPrint {
+    /// The fingerprint of one listing entry.
+    pub fn of(cv: &ClusterVm) -> Self {
+        Self {
+            node: cv.node.clone(),
+            name: cv.name.clone(),
+            status: cv.status.clone(),
+            maxcpu: cv.maxcpu.to_bits(),
+            maxmem: cv.maxmem,
+            maxdisk: cv.maxdisk,
+            tags: cv.tags.clone(),
+            lock: cv.lock.clone(),
+        }
     }
 }

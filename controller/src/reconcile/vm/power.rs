@@ -66,7 +66,7 @@ fn access_file<P: Pve + 'static>(
 /// Brings a found VM to its desired running state.
 pub async fn run<P: Pve + 'static>(
     r: &VmReconciler<P>,
-    vm: VirtualMachine,
+    mut vm: VirtualMachine,
     found: Found,
 ) -> Result<Action, VmError> {
     let name = vm.metadata.name.to_string();
@@ -232,6 +232,8 @@ pub async fn run<P: Pve + 'static>(
             true
         })
         .await?;
+        // Below, this run compares against its own copy: forget the digest there too.
+        vm.status.access_file_digest = None;
     }
 
     let (text, digest) = access_file(r, &vm)?;

@@ -121,6 +121,7 @@ pub fn spawn(
         observed: Observed::default(),
         listing_max_age: listing_max_age(resync),
         wait: WaitOptions::default(),
+        settled: Default::default(),
         cfg: px.clone(),
     });
     let triggers = runtime::store_triggers(store, "VirtualMachine", shutdown.clone());

@@ -80,6 +80,7 @@ fn setup(policy: LostPolicy) -> T {
             deadline: Duration::from_secs(5),
             log_tail: 5,
         },
+        settled: Default::default(),
     };
     T { _dir: dir, r, now }
 }
@@ -610,4 +611,61 @@ async fn a_failure_between_clone_and_resize_still_ends_with_the_specs_disk_and_d
     t.r.pve.reset_requests();
     t.reconcile("web").await.unwrap();
     assert_eq!(t.r.pve.requests(), 0, "{:?}", t.r.pve.requests_by_op());
+}
+
+#[tokio::test]
+async fn resyncs_skip_settled_vms_until_drift_or_a_deadline() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"expiresAt": "2026-01-10T00:00:00Z"}),
+    ));
+    t.settle("web").await;
+    t.r.before_resync().await;
+    assert!(
+        t.r.resync_skip("web"),
+        "running, access file written, listing unchanged"
+    );
+    assert!(!t.r.resync_skip("other"), "never seen: visit");
+
+    // Stopped behind our back: the fresh listing differs, so the resync visits.
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    t.r.pve.modify_vm(vmid, |v| v.status = RunState::Stopped);
+    t.r.before_resync().await;
+    assert!(!t.r.resync_skip("web"));
+    t.settle("web").await;
+    t.r.before_resync().await;
+    assert!(t.r.resync_skip("web"), "settled again after the restart");
+    let files = t.r.pve.vm(vmid).unwrap().agent_files.len();
+    assert_eq!(
+        files, 2,
+        "the access file is checked again after the guest restarts, in the same pass"
+    );
+
+    // The expiry passes: due, so visited.
+    t.advance(chrono::Duration::days(10));
+    assert!(!t.r.resync_skip("web"));
+    // A failed reconcile forgets the settled state.
+    t.r.pve.inject(
+        Op::Shutdown,
+        None,
+        Fault::Api {
+            status: 500,
+            message: "boom".into(),
+        },
+        Some(1),
+    );
+    t.r.pve.inject(
+        Op::Stop,
+        None,
+        Fault::Api {
+            status: 500,
+            message: "boom".into(),
+        },
+        Some(1),
+    );
+    assert!(t.reconcile("web").await.is_err());
+    t.advance(chrono::Duration::days(-10));
+    assert!(!t.r.resync_skip("web"));
 }
