@@ -42,8 +42,7 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Counts reconciles, so figures can be divided by the number of resyncs that
-/// actually happened instead of guessing from wall time.
+/// Counts reconciles (everything else is forwarded to the real reconciler).
 struct Counting<R> {
     inner: R,
     runs: AtomicU64,
@@ -60,6 +59,12 @@ impl<R: Reconciler> Reconciler for Counting<R> {
     async fn reconcile(&self, key: String) -> Result<Action, R::Error> {
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.inner.reconcile(key).await
+    }
+    async fn before_resync(&self) {
+        self.inner.before_resync().await;
+    }
+    fn resync_skip(&self, key: &str) -> bool {
+        self.inner.resync_skip(key)
     }
 }
 
@@ -236,6 +241,8 @@ fn rss_mib() -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run bench/reconcile.sh"]
 async fn bench_create() {
+    // Measure the allocator configuration blockhostd runs with.
+    blockhost_controller::tune_allocator();
     let n = env("BENCH_CREATE_VMS", 1000) as usize;
     let b = start(n, Duration::from_secs(3600)).await;
     let t0 = Instant::now();
@@ -269,6 +276,8 @@ async fn bench_create() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run bench/reconcile.sh"]
 async fn bench_steady() {
+    // Measure the allocator configuration blockhostd runs with.
+    blockhost_controller::tune_allocator();
     let n = env("BENCH_STEADY_VMS", 10_000) as usize;
     let resync = Duration::from_secs(env("BENCH_RESYNC_SECS", 5));
     let b = start(n, resync).await;
@@ -318,6 +327,8 @@ async fn bench_steady() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run bench/reconcile.sh"]
 async fn bench_fake_only_rss() {
+    // Measure the allocator configuration blockhostd runs with.
+    blockhost_controller::tune_allocator();
     use blockhost_pve::{CloneRequest, ConfigUpdate, Pve};
     let n = env("BENCH_STEADY_VMS", 10_000) as u32;
     let pve = FakeCluster::standard();

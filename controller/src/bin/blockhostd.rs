@@ -25,6 +25,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    blockhost_controller::tune_allocator();
     let args = Args::parse();
     let explicit = args.config.is_some();
     let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
