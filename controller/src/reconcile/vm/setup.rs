@@ -117,7 +117,8 @@ pub fn spawn(
         store: store.clone(),
         pve,
         network: cfg.network.clone(),
-        chain_id: 0,
+        // The access file names the chain holding the NFT; 0 when no chain is watched.
+        chain_id: cfg.chain.as_ref().map_or(0, |c| c.chain_id),
         observed: Observed::default(),
         listing_max_age: listing_max_age(resync),
         wait: WaitOptions::default(),
