@@ -9,7 +9,6 @@ pub mod output;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use blockhost_crd::resource::kind_for;
 use blockhost_crd::{Event, Plan, Subscription, VirtualMachine};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
@@ -460,9 +459,4 @@ async fn delete(
         writeln!(out, "{}/{} {note}", resp.kind.to_lowercase(), resp.name)?;
     }
     Ok(())
-}
-
-/// Resolves a kind word for messages (`vm` → `VirtualMachine`).
-pub fn kind_name(word: &str) -> &'static str {
-    kind_for(word).unwrap_or("VirtualMachine")
 }

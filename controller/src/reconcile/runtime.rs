@@ -238,6 +238,8 @@ pub async fn run<R: Reconciler>(
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     let mut next_resync = Instant::now();
     let mut triggers_open = true;
+    // Keys that existed at the last resync, to notice deletions.
+    let mut known: HashSet<String> = HashSet::new();
     let depth = metrics
         .reconcile_queue_depth
         .get_or_create(&labels(&[("controller", name)]))
@@ -247,14 +249,22 @@ pub async fn run<R: Reconciler>(
         if now >= next_resync {
             reconciler.before_resync().await;
             let now = Instant::now();
-            for k in keys() {
-                if !q.running.contains(&k)
-                    && !q.pending.contains_key(&k)
-                    && !reconciler.resync_skip(&k)
+            let all: HashSet<String> = keys().into_iter().collect();
+            // Objects gone since the last resync: drop their backoff state and
+            // metric series, which would otherwise accumulate forever.
+            q.failures.retain(|k, _| all.contains(k));
+            for k in known.difference(&all) {
+                forget_object(&metrics, name, k);
+            }
+            for k in &all {
+                if !q.running.contains(k)
+                    && !q.pending.contains_key(k)
+                    && !reconciler.resync_skip(k)
                 {
-                    q.request(k, now);
+                    q.request(k.clone(), now);
                 }
             }
+            known = all;
             next_resync = now + cfg.resync;
         }
         while tasks.len() < cfg.concurrency.max(1) {
@@ -335,7 +345,7 @@ pub async fn run<R: Reconciler>(
 }
 
 /// Forgets metrics of an object that no longer exists.
-pub fn forget_object(metrics: &Metrics, controller: &str, key: &str) {
+fn forget_object(metrics: &Metrics, controller: &str, key: &str) {
     metrics
         .reconcile_last_success
         .remove(&labels(&[("controller", controller), ("object", key)]));
@@ -627,6 +637,39 @@ mod tests {
             1,
             "only the trigger"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleted_objects_lose_their_metric_series_at_the_next_resync() {
+        let script = Arc::new(Script::default());
+        let (_tx, rx) = mpsc::channel(10);
+        let stop = CancellationToken::new();
+        let mut c = cfg();
+        c.resync = Duration::from_secs(10);
+        let keys = Arc::new(Mutex::new(vec!["a".to_owned(), "b".to_owned()]));
+        let k2 = keys.clone();
+        let metrics = Arc::new(Metrics::new());
+        let handle = tokio::spawn(run(
+            script,
+            c,
+            metrics.clone(),
+            rx,
+            move || k2.lock().unwrap().clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let text = metrics.render_registry_only();
+        assert!(
+            text.contains("object=\"a\"") && text.contains("object=\"b\""),
+            "{text}"
+        );
+        keys.lock().unwrap().retain(|k| k != "b");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let text = metrics.render_registry_only();
+        assert!(text.contains("object=\"a\""), "{text}");
+        assert!(!text.contains("object=\"b\""), "{text}");
+        stop.cancel();
+        handle.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
