@@ -46,7 +46,7 @@ fn wait_pve_status(
 
 #[test]
 fn apply_creates_a_configured_running_vm_then_suspend_resume_delete_converge() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &pve, &Tuning::default());
@@ -129,7 +129,7 @@ fn apply_creates_a_configured_running_vm_then_suspend_resume_delete_converge() {
 
 #[test]
 fn an_expired_subscription_is_suspended_with_its_disk() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &pve, &Tuning::default());
@@ -159,7 +159,7 @@ fn an_expired_subscription_is_suspended_with_its_disk() {
 
 #[test]
 fn a_failed_start_task_is_reported_and_retried_until_it_succeeds() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &pve, &Tuning::default());
@@ -197,7 +197,7 @@ fn a_failed_start_task_is_reported_and_retried_until_it_succeeds() {
 
 #[test]
 fn a_locked_vm_is_waited_for_then_suspended() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &pve, &Tuning::default());
@@ -224,7 +224,7 @@ fn a_locked_vm_is_waited_for_then_suspended() {
 
 #[test]
 fn a_shutdown_slower_than_its_timeout_ends_in_a_hard_stop() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     let tuning = Tuning {
@@ -256,7 +256,7 @@ fn a_shutdown_slower_than_its_timeout_ends_in_a_hard_stop() {
 
 #[test]
 fn injected_5xx_answers_converge_without_duplicates() {
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     // The first clone, config and start each fail twice with a 5xx, the listing once.
     for (method, suffix, status) in [
@@ -310,7 +310,7 @@ fn injected_5xx_answers_converge_without_duplicates() {
 #[test]
 fn sigkill_during_20_creates_leaves_exactly_20_running_vms() {
     use rand::Rng;
-    let mut pve = FakePve::start();
+    let mut pve = start_fakepve();
     pve.auto_agent();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &pve, &Tuning::default());

@@ -2,122 +2,62 @@
 //! (the pve crate's `tests/fakepve_server.py`, reused as is) on its own 127.0.11.x
 //! address, and a real `blockhostd` configured to drive it.
 //!
-//! Why a second launcher rather than `#[path]`-including the pve crate's
-//! `tests/common/mod.rs`: that one hands out 127.0.10.x from a static of its own,
-//! and both test binaries run at once; this one owns 127.0.11.x. The server script
-//! and its control channel are shared.
+//! The process itself is started by the pve crate's `tests/common/process.rs`,
+//! included with `#[path]`: both crates' tests share one launcher, each with its own
+//! address range (127.0.10.x there, 127.0.11.x here) so they can run at once.
 //!
 //! Every wait here is bounded and polls; on a timeout the test fails with the
 //! daemon's log, never silently.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failure report
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Stdio;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::common::{Daemon, repo_root, stderr, stdout};
 
-/// API token the server script configures.
-pub const TOKEN_ID: &str = "root@pam!blockhost";
-/// Its secret (written to a 0600 file, never passed on a command line).
-pub const TOKEN_SECRET: &str = "s3cret-token";
+#[path = "../../pve/tests/common/process.rs"]
+mod fakepve_process;
+pub use fakepve_process::{FakePveProcess as FakePve, TOKEN_ID, TOKEN_SECRET};
+
 /// The template the script creates.
 pub const TEMPLATE: u32 = 9001;
 
 // 127.0.11.0/24 belongs to these tests (the pve crate's own use 127.0.10.x).
 static NEXT_HOST: AtomicU32 = AtomicU32::new(1);
 
-/// A running fakepve, killed when dropped.
-pub struct FakePve {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// `https://127.0.11.x:8006`.
-    pub url: String,
-    /// SHA-256 certificate fingerprint, PVE style.
-    pub fingerprint: String,
+/// Starts a fakepve with node pve1 and template 9001.
+pub fn start_fakepve() -> FakePve {
+    FakePve::start(&repo_root(), "127.0.11", &NEXT_HOST, &[], Stdio::null)
 }
 
-impl FakePve {
-    /// Starts a server with node pve1 and template 9001.
-    pub fn start() -> FakePve {
-        let py = repo_root().join(".venv/bin/python");
-        // Loud, not a skip: a machine without fakepve cannot claim these tests passed.
-        assert!(
-            py.exists(),
-            "fakepve is not installed ({} is missing): run scripts/setup.sh",
-            py.display()
-        );
-        let script = repo_root().join("controller/pve/tests/fakepve_server.py");
-        let mut last_err = String::new();
-        // An address may still be held by a server of an earlier, killed run: try a few.
-        for _ in 0..5 {
-            let n = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
-            assert!(n < 250, "ran out of 127.0.11.x test addresses");
-            let host = format!("127.0.11.{n}");
-            let mut child = Command::new(&py)
-                .arg(&script)
-                .arg(&host)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot run the fakepve server script");
-            let stdin = child.stdin.take().unwrap();
-            let mut stdout = BufReader::new(child.stdout.take().unwrap());
-            let mut line = String::new();
-            stdout.read_line(&mut line).unwrap();
-            let hello: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if let Some(fatal) = hello.get("fatal") {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{fatal}");
-            }
-            if let (Some(url), Some(fp)) = (hello["url"].as_str(), hello["fingerprint"].as_str()) {
-                return FakePve {
-                    url: url.to_owned(),
-                    fingerprint: fp.to_owned(),
-                    child,
-                    stdin,
-                    stdout,
-                };
-            }
-            last_err = format!("fakepve on {host} did not start: {line:?}");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("{last_err}");
-    }
-
-    /// Sends a control command; returns its result, panics on an error answer.
-    pub fn cmd(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let reply: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("bad control answer {line:?}: {e}"));
-        assert_eq!(
-            reply["ok"],
-            json!(true),
-            "control command {cmd} failed: {reply}"
-        );
-        reply["result"].clone()
-    }
-
+/// What these tests ask of fakepve beyond the shared launcher.
+pub trait FakePveExt {
     /// Every non-template VM, as the script's `vm_state`.
-    pub fn vms(&mut self) -> Vec<Value> {
+    fn vms(&mut self) -> Vec<Value>;
+    /// One VM by name (panics if two carry it: that would be a duplicate).
+    fn vm_named(&mut self, name: &str) -> Option<Value>;
+    /// Every answer with status >= 400, as [method, path, status, body].
+    fn error_answers(&mut self) -> Vec<Value>;
+    /// Asserts that PVE never refused a parameter (HTTP 400, its schema validation).
+    fn assert_no_validation_errors(&mut self);
+    /// Makes every VM's guest agent answer, including clones made later.
+    fn auto_agent(&mut self);
+}
+
+impl FakePveExt for FakePve {
+    /// Every non-template VM, as the script's `vm_state`.
+    fn vms(&mut self) -> Vec<Value> {
         self.cmd(json!({"op": "vms"})).as_array().unwrap().clone()
     }
 
     /// One VM by name (panics if two carry it: that would be a duplicate).
-    pub fn vm_named(&mut self, name: &str) -> Option<Value> {
+    fn vm_named(&mut self, name: &str) -> Option<Value> {
         let found: Vec<Value> = self
             .vms()
             .into_iter()
@@ -127,23 +67,8 @@ impl FakePve {
         found.into_iter().next()
     }
 
-    /// (method, path) of every request the server has seen.
-    pub fn requests(&mut self) -> Vec<(String, String)> {
-        self.cmd(json!({"op": "requests"}))
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r[0].as_str().unwrap().to_owned(),
-                    r[1].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    }
-
     /// Every answer with status >= 400, as [method, path, status, body].
-    pub fn error_answers(&mut self) -> Vec<Value> {
+    fn error_answers(&mut self) -> Vec<Value> {
         self.cmd(json!({"op": "error_answers"}))
             .as_array()
             .unwrap()
@@ -151,7 +76,7 @@ impl FakePve {
     }
 
     /// Asserts that PVE never refused a parameter (HTTP 400, its schema validation).
-    pub fn assert_no_validation_errors(&mut self) {
+    fn assert_no_validation_errors(&mut self) {
         let bad: Vec<Value> = self
             .error_answers()
             .into_iter()
@@ -161,15 +86,8 @@ impl FakePve {
     }
 
     /// Makes every VM's guest agent answer, including clones made later.
-    pub fn auto_agent(&mut self) {
+    fn auto_agent(&mut self) {
         self.cmd(json!({"op": "auto_agent"}));
-    }
-}
-
-impl Drop for FakePve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
