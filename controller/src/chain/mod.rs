@@ -6,6 +6,8 @@
 //! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
 //! - [`events`]: raw logs → typed events, every number range-checked.
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
+//! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
+//!   broadcast, receipts (minting and `bhctl chain deploy`).
 //! - [`watcher`]: the loop — confirmations, chunked `eth_getLogs` with range
 //!   adaptation, reorg detection and undo, resync.
 //!
@@ -17,6 +19,7 @@ pub mod events;
 pub mod mapping;
 pub mod node;
 pub mod rpc;
+pub mod wallet;
 pub mod watcher;
 
 use std::path::{Path, PathBuf};
