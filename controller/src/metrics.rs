@@ -49,6 +49,11 @@ pub struct Metrics {
     pub chain_get_logs_range: Gauge,
     /// Failed watcher steps, by kind.
     pub chain_errors: Family<Labels, Counter>,
+    /// Mint steps, by outcome (`signed`, `minted`, `bumped`, `dropped`,
+    /// `reverted`, `insufficient_funds`, `error`).
+    pub chain_mints: Family<Labels, Counter>,
+    /// Mints awaiting a receipt.
+    pub chain_mints_pending: Gauge,
     objects: Family<Labels, Gauge>,
 }
 
@@ -156,6 +161,18 @@ impl Metrics {
             "Failed chain watcher steps, by kind",
             chain_errors.clone(),
         );
+        let chain_mints = Family::<Labels, Counter>::default();
+        registry.register(
+            "chain_mints",
+            "Access NFT mint steps, by outcome",
+            chain_mints.clone(),
+        );
+        let chain_mints_pending = Gauge::default();
+        registry.register(
+            "chain_mints_pending",
+            "Access NFT mints awaiting a receipt",
+            chain_mints_pending.clone(),
+        );
         let info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -177,6 +194,8 @@ impl Metrics {
             chain_range_refusals,
             chain_get_logs_range,
             chain_errors,
+            chain_mints,
+            chain_mints_pending,
             objects,
         }
     }

@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub mod chain;
+pub mod mint;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
