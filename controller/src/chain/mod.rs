@@ -122,6 +122,7 @@ pub fn watch_config(cfg: &ChainConfig) -> WatchConfig {
         poll: Duration::from_millis(cfg.poll_interval_ms),
         max_range: cfg.max_block_range,
         reorg_window: MIN_REORG_WINDOW.max(cfg.confirmations * 4),
+        follow_chain_time: cfg.follow_chain_time,
     }
 }
 
