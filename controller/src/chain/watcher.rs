@@ -327,6 +327,7 @@ impl<N: Node> Watcher<N> {
         if self.cfg.follow_chain_time
             && let Some(t) = self.node.block_time(to).await?
         {
+            tracing::debug!(block = to, time = t, "chain time observed");
             self.store.observe_chain_time(t);
         }
         self.metrics
