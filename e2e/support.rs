@@ -84,12 +84,25 @@ pub struct Rig {
     pub pve: std::sync::Mutex<FakePve>,
     pub daemon: Option<Daemon>,
     pub c: Contracts,
+    /// fakepve's `host:port` when the configuration was redirected (benchmarks).
+    pub upstream: Option<String>,
 }
 
 impl Rig {
     /// anvil on `port`, fakepve, contracts deployed and owned by the server
     /// wallet, blockhostd running with `confirmations`.
     pub async fn start(port: u16, confirmations: u64) -> Rig {
+        Self::start_with(port, confirmations, |cfg, _| (cfg, String::new())).await
+    }
+
+    /// [`Rig::start`], with `edit` rewriting the configuration text before the
+    /// daemon starts (given the text and fakepve's URL; returns the new text and
+    /// an upstream address kept in [`Rig::upstream`] when not empty).
+    pub async fn start_with(
+        port: u16,
+        confirmations: u64,
+        edit: impl FnOnce(String, &str) -> (String, String),
+    ) -> Rig {
         let anvil = Anvil::start(port);
         let mut pve = FakePve::start(&repo_root(), "127.0.13", &NEXT_PVE_HOST, &[], Stdio::null);
         pve.auto_agent();
@@ -118,6 +131,7 @@ impl Rig {
             block = c.block,
             key = key.display(),
         );
+        let (text, upstream) = edit(text, &pve.url);
         std::fs::write(&cfg, text).unwrap();
         let daemon = Some(Daemon::start(dir.path()));
         Rig {
@@ -126,6 +140,7 @@ impl Rig {
             daemon,
             c,
             pve: std::sync::Mutex::new(pve),
+            upstream: (!upstream.is_empty()).then_some(upstream),
         }
     }
 
@@ -228,6 +243,29 @@ impl Rig {
         self.cast(&["rpc", "eth_sendTransaction", &tx.to_string()])
             .trim_matches('"')
             .to_owned()
+    }
+
+    /// A purchase transaction ready for `eth_sendTransaction` (signature and
+    /// eciesjs payload made now, so sending it later measures only the chain
+    /// and the daemon).
+    pub fn prepare_buy(&self, who: &str, days: u64) -> Value {
+        let sig = self.sign_secret(who);
+        let payload = eciesjs_encrypt(&server_public_hex(), sig.as_bytes());
+        let data = self.cast(&[
+            "calldata",
+            "buySubscription(uint256,uint256,uint256,bytes)",
+            "1",
+            &days.to_string(),
+            "1",
+            &format!("0x{}", hex::encode(payload)),
+        ]);
+        json!({"from": who, "to": self.c.subs, "data": data, "gas": "0x1000000"})
+    }
+
+    /// Sends a prepared transaction over JSON-RPC (no process start in the
+    /// measured path); anvil mines it before answering.
+    pub async fn send_prepared(&self, tx: &Value) -> Value {
+        self.anvil.rpc("eth_sendTransaction", json!([tx])).await
     }
 
     /// Hashes of `who`'s transactions waiting in anvil's mempool, by nonce.
