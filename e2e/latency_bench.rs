@@ -141,12 +141,12 @@ async fn bench_purchase_to_first_proxmox_request() {
     // New heads over WebSocket, polling every second as the fallback (defaults).
     measure(
         "new heads (wsUrls), poll 1000 ms",
-        18667,
-        18677,
-        "  wsUrls: [\"ws://127.0.0.1:18667\"]\n",
+        18685,
+        18687,
+        "  wsUrls: [\"ws://127.0.0.1:18685\"]\n",
         samples,
     )
     .await;
     // Polling only, at the default interval: what new heads save.
-    measure("polling only, 1000 ms", 18668, 18678, "", samples.min(20)).await;
+    measure("polling only, 1000 ms", 18686, 18688, "", samples.min(20)).await;
 }

@@ -47,7 +47,7 @@ async fn subscription_lifecycle() {
     if !tools_available() {
         return;
     }
-    let rig = Rig::start(18660, 0).await;
+    let rig = Rig::start(18680, 0).await;
 
     // The operator creates a plan (server wallet); the daemon mirrors it.
     rig.send(
@@ -203,7 +203,7 @@ async fn reorged_purchase_never_provisions() {
         return;
     }
     let confirmations = 2;
-    let rig = Rig::start(18661, confirmations).await;
+    let rig = Rig::start(18681, confirmations).await;
     rig.send(
         SERVER,
         &rig.c.subs.clone(),
@@ -244,7 +244,7 @@ async fn crashes_lose_and_duplicate_nothing() {
     if !tools_available() {
         return;
     }
-    let mut rig = Rig::start(18662, 0).await;
+    let mut rig = Rig::start(18682, 0).await;
     rig.send(
         SERVER,
         &rig.c.subs.clone(),

@@ -3,7 +3,7 @@
 //! side, and foundry's `cast` plus npm `eciesjs` as the independent user's
 //! client — nothing in the user's path goes through our Rust code.
 //!
-//! Addresses: anvil on 127.0.0.1:1866x, fakepve on 127.0.13.x (other suites
+//! Addresses: anvil on 127.0.0.1:1868x, fakepve on 127.0.13.x (other suites
 //! use 127.0.10.x/127.0.11.x/127.0.12.x), so suites can run side by side.
 //! Keys: anvil's well-known dev accounts only. The server key is dev key 2
 //! (it signs mints and owns the contracts, and decrypts purchase payloads).
