@@ -503,8 +503,29 @@ fn bad_inputs_give_clear_messages() {
         &deploy_with(&cfg),
         "the RPC endpoint serves chain 31337, but the configuration says 1",
     );
-    // Bad plans never reach the chain.
     let cfg = write_config(dir.path(), &anvil.url, 31337, &key);
+    // A payment token that is not a contract is refused before deploying.
+    let o = bhctl(
+        &[
+            "chain",
+            "deploy",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--stablecoin",
+            "0x00000000000000000000000000000000000000aa",
+        ],
+        None,
+    );
+    fails_with(
+        &o,
+        "there is no contract at 0x00000000000000000000000000000000000000AA",
+    );
+    assert!(
+        !std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("nftContract")
+    );
+    // Bad plans never reach the chain.
     for (name, price, msg) in [
         ("basic", "0", "above 0"),
         ("", "100", "name is empty"),

@@ -390,6 +390,17 @@ pub async fn chain(out: &mut impl Write, cmd: ChainCommand) -> Result<(), ChainC
         }
     }
 
+    // Checked before anything is deployed: setPrimaryStablecoin on an address
+    // without code would revert only after two contracts cost gas.
+    if let Some(t) = stablecoin
+        && !has_code(wallet.rpc(), &t).await?
+    {
+        return Err(ChainCliError::Invalid(format!(
+            "there is no contract at {t} on chain {}; --stablecoin takes the address of the ERC-20 token buyers pay with",
+            chain.chain_id
+        )));
+    }
+
     let steps = 2 + u64::from(dev_stablecoin) + u64::from(dev_stablecoin || stablecoin.is_some());
     let bar = progress(steps, output == Output::Json);
     let mut done = Vec::new();

@@ -7,10 +7,10 @@
 //! the end of the block with the block's indentation. The caller re-parses the
 //! result before writing it, so a layout this cannot handle is refused rather
 //! than written wrong. The write is atomic (temporary file in the same directory,
-//! then rename) and keeps the file's mode.
+//! then rename) and keeps the file's mode and owner.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why the configuration could not be edited.
@@ -206,7 +206,7 @@ pub fn set_chain_keys(text: &str, entries: &[(&str, String)]) -> Result<String, 
     Ok(lines.concat())
 }
 
-/// Replaces `path` with `text` atomically, keeping its mode: a crash leaves
+/// Replaces `path` with `text` atomically, keeping its mode and owner: a crash leaves
 /// either the old file or the new one, never half of one. A symbolic link is
 /// followed and its target replaced.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
@@ -215,11 +215,8 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
         source,
     };
     let target = std::fs::canonicalize(path).map_err(err)?;
-    let mode = std::fs::metadata(&target)
-        .map_err(err)?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let meta = std::fs::metadata(&target).map_err(err)?;
+    let mode = meta.permissions().mode() & 0o7777;
     let dir = target
         .parent()
         .ok_or_else(|| err(std::io::Error::other("the file has no directory")))?;
@@ -234,6 +231,12 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Root editing a root:blockhost 0640 file must not leave a root:root
+        // one that blockhostd (as user blockhost) can no longer read.
+        let created = f.metadata()?;
+        if (meta.uid(), meta.gid()) != (created.uid(), created.gid()) {
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        }
         // The umask may have narrowed the mode given at creation.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(text.as_bytes())?;
@@ -322,5 +325,21 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Only root can give a file away; elsewhere this checks nothing new.
+    #[test]
+    fn atomic_write_keeps_the_owner_when_root() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "old").unwrap();
+        std::os::unix::fs::chown(&p, Some(4321), Some(8765)).unwrap();
+        write_atomic(&p, "new\n").unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 8765));
     }
 }
