@@ -263,7 +263,7 @@ fn revert_hint(name: &str, wallet: &ServerWallet) -> String {
 
 /// Revert data in a JSON-RPC error's `data`: a hex string, or an object
 /// holding one (node wordings differ).
-fn revert_data(data: Option<&Value>) -> Option<Vec<u8>> {
+pub(super) fn revert_data(data: Option<&Value>) -> Option<Vec<u8>> {
     let s = match data? {
         Value::String(s) => s.as_str(),
         Value::Object(o) => o.get("data")?.as_str()?,

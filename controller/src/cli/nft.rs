@@ -25,7 +25,7 @@ use clap::{ArgGroup, Subcommand};
 use k256::ecdsa::SigningKey;
 use serde_json::json;
 
-use super::chain::{ChainCliError, Output, decode_revert, load_chain};
+use super::chain::{ChainCliError, Output, decode_revert, load_chain, revert_data};
 use crate::chain::node::NodeError;
 use crate::chain::rpc::RpcClient;
 
@@ -120,12 +120,7 @@ async fn eth_call(rpc: &RpcClient, to: &WalletAddress, data: Vec<u8>) -> CallRes
             .and_then(|s| hex::decode(s).ok())
             .map_or(CallResult::Failed(None), CallResult::Ok),
         Err((NodeError::Refused { message, .. }, data)) => {
-            let name = data
-                .as_ref()
-                .and_then(|d| d.as_str())
-                .and_then(|s| s.strip_prefix("0x"))
-                .and_then(|s| hex::decode(s).ok())
-                .and_then(|d| decode_revert(&d));
+            let name = revert_data(data.as_ref()).and_then(|d| decode_revert(&d));
             CallResult::Reverted(name.unwrap_or(message))
         }
         Err((e, _)) => CallResult::Failed(Some(e)),
