@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod chain;
-pub use chain::{ChainConfig, PlanDefaults};
+pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
 
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/blockhost/blockhost.yaml";
