@@ -89,12 +89,7 @@ async fn measure(label: &str, port: u16, proxy_port: u16, extra_chain: &str, sam
     })
     .await;
     proxy(proxy_port, rig.upstream.clone().unwrap(), seen.clone()).await;
-    rig.send(
-        SERVER,
-        &rig.c.subs.clone(),
-        "createPlan(string,uint256)",
-        &["basic", "150"],
-    );
+    assert_eq!(rig.create_plan("basic", 150), 1);
     rig.fund(USER);
     // Payloads are made beforehand: eciesjs runs in node, not part of the path.
     let mut lat = Vec::new();

@@ -1,8 +1,9 @@
 //! Whole-system tests: anvil + fakepve + blockhostd, the user acting through
 //! foundry's `cast` and npm `eciesjs` only (see `support.rs`).
 //!
-//! - `subscription_lifecycle`: buy → VM Running in PVE → NFT owned by the buyer
-//!   → the buyer decrypts host, port and user → NFT transfer moves access →
+//! - `subscription_lifecycle`: contracts deployed and a plan created with
+//!   `bhctl` → buy → VM Running in PVE → NFT owned by the buyer → the buyer
+//!   decrypts host, port and user with `bhctl nft decrypt` → NFT transfer moves access →
 //!   expiry suspends → extension resumes → cancel deletes; a second purchase
 //!   expires past its grace period and is deleted.
 //! - `reorged_purchase_never_provisions`: a purchase reverted by a reorg before
@@ -50,12 +51,7 @@ async fn subscription_lifecycle() {
     let rig = Rig::start(18680, 0).await;
 
     // The operator creates a plan (server wallet); the daemon mirrors it.
-    rig.send(
-        SERVER,
-        &rig.c.subs.clone(),
-        "createPlan(string,uint256)",
-        &["basic", "150"],
-    );
+    assert_eq!(rig.create_plan("basic", 150), 1);
     rig.wait(30, "plan-1 mirrored", || {
         rig.item("plans", "plan-1")
             .ok_or_else(|| "absent".to_owned())
@@ -75,12 +71,8 @@ async fn subscription_lifecycle() {
     assert_eq!(rig.owner_of(token), USER);
     assert_eq!(rig.total_supply(), 1);
 
-    // The buyer re-signs the public secret and decrypts the connection details.
-    let details = nft_payload::decrypt(
-        &signature(&rig.sign_secret(USER)),
-        &rig.user_encrypted(token),
-    )
-    .unwrap();
+    // The buyer re-signs the public secret; `bhctl nft decrypt` shows the details.
+    let details = rig.decrypt(USER, token).unwrap();
     let vm = rig.wait(30, "token id on the VM", || {
         let v = rig.item("vms", "blockhost-001").unwrap();
         v["status"]["nftTokenId"]
@@ -89,17 +81,18 @@ async fn subscription_lifecycle() {
             .ok_or_else(|| "no token on the VM yet".to_owned())
     });
     let ipv6 = vm["status"]["addresses"]["ipv6"].as_str().unwrap();
-    assert_eq!(details.hostname, ipv6);
-    assert_eq!(details.port, 22);
-    assert_eq!(json!(details.username), vm["spec"]["guestUser"]);
-    // Someone else's signature opens nothing.
-    assert!(
-        nft_payload::decrypt(
-            &signature(&rig.sign_secret(FRIEND)),
-            &rig.user_encrypted(token)
-        )
-        .is_err()
-    );
+    assert_eq!(details["hostname"], json!(ipv6));
+    assert_eq!(details["port"], json!(22));
+    assert_eq!(details["username"], vm["spec"]["guestUser"]);
+    // The same payload through the library, and someone else's signature opens nothing.
+    let lib = nft_payload::decrypt(
+        &signature(&rig.sign_secret(USER)),
+        &rig.user_encrypted(token),
+    )
+    .unwrap();
+    assert_eq!(json!(lib.hostname), details["hostname"]);
+    let refused = rig.decrypt(FRIEND, token).unwrap_err();
+    assert!(refused.contains("does not decrypt token 0"), "{refused}");
 
     // The access file in the guest names the buyer and the token.
     let vmid = in_pve["vmid"].as_u64().unwrap();
@@ -204,12 +197,7 @@ async fn reorged_purchase_never_provisions() {
     }
     let confirmations = 2;
     let rig = Rig::start(18681, confirmations).await;
-    rig.send(
-        SERVER,
-        &rig.c.subs.clone(),
-        "createPlan(string,uint256)",
-        &["basic", "150"],
-    );
+    assert_eq!(rig.create_plan("basic", 150), 1);
     rig.fund(USER);
     rig.mine(confirmations);
     rig.wait(30, "plan-1 mirrored", || {
@@ -245,12 +233,7 @@ async fn crashes_lose_and_duplicate_nothing() {
         return;
     }
     let mut rig = Rig::start(18682, 0).await;
-    rig.send(
-        SERVER,
-        &rig.c.subs.clone(),
-        "createPlan(string,uint256)",
-        &["basic", "150"],
-    );
+    assert_eq!(rig.create_plan("basic", 150), 1);
     rig.fund(USER);
 
     // SIGKILL while provisioning: purchases land, the daemon dies at varying

@@ -16,9 +16,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use alloy_primitives::Address;
-use alloy_sol_types::SolCall;
-use blockhost_chain::bindings::BlockhostSubscriptions as Subs;
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use serde_json::{Value, json};
 
@@ -107,7 +104,6 @@ impl Rig {
         let mut pve = FakePve::start(&repo_root(), "127.0.13", &NEXT_PVE_HOST, &[], Stdio::null);
         pve.auto_agent();
         let dir = tempfile::tempdir().unwrap();
-        let c = deploy(&anvil).await;
         let cfg = write_config(
             dir.path(),
             &pve,
@@ -124,15 +120,27 @@ impl Rig {
             "  resyncSecs: 1\n  gracePeriodDays: 1\n",
         );
         let text = format!(
-            "{text}chain:\n  chainId: 31337\n  rpcUrls: [\"{url}\"]\n  subscriptionsContract: \"{subs}\"\n  nftContract: \"{nft}\"\n  deploymentBlock: {block}\n  confirmations: {confirmations}\n  pollIntervalMs: 20\n  serverKeyFile: {key}\n  followChainTime: true\n",
+            "{text}chain:\n  chainId: 31337\n  rpcUrls: [\"{url}\"]\n  confirmations: {confirmations}\n  pollIntervalMs: 20\n  serverKeyFile: {key}\n  followChainTime: true\n",
             url = anvil.url,
-            subs = c.subs,
-            nft = c.nft,
-            block = c.block,
             key = key.display(),
         );
         let (text, upstream) = edit(text, &pve.url);
         std::fs::write(&cfg, text).unwrap();
+        // The operator deploys with the server key; bhctl writes the addresses
+        // into the configuration blockhostd then reads.
+        let o = bhctl_config(
+            &cfg,
+            &["chain", "deploy", "--dev-stablecoin", "-o", "json"],
+            None,
+        );
+        assert!(o.status.success(), "chain deploy: {}", stderr(&o));
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let c = Contracts {
+            subs: v["subscriptionsContract"].as_str().unwrap().to_lowercase(),
+            nft: v["nftContract"].as_str().unwrap().to_lowercase(),
+            usdc: v["stablecoin"].as_str().unwrap().to_lowercase(),
+            block: v["deploymentBlock"].as_u64().unwrap(),
+        };
         let daemon = Some(Daemon::start(dir.path()));
         Rig {
             dir,
@@ -184,6 +192,50 @@ impl Rig {
         let r: Value = serde_json::from_str(&self.cast(&a)).unwrap();
         assert_eq!(r["status"], json!("0x1"), "{sig} reverted: {r}");
         r
+    }
+
+    /// `bhctl --config <the rig's config> …`; panics with stderr on failure.
+    pub fn bhctl_cfg(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = bhctl_config(&self.dir.path().join("blockhost.yaml"), args, stdin);
+        assert!(o.status.success(), "bhctl {args:?}: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    /// The operator creates a plan with `bhctl plan create`; returns its id.
+    pub fn create_plan(&self, name: &str, cents: u64) -> u64 {
+        let out = self.bhctl_cfg(
+            &["plan", "create", name, &cents.to_string(), "-o", "json"],
+            None,
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["planId"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("plan id in {out}"))
+    }
+
+    /// The user decrypts their NFT with `bhctl nft decrypt`, the signature
+    /// (made by anvil's `personal_sign`) on standard input.
+    pub fn decrypt(&self, who: &str, token: u64) -> Result<Value, String> {
+        let sig = self.sign_secret(who);
+        let o = bhctl_config(
+            &self.dir.path().join("blockhost.yaml"),
+            &[
+                "nft",
+                "decrypt",
+                "--token-id",
+                &token.to_string(),
+                "--signature",
+                "-",
+                "-o",
+                "json",
+            ],
+            Some(&sig),
+        );
+        if o.status.success() {
+            Ok(serde_json::from_str(&stdout(&o)).unwrap())
+        } else {
+            Err(stderr(&o))
+        }
     }
 
     /// Funds `who` with the mock stablecoin and approves the subscriptions
@@ -436,30 +488,28 @@ fn decode_file_write(args: &Value) -> String {
         .map_or_else(|| args.to_string(), str::to_owned)
 }
 
-/// Deploys the contracts as the server wallet (the operator's own key), a mock
-/// stablecoin as payment method 1.
-async fn deploy(anvil: &Anvil) -> Contracts {
-    // `Anvil::deploy` deploys from dev account 1; hand both contracts to the
-    // server wallet, as `bhctl chain deploy` would have deployed them from it.
-    let d = anvil.deploy().await;
-    for to in [d.subs, d.nft] {
-        anvil
-            .send(
-                chain_support::OWNER,
-                Some(to),
-                &Subs::transferOwnershipCall {
-                    newOwner: SERVER.parse::<Address>().unwrap(),
-                }
-                .abi_encode(),
-            )
-            .await;
+/// Runs `bhctl --config CFG …` (operator commands that talk to the chain).
+pub fn bhctl_config(cfg: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhctl"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("BLOCKHOST_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
-    Contracts {
-        subs: format!("{:#x}", d.subs),
-        nft: format!("{:#x}", d.nft),
-        usdc: format!("{:#x}", d.usdc),
-        block: d.block,
-    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
 }
 
 /// The server's public key, uncompressed, as hex (what a signup page embeds).
