@@ -1,29 +1,134 @@
 #!/usr/bin/env bash
-# The main job on local defaults: starts blockhostd on a temporary directory (no
-# Proxmox, no chain: specs are stored and shown, nothing is driven), applies the
-# example specs, and lists and describes them with bhctl.
-#   scripts/demo.sh          run, show, stop
-#   scripts/demo.sh --keep   leave the daemon running until Ctrl-C
+# The main job, locally: a chain (anvil), a Proxmox stand-in (fakepve over
+# HTTPS) and blockhostd start; the operator deploys the contracts and creates a
+# plan with bhctl; a user buys a subscription with cast (their signature
+# ECIES-encrypted to the server by npm eciesjs); blockhostd provisions the VM
+# and mints the access NFT; the user decrypts it with bhctl.
+#   scripts/demo.sh          run the flow, show the result, stop
+#   scripts/demo.sh --keep   leave everything running until Ctrl-C
+# Ports: anvil 127.0.0.1:${DEMO_ANVIL_PORT:-18545}, fakepve ${DEMO_PVE_HOST:-127.0.14.1}:8006.
+# Keys: anvil's well-known dev keys only (never use them on a real chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# shellcheck source=env.sh
+source scripts/env.sh
 cargo build -q --release -p blockhost-controller --bins
 BIN=$PWD/target/release
 DIR=$(mktemp -d /tmp/blockhost-demo.XXXXXX)
-printf '# demo: local defaults\n' > "$DIR/blockhost.yaml"
-"$BIN/blockhostd" --config "$DIR/blockhost.yaml" --store "$DIR/state.redb" --socket "$DIR/api.sock" 2>"$DIR/blockhostd.log" &
-PID=$!
-trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; echo "demo stopped; state kept in $DIR"' EXIT
-for _ in $(seq 200); do [ -S "$DIR/api.sock" ] && break; sleep 0.05; done
-export BLOCKHOST_SOCKET="$DIR/api.sock"
-run() { echo; echo "\$ bhctl $*"; "$BIN/bhctl" "$@"; }
-run apply -f examples/
-run apply -f examples/
+ANVIL_PORT=${DEMO_ANVIL_PORT:-18545}
+PVE_HOST=${DEMO_PVE_HOST:-127.0.14.1}
+RPC=http://127.0.0.1:$ANVIL_PORT
+CFG=$DIR/blockhost.yaml
+# anvil dev account 4 buys; dev key 2 is the server key (well known, test only).
+USER_ADDR=0x15d34aaf54267db7d7c367839aaf71a00a2c6a65
+SERVER_KEY=5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "demo stopped; state and logs kept in $DIR"
+}
+trap cleanup EXIT
+step() { echo; echo "== $*"; }
+run() { echo "\$ bhctl $*"; "$BIN/bhctl" "$@"; }
+wait_until() { # seconds, description, command...
+  local limit=$1 what=$2; shift 2
+  for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what; see $DIR/*.log" >&2; return 1
+}
+
+step "chain: anvil on $RPC"
+anvil --host 127.0.0.1 --port "$ANVIL_PORT" --silent >"$DIR/anvil.log" 2>&1 &
+PIDS+=($!)
+wait_until 20 anvil cast block-number --rpc-url "$RPC"
+
+step "Proxmox stand-in: fakepve on https://$PVE_HOST:8006"
+coproc PVE { exec .venv/bin/python controller/pve/tests/fakepve_server.py "$PVE_HOST" 2>"$DIR/fakepve.log"; }
+PIDS+=("$PVE_PID")
+read -r HELLO <&"${PVE[0]}"
+PVE_URL=$(jq -r '.url // empty' <<<"$HELLO")
+PVE_FP=$(jq -r '.fingerprint // empty' <<<"$HELLO")
+[ -n "$PVE_URL" ] || { echo "fakepve did not start: $HELLO" >&2; exit 1; }
+# Guests' agents answer (a real template has qemu-guest-agent installed).
+echo '{"op":"auto_agent"}' >&"${PVE[1]}"; read -r _ <&"${PVE[0]}"
+
+umask 077
+printf 's3cret-token\n' >"$DIR/pve-token"
+printf '0x%s\n' "$SERVER_KEY" >"$DIR/server.key"
+umask 022
+cat >"$CFG" <<YAML
+# blockhostd demo configuration (written by scripts/demo.sh)
+store: $DIR/state.redb
+api:
+  socket: $DIR/api.sock
+proxmox:
+  url: $PVE_URL
+  tokenId: "root@pam!blockhost"
+  tokenSecretFile: $DIR/pve-token
+  tlsFingerprint: "$PVE_FP"
+  vmidFirst: 200
+  vmidLast: 299
+  defaultTemplate: 9001
+  resyncSecs: 5
+network:
+  ipv4: {cidr: 10.20.0.0/24, gateway: 10.20.0.1}
+  ipv6: {prefix: "2001:db8:20::/64", gateway: "2001:db8:20::1"}
+  bridge: vmbr0
+  nameservers: [10.20.0.1]
+chain:
+  chainId: 31337
+  rpcUrls: ["$RPC"]
+  wsUrls: ["ws://127.0.0.1:$ANVIL_PORT"]
+  confirmations: 0
+  serverKeyFile: $DIR/server.key
+YAML
+
+step "operator: deploy the contracts with the server key"
+run chain deploy --config "$CFG" --dev-stablecoin
+DEPLOYED=$("$BIN/bhctl" chain deploy --config "$CFG" --dev-stablecoin --force -o json)
+SUBS=$(jq -r .subscriptionsContract <<<"$DEPLOYED")
+NFT=$(jq -r .nftContract <<<"$DEPLOYED")
+USDC=$(jq -r .stablecoin <<<"$DEPLOYED")
+echo "(redeployed once more with --force to read the addresses as JSON: $SUBS, $NFT)"
+
+step "blockhostd starts"
+"$BIN/blockhostd" --config "$CFG" 2>"$DIR/blockhostd.log" &
+PIDS+=($!)
+export BLOCKHOST_SOCKET=$DIR/api.sock
+wait_until 20 "the API socket" test -S "$BLOCKHOST_SOCKET"
+
+step "operator: a plan"
+run plan create basic 150 --config "$CFG"
+wait_until 20 "plan-1" "$BIN/bhctl" get plans plan-1
 run get plans
+
+step "user $USER_ADDR: stablecoin, approval, signature, purchase (cast + eciesjs)"
+cast send -q --rpc-url "$RPC" --unlocked --from "$USER_ADDR" "$USDC" "mint(address,uint256)" "$USER_ADDR" 100000000
+cast send -q --rpc-url "$RPC" --unlocked --from "$USER_ADDR" "$USDC" "approve(address,uint256)" "$SUBS" 100000000
+SIG=$(cast rpc --rpc-url "$RPC" personal_sign "0x$(printf blockhost-access | od -An -tx1 | tr -d ' \n')" "$USER_ADDR" | tr -d '"')
+PAYLOAD=$(DEMO_SERVER_KEY_FILE=$DIR/server.key node scripts/demo/buyer.js <<<"$SIG")
+cast send -q --rpc-url "$RPC" --unlocked --from "$USER_ADDR" "$SUBS" \
+  "buySubscription(uint256,uint256,uint256,bytes)" 1 30 1 "0x$PAYLOAD"
+echo "bought 30 days of plan 1"
+
+step "blockhostd provisions the VM and mints the NFT"
+minted() { "$BIN/bhctl" get subscriptions -o json | jq -e '.items[0].status.nftTokenId != null'; }
+running() { "$BIN/bhctl" get vms -o json | jq -e '.items[0].status.phase == "Running"'; }
+wait_until 60 "the VM to run" running
+wait_until 60 "the NFT" minted
+run get vms
 run get vms -o wide
-run describe vm web-1
-run get events
+run get subscriptions
+run describe vm blockhost-001
+
+step "user: decrypt the NFT (signature on stdin, never in argv)"
+echo "\$ bhctl nft decrypt --token-id 0 --rpc-url $RPC --nft-contract $NFT --signature -"
+"$BIN/bhctl" nft decrypt --token-id 0 --rpc-url "$RPC" --nft-contract "$NFT" --signature - <<<"$SIG"
+echo "holder on chain: $(cast call --rpc-url "$RPC" "$NFT" 'ownerOf(uint256)(address)' 0)"
+
 if [ "${1:-}" = "--keep" ]; then
-  echo; echo "blockhostd is running: export BLOCKHOST_SOCKET=$DIR/api.sock; Ctrl-C stops it."
-  wait "$PID"
+  echo; echo "running: export BLOCKHOST_SOCKET=$BLOCKHOST_SOCKET; anvil at $RPC; Ctrl-C stops everything."
+  wait "${PIDS[0]}"
 fi

@@ -180,7 +180,9 @@ fn table_rows(what: GetType, items: &[Value], wide: bool, now: DateTime<Utc>) ->
     let mut rows = Vec::with_capacity(items.len() + 1);
     match what {
         GetType::Vms => {
-            let mut h = vec!["NAME", "PHASE", "DESIRED", "CPU", "MEMORY", "DISK", "AGE"];
+            let mut h = vec![
+                "NAME", "PHASE", "DESIRED", "NFT", "CPU", "MEMORY", "DISK", "AGE",
+            ];
             if wide {
                 h.extend(["NODE", "VMID", "IPV4", "IPV6", "OWNER", "EXPIRES", "REASON"]);
             }
@@ -196,6 +198,11 @@ fn table_rows(what: GetType, items: &[Value], wide: bool, now: DateTime<Utc>) ->
                         st["phase"].as_str().unwrap_or("Pending").into()
                     },
                     sp["powerState"].as_str().unwrap_or("Running").into(),
+                    // The access NFT's token id once minted; `-` for VMs
+                    // without one (operator VMs, or not minted yet).
+                    st["nftTokenId"]
+                        .as_u64()
+                        .map_or_else(|| "-".into(), |t| format!("#{t}")),
                     s(&sp["resources"]["cores"]),
                     format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
                     format!("{}Gi", s(&sp["resources"]["diskGiB"])),
