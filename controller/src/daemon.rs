@@ -66,6 +66,9 @@ pub enum DaemonError {
     /// The chain watcher cannot start (server key, RPC client).
     #[error("cannot start the chain watcher")]
     Chain(#[from] crate::chain::ChainError),
+    /// The signup page cannot be served (listen address, certificate, server key).
+    #[error("cannot start the signup page")]
+    Signup(#[from] crate::signup::SignupError),
     /// The configured socket group does not exist.
     #[error("socket group {0:?} does not exist (api.socketGroup)")]
     NoSuchGroup(String),
@@ -149,6 +152,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         tracing::info!("no chain section in the configuration; no chain is watched");
     }
     // --- end chain watcher ---
+    // The public signup page (issue 6): static page + rate-limited status endpoint.
+    if let Some(page) =
+        crate::signup::task(&cfg, store.clone(), metrics.clone(), shutdown.clone()).await?
+    {
+        tasks.spawn(page);
+    }
     if let Some(addr) = cfg.metrics.listen {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "metrics are served on a non-loopback address; they reveal object counts");

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub chain_get_logs_range: Gauge,
     /// Failed watcher steps, by kind.
     pub chain_errors: Family<Labels, Counter>,
+    /// Signup page API requests, by result (`ok`, `not_found`, `bad_request`,
+    /// `rate_limited`, `error`).
+    pub signup_api_requests: Family<Labels, Counter>,
     objects: Family<Labels, Gauge>,
 }
 
@@ -156,6 +159,12 @@ impl Metrics {
             "Failed chain watcher steps, by kind",
             chain_errors.clone(),
         );
+        let signup_api_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "signup_api_requests",
+            "Signup page status and NFT lookups, by result",
+            signup_api_requests.clone(),
+        );
         let info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -177,6 +186,7 @@ impl Metrics {
             chain_range_refusals,
             chain_get_logs_range,
             chain_errors,
+            signup_api_requests,
             objects,
         }
     }
