@@ -137,21 +137,21 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let mut tasks = tokio::task::JoinSet::new();
 
     // Reconcilers: only when a Proxmox cluster is configured.
-    crate::reconcile::vm::setup::spawn(&cfg, &store, &metrics, &shutdown, &mut tasks)
+    let nudge = crate::reconcile::vm::setup::spawn(&cfg, &store, &metrics, &shutdown, &mut tasks)
         .map_err(DaemonError::Reconciler)?;
 
-    // --- chain watcher (issue 4): chain events -> Subscription/VirtualMachine/Plan specs ---
+    // Chain watcher (events -> Subscription/VirtualMachine/Plan specs) and minter.
     if let Some(chain) = &cfg.chain {
         tasks.spawn(crate::chain::task(
             chain,
             store.clone(),
             metrics.clone(),
+            nudge,
             shutdown.clone(),
         )?);
     } else {
         tracing::info!("no chain section in the configuration; no chain is watched");
     }
-    // --- end chain watcher ---
     // The public signup page (issue 6): static page + rate-limited status endpoint.
     if let Some(page) =
         crate::signup::task(&cfg, store.clone(), metrics.clone(), shutdown.clone()).await?

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub chain_get_logs_range: Gauge,
     /// Failed watcher steps, by kind.
     pub chain_errors: Family<Labels, Counter>,
+    /// Mint steps, by outcome (`signed`, `minted`, `bumped`, `dropped`,
+    /// `reverted`, `insufficient_funds`, `error`).
+    pub chain_mints: Family<Labels, Counter>,
+    /// Mints awaiting a receipt.
+    pub chain_mints_pending: Gauge,
     /// Signup page API requests, by result (`ok`, `not_found`, `bad_request`,
     /// `rate_limited`, `error`).
     pub signup_api_requests: Family<Labels, Counter>,
@@ -159,6 +164,18 @@ impl Metrics {
             "Failed chain watcher steps, by kind",
             chain_errors.clone(),
         );
+        let chain_mints = Family::<Labels, Counter>::default();
+        registry.register(
+            "chain_mints",
+            "Access NFT mint steps, by outcome",
+            chain_mints.clone(),
+        );
+        let chain_mints_pending = Gauge::default();
+        registry.register(
+            "chain_mints_pending",
+            "Access NFT mints awaiting a receipt",
+            chain_mints_pending.clone(),
+        );
         let signup_api_requests = Family::<Labels, Counter>::default();
         registry.register(
             "signup_api_requests",
@@ -186,6 +203,8 @@ impl Metrics {
             chain_range_refusals,
             chain_get_logs_range,
             chain_errors,
+            chain_mints,
+            chain_mints_pending,
             signup_api_requests,
             objects,
         }

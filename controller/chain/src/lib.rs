@@ -8,12 +8,14 @@
 //!   0.4 (what a signup page in the browser uses).
 //! - [`user_encrypted`]: the `userEncrypted` argument of `buySubscription` — the
 //!   buyer's wallet signature, ECIES-encrypted to the server.
+//! - [`tx`]: EIP-1559 transactions signed with the server key (minting, deploys).
 //! - [`nft_payload`]: the connection details stored in the access NFT, encrypted
 //!   under a key only the holder's wallet can re-derive.
 //!
-//! Nothing here talks to a node; the watcher and the minting code build on it.
+//! Nothing here talks to a node; the watcher, the minter and `bhctl` build on it.
 
 pub mod bindings;
 pub mod ecies;
 pub mod nft_payload;
+pub mod tx;
 pub mod user_encrypted;

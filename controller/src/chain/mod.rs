@@ -6,6 +6,10 @@
 //! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
 //! - [`events`]: raw logs → typed events, every number range-checked.
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
+//! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
+//!   broadcast, receipts (minting and `bhctl chain deploy`).
+//! - [`mint`]: the minter — access NFTs for running VMs, every signed
+//!   transaction stored before broadcast.
 //! - [`watcher`]: the loop — confirmations, chunked `eth_getLogs` with range
 //!   adaptation, reorg detection and undo, resync.
 //!
@@ -15,8 +19,10 @@
 
 pub mod events;
 pub mod mapping;
+pub mod mint;
 pub mod node;
 pub mod rpc;
+pub mod wallet;
 pub mod watcher;
 
 use std::path::{Path, PathBuf};
@@ -116,19 +122,27 @@ pub fn watch_config(cfg: &ChainConfig) -> WatchConfig {
         poll: Duration::from_millis(cfg.poll_interval_ms),
         max_range: cfg.max_block_range,
         reorg_window: MIN_REORG_WINDOW.max(cfg.confirmations * 4),
+        follow_chain_time: cfg.follow_chain_time,
     }
 }
 
-/// Checks the configuration (server key, RPC client) and returns the watcher's
-/// task, which runs until `shutdown`.
+/// Checks the configuration (server key, RPC client) and returns the task of
+/// the watcher and the minter, which runs until `shutdown`. `nudge` queues a VM
+/// for the reconciler (absent when Proxmox is not driven).
 pub fn task(
     cfg: &ChainConfig,
     store: Store,
     metrics: Arc<Metrics>,
+    nudge: Option<tokio::sync::mpsc::Sender<crate::reconcile::runtime::Trigger>>,
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ChainError> {
     let server_key = load_server_key(&cfg.server_key_file)?;
     let node = rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?;
+    let wallet = wallet::ServerWallet::new(
+        &server_key,
+        cfg.chain_id,
+        Arc::new(rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?),
+    );
     let mapper = Arc::new(Mapper {
         server_key,
         public_secret: cfg.public_secret.clone(),
@@ -142,10 +156,21 @@ pub fn task(
         from_block = cfg.deployment_block,
         confirmations = cfg.confirmations,
         endpoints = cfg.rpc_urls.len(),
+        server_wallet = %wallet.address(),
         "chain watcher starting"
     );
+    let minter = mint::Minter::new(
+        wallet,
+        store.clone(),
+        mint::MintConfig::new(wc.scope.clone(), wc.nft, wc.confirmations, wc.poll),
+        metrics.clone(),
+        nudge,
+    );
     let w = Watcher::new(node, store, mapper, wc, metrics);
-    Ok(w.run(shutdown))
+    let stop = shutdown.clone();
+    Ok(async move {
+        tokio::join!(w.run(shutdown), minter.run(stop));
+    })
 }
 
 #[cfg(test)]

@@ -76,6 +76,14 @@ pub trait Node: Send + Sync + 'static {
         &self,
         number: u64,
     ) -> impl Future<Output = Result<Option<[u8; 32]>, NodeError>> + Send;
+    /// The timestamp (Unix seconds) of the block at a height; `None` when
+    /// unknown. Only read with `chain.followChainTime`.
+    fn block_time(
+        &self,
+        _number: u64,
+    ) -> impl Future<Output = Result<Option<u64>, NodeError>> + Send {
+        async { Ok(None) }
+    }
     /// `eth_getLogs` over `[from, to]` for the given emitters.
     fn logs(
         &self,

@@ -301,6 +301,16 @@ impl Node for RpcClient {
         fixed("eth_getBlockByNumber", &v["hash"], "hash").map(Some)
     }
 
+    async fn block_time(&self, number: u64) -> Result<Option<u64>, NodeError> {
+        let v = self
+            .call("eth_getBlockByNumber", json!([hex_q(number), false]))
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        quantity("eth_getBlockByNumber", &v["timestamp"]).map(Some)
+    }
+
     async fn logs(
         &self,
         from: u64,

@@ -203,6 +203,7 @@ fn watcher(
         poll: Duration::from_millis(10),
         max_range,
         reorg_window: 4096,
+        follow_chain_time: false,
     };
     Watcher::new(
         node.clone(),

@@ -46,6 +46,9 @@ pub struct WatchConfig {
     pub max_range: u64,
     /// Blocks whose undo records are kept (deepest reorg that can be undone).
     pub reorg_window: u64,
+    /// Advance the store's clock to confirmed block timestamps
+    /// (`chain.followChainTime`).
+    pub follow_chain_time: bool,
 }
 
 /// Why a step failed.
@@ -321,6 +324,11 @@ impl<N: Node> Watcher<N> {
         .await
         .map_err(|e| WatchError::Task(e.to_string()))??;
         self.metrics.chain_cursor_block.set(gauge(to));
+        if self.cfg.follow_chain_time
+            && let Some(t) = self.node.block_time(to).await?
+        {
+            self.store.observe_chain_time(t);
+        }
         self.metrics
             .chain_events
             .get_or_create(&label("outcome", "applied"))

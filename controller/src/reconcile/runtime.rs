@@ -121,8 +121,20 @@ pub fn store_triggers(
     kind: &'static str,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<Trigger> {
+    store_triggers_with_sender(store, kind, shutdown).1
+}
+
+/// [`store_triggers`], plus a sender into the same queue for other parts of the
+/// daemon that need a key reconciled after a status-only write (the minter, once
+/// a VM's token id is known, so its access file names it).
+pub fn store_triggers_with_sender(
+    store: &Store,
+    kind: &'static str,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>) {
     let mut rx = store.subscribe();
     let (tx, out) = mpsc::channel(1024);
+    let extra = tx.clone();
     tokio::spawn(async move {
         loop {
             let change = tokio::select! {
@@ -147,7 +159,7 @@ pub fn store_triggers(
             }
         }
     });
-    out
+    (extra, out)
 }
 
 type Labels = Vec<(String, String)>;

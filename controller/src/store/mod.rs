@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub mod chain;
+pub mod mint;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
@@ -242,6 +243,9 @@ struct Inner {
     db: Database,
     changes: broadcast::Sender<Change>,
     opts: StoreOptions,
+    /// Newest confirmed block time seen (Unix seconds; 0: none), when the
+    /// configuration follows chain time. [`Store::now`] never goes below it.
+    chain_time: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Store {
@@ -297,7 +301,12 @@ impl Store {
         restrict_file(path);
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
         let store = Self {
-            inner: Arc::new(Inner { db, changes, opts }),
+            inner: Arc::new(Inner {
+                db,
+                changes,
+                opts,
+                chain_time: std::sync::atomic::AtomicI64::new(0),
+            }),
         };
         store.init_schema()?;
         Ok(store)
@@ -353,7 +362,25 @@ impl Store {
 
     /// The current time by the store's clock.
     pub fn now(&self) -> DateTime<Utc> {
-        (self.inner.opts.clock)()
+        let clock = (self.inner.opts.clock)();
+        let chain = self
+            .inner
+            .chain_time
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match DateTime::from_timestamp(chain, 0) {
+            Some(t) if chain > 0 && t > clock => t,
+            _ => clock,
+        }
+    }
+
+    /// Moves the clock's floor to a confirmed block's timestamp (only with
+    /// `chain.followChainTime`): expiry is then judged as the contract judges
+    /// it, even on a dev chain that travelled in time. Never moves backwards.
+    pub fn observe_chain_time(&self, unix_secs: u64) {
+        let secs = i64::try_from(unix_secs).unwrap_or(i64::MAX);
+        self.inner
+            .chain_time
+            .fetch_max(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The last resource version written.
@@ -1156,6 +1183,25 @@ fn restrict_file(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_time_only_moves_the_clock_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixed = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let opts = StoreOptions {
+            clock: Arc::new(move || fixed),
+            ..StoreOptions::default()
+        };
+        let s = Store::open(&dir.path().join("db"), opts).unwrap();
+        assert_eq!(s.now(), fixed);
+        s.observe_chain_time(1_700_000_000); // behind the wall clock: ignored
+        assert_eq!(s.now(), fixed);
+        s.observe_chain_time(1_900_000_000); // a dev chain ahead in time
+        assert_eq!(s.now().timestamp(), 1_900_000_000);
+        s.observe_chain_time(1_850_000_000); // never backwards
+        assert_eq!(s.now().timestamp(), 1_900_000_000);
+    }
+
     use blockhost_crd::meta::{ConditionStatus, set_condition};
     use blockhost_crd::{Condition, Name, VmPhase};
 

@@ -323,6 +323,7 @@ pub fn watch_config(
         poll: Duration::from_millis(10),
         max_range,
         reorg_window: 4096,
+        follow_chain_time: false,
     }
 }
 

@@ -55,6 +55,12 @@ pub struct ChainConfig {
     /// describes yet (the mirrored `Plan` starts with these; edit it afterwards).
     #[serde(default)]
     pub plan_defaults: PlanDefaults,
+    /// Judge expiry by the later of the wall clock and the newest confirmed
+    /// block's timestamp (for dev chains that travel in time with
+    /// `evm_increaseTime`). Off by default: a node you do not control must not
+    /// be able to move the clock that suspends and deletes VMs.
+    #[serde(default)]
+    pub follow_chain_time: bool,
 }
 
 /// What a plan first seen on chain gets until an operator describes it.

@@ -9,12 +9,13 @@ use std::time::Duration;
 use blockhost_crd::DaemonConfig;
 use blockhost_crd::config::ProxmoxConfig;
 use blockhost_pve::{ClientConfig, Credentials, Fingerprint, PveClient, TlsMode, WaitOptions};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::VmReconciler;
 use super::observed::Observed;
 use crate::metrics::Metrics;
-use crate::reconcile::runtime::{self, RuntimeConfig};
+use crate::reconcile::runtime::{self, RuntimeConfig, Trigger};
 use crate::store::Store;
 
 /// Why the reconciler could not start.
@@ -94,17 +95,18 @@ pub fn listing_max_age(resync: Duration) -> Duration {
     resync / 2
 }
 
-/// Spawns the VM reconciler under the runtime, if Proxmox is configured.
+/// Spawns the VM reconciler under the runtime, if Proxmox is configured, and
+/// returns a sender that queues a VM for reconciling (the minter uses it).
 pub fn spawn(
     cfg: &DaemonConfig,
     store: &Store,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<bool, SetupError> {
+) -> Result<Option<mpsc::Sender<Trigger>>, SetupError> {
     let Some(px) = cfg.proxmox.clone() else {
         tracing::info!("no proxmox section in the configuration: VMs are stored but not driven");
-        return Ok(false);
+        return Ok(None);
     };
     let pve = Arc::new(client(&px)?);
     let resync = Duration::from_secs(u64::from(px.resync_secs.max(1)));
@@ -125,7 +127,8 @@ pub fn spawn(
         settled: Default::default(),
         cfg: px.clone(),
     });
-    let triggers = runtime::store_triggers(store, "VirtualMachine", shutdown.clone());
+    let (nudge, triggers) =
+        runtime::store_triggers_with_sender(store, "VirtualMachine", shutdown.clone());
     let keys_store = store.clone();
     let keys = move || match keys_store.for_each_names("VirtualMachine") {
         Ok(names) => names,
@@ -143,5 +146,5 @@ pub fn spawn(
         shutdown.clone(),
     ));
     tracing::info!(url = %px.url, "driving Proxmox");
-    Ok(true)
+    Ok(Some(nudge))
 }
