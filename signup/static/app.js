@@ -247,7 +247,9 @@
   }
 
   // ---------- price, balance, the Buy button ----------
-  async function quote() {
+  // Shows price and balance and enables Buy; `keepNotice` leaves the notice alone
+  // (after a failed purchase, whose message must stay visible).
+  async function quote(keepNotice = false) {
     const plan = selectedPlan();
     const n = days();
     $('buy').disabled = true;
@@ -263,6 +265,10 @@
     $('balance').textContent = `Your balance: ${money(balance)}`;
     $('balance').dataset.amount = balance.toString();
     if (busy) return;
+    if (keepNotice) {
+      $('buy').disabled = balance < price;
+      return;
+    }
     if (balance < price) {
       notice('insufficient', `Insufficient balance: this costs ${money(price)} and your wallet holds ${money(balance)}. Add ${token.symbol} to your wallet, or choose fewer days.`);
       return;
@@ -374,7 +380,7 @@
       if (!(e instanceof Shown)) unexpected(e);
     } finally {
       busy = false;
-      quote().catch(() => {});
+      quote(true).catch(() => {});
     }
   }
 
@@ -503,11 +509,13 @@
         return;
       }
       await ensureAllowance(price, (s, t) => say(s, `Allowance: ${t}`));
+      notice('busy', `Renewing subscription #${sub.id} for ${n} more day${n === 1 ? '' : 's'}…`);
       await send(cfg.subscriptionsContract, encodeCall('extendSubscription(uint256,uint256,uint256)', [
         ['uint256', sub.id], ['uint256', n], ['uint256', 1]]), (s, t) => say(s, `Renewal: ${t}`));
       const d = await subs('getSubscription(uint256)', [['uint256', sub.id]]);
       notice('done', `Renewed: subscription #${sub.id} now runs until ${when(uintAt(d, 2))}.`);
       await loadVms();
+      await quote(true);
     } catch (e) {
       if (!(e instanceof Shown)) throw e;
     } finally {

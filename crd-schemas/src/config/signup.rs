@@ -108,4 +108,24 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_daemon_config_needs_a_chain_and_both_tls_files() {
+        let chain = serde_json::json!({
+            "chainId": 31337, "rpcUrls": ["http://127.0.0.1:8545"],
+            "subscriptionsContract": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+            "nftContract": "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512",
+            "serverKeyFile": "/k"
+        });
+        let cfg = |v: serde_json::Value| serde_json::from_value::<crate::DaemonConfig>(v).unwrap();
+        let alone = cfg(serde_json::json!({"signup": {"listen": "127.0.0.1:8080"}}));
+        assert!(alone.validate().unwrap_err().contains("chain"));
+        let half_tls = cfg(serde_json::json!({"chain": chain,
+            "signup": {"listen": "127.0.0.1:8080", "tlsCert": "/c.pem"}}));
+        assert!(half_tls.validate().unwrap_err().contains("tlsKey"));
+        let ok = cfg(serde_json::json!({"chain": chain, "signup": {"listen": "127.0.0.1:8080"}}));
+        ok.validate().unwrap();
+        let (s, c) = (ok.signup.as_ref().unwrap(), ok.chain.as_ref().unwrap());
+        assert_eq!(s.browser_rpc_url(c), "http://127.0.0.1:8545");
+    }
 }
