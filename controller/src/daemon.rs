@@ -2,8 +2,9 @@
 //! Unix socket (and metrics on TCP if configured), stop cleanly on a signal.
 //!
 //! With no configuration file the daemon runs on local defaults and drives nothing:
-//! specs are stored and served. Later issues add the reconcilers and the chain
-//! watcher here, each handed the same [`Store`] and shutdown token.
+//! specs are stored and served. The reconcilers, the chain watcher and minter,
+//! and the public signup page start here when configured, each handed the same
+//! [`Store`] and shutdown token.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -232,6 +232,7 @@ async fn buy_decrypt_renew_and_every_error_state_in_chromium() {
             .contains("31337")
     );
     assert_eq!(st["switched"]["state"], "ready");
+    assert_eq!(st["connect"]["state"], "connect", "asks to connect first");
     assert_eq!(st["insufficient"]["state"], "insufficient");
     assert_eq!(st["insufficient"]["buyDisabled"], true);
     assert_eq!(st["rejected"]["state"], "rejected");

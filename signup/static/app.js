@@ -390,9 +390,10 @@
     notice('busy', 'Payment confirmed. Your VM is being set up; this page follows it (you may close it and come back later: the VM appears under "My VMs").');
     let wait = 1500;
     for (;;) {
-      const resp = await fetch(`api/v1/subscriptions/${id}`);
-      if (resp.status === 429) { await sleep(10000); continue; }
-      if (resp.ok) {
+      // A network blip or a restarting server must not end the follow-up.
+      const resp = await fetch(`api/v1/subscriptions/${id}`).catch(() => null);
+      if (resp && resp.status === 429) { await sleep(10000); continue; }
+      if (resp && resp.ok) {
         const st = await resp.json();
         step('provision', st.phase === 'Ready' || st.phase === 'Minting' ? 'done' : 'active', st.message);
         if (st.phase === 'Minting') step('mint', 'active', 'Minting…');

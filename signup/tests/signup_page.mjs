@@ -46,7 +46,10 @@ function shim(opts) {
     async request({ method, params = [] }) {
       switch (method) {
         case 'eth_accounts':
+          // A wallet that has not connected this site yet answers [] until asked.
+          return opts.connected === false && !state.connected ? [] : [opts.account];
         case 'eth_requestAccounts':
+          state.connected = true;
           return [opts.account];
         case 'eth_chainId':
           return state.chainId;
@@ -140,8 +143,10 @@ try {
   result.states.switched = await waitNotice(page, ['ready', 'insufficient']);
   await page.close();
 
-  // 3. Insufficient balance: a wallet with no stablecoin.
-  page = await visit({ account: poor });
+  // 3. Insufficient balance: a wallet with no stablecoin, connected with the button.
+  page = await visit({ account: poor, connected: false });
+  result.states.connect = await notice(page);
+  await page.click('#connect');
   result.states.insufficient = { ...(await waitNotice(page, ['insufficient', 'ready'])), buyDisabled: await page.$eval('#buy', (b) => b.disabled) };
   await shot(page, 'insufficient-desktop.png');
   await page.close();

@@ -43,7 +43,7 @@ use page::PageConfig;
 /// must not grow memory without bound).
 const RATE_TABLE_MAX: usize = 16_384;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send its first request, or any request's headers.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the signup server cannot start.
@@ -386,32 +386,36 @@ pub async fn task(
         tracing::warn!(%addr, "the signup page is served over plain HTTP on a public address; browsers only decrypt (WebCrypto) over HTTPS: set signup.tlsCert/tlsKey or put a TLS proxy in front");
     }
     tracing::info!(%addr, tls = tls.is_some(), rpc_url = %page.rpc_url, "signup page listening");
+    // Both variants through axum-server, so idle and trickling clients are cut
+    // alike: the first request and HTTP/1 headers within CLIENT_TIMEOUT (and TLS
+    // handshakes, axum-server's default).
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
     Ok(Some(async move {
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.graceful_shutdown(Some(Duration::from_secs(2)));
+        });
         let served = match tls {
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stop = handle.clone();
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    stop.graceful_shutdown(Some(Duration::from_secs(2)));
-                });
-                match axum_server::from_tcp_rustls(listener, tls) {
-                    Ok(server) => {
-                        let mut server = server.handle(handle);
-                        server
-                            .http_builder()
-                            .http1()
-                            .header_read_timeout(CLIENT_TIMEOUT);
-                        server.serve(app).await
-                    }
-                    Err(e) => Err(e),
+            Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
+                Ok(server) => {
+                    let mut server = server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
+                    server
+                        .http_builder()
+                        .http1()
+                        .header_read_timeout(CLIENT_TIMEOUT);
+                    server.serve(app).await
                 }
-            }
-            None => match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
-                    axum::serve(l, app)
-                        .with_graceful_shutdown(shutdown.cancelled_owned())
-                        .await
+                Err(e) => Err(e),
+            },
+            None => match axum_server::from_tcp(listener) {
+                Ok(server) => {
+                    let mut server = server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
+                    server
+                        .http_builder()
+                        .http1()
+                        .header_read_timeout(CLIENT_TIMEOUT);
+                    server.serve(app).await
                 }
                 Err(e) => Err(e),
             },
