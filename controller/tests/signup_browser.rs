@@ -224,6 +224,10 @@ async fn buy_decrypt_renew_and_every_error_state_in_chromium() {
         "plans are shown without a wallet"
     );
     assert_eq!(st["wrongChain"]["state"], "wrong-chain");
+    assert!(
+        st["wrongChain"]["price"].as_str().unwrap().contains("USDC"),
+        "price shown on the wrong chain too"
+    );
     assert_eq!(st["switchRefused"]["state"], "switch-refused");
     assert!(
         st["switchRefused"]["text"]
@@ -295,7 +299,9 @@ async fn buy_decrypt_renew_and_every_error_state_in_chromium() {
         "no-wallet-phone.png",
         "wrong-chain-phone.png",
         "insufficient-desktop.png",
+        "rejected-phone.png",
         "reverted-desktop.png",
+        "reverted-phone.png",
         "purchased-desktop.png",
         "purchased-phone.png",
         "my-vms-desktop.png",

@@ -3,7 +3,8 @@
 //
 // Everything server-specific comes from config.json (written by blockhostd from
 // its configuration). The chain is read through config.rpcUrl; the wallet
-// (EIP-1193, window.ethereum) only signs and sends transactions. Crypto from npm
+// (EIP-1193: window.ethereum, or the first EIP-6963 announcement) only signs
+// and sends transactions. Crypto from npm
 // is in vendor.js (BlockhostVendor.encrypt = eciesjs, .keccak_256); AES-GCM is
 // the browser's WebCrypto. No framework: plain DOM, textContent only (plan names
 // come from the chain and are never parsed as HTML).
@@ -19,6 +20,7 @@
   let account = null;      // connected address, lower case
   let chainOk = false;     // wallet on cfg.chainId
   let busy = false;        // a purchase or renewal is under way
+  let provider = null;     // the EIP-1193 wallet in use
   const signatures = new Map(); // account -> signature of the public secret (memory only)
 
   // ---------- bytes, hex, ABI ----------
@@ -79,7 +81,27 @@
   const subs = (sig, args = []) => call(cfg.subscriptionsContract, encodeCall(sig, args));
   const nft = (sig, args = []) => call(cfg.nftContract, encodeCall(sig, args));
   const erc20 = (sig, args = []) => call(token.address, encodeCall(sig, args));
-  const wallet = (method, params) => window.ethereum.request({ method, params });
+  const wallet = (method, params) => provider.request({ method, params });
+
+  // Finds the wallet: window.ethereum, or an EIP-6963 announcement (wallets that
+  // do not claim window.ethereum). Waits briefly, since both may come after load.
+  function findWallet(waitMs = 400) {
+    return new Promise((resolve) => {
+      if (window.ethereum) { resolve(window.ethereum); return; }
+      const done = (p) => {
+        window.removeEventListener('eip6963:announceProvider', onAnnounce);
+        window.removeEventListener('ethereum#initialized', onInit);
+        clearTimeout(timer);
+        resolve(p);
+      };
+      const onAnnounce = (e) => { if (e.detail && e.detail.provider) done(e.detail.provider); };
+      const onInit = () => done(window.ethereum || null);
+      window.addEventListener('eip6963:announceProvider', onAnnounce);
+      window.addEventListener('ethereum#initialized', onInit);
+      const timer = setTimeout(() => done(window.ethereum || null), waitMs);
+      window.dispatchEvent(new Event('eip6963:requestProvider'));
+    });
+  }
   const isUserRejection = (e) => e && (e.code === 4001 || e.code === 'ACTION_REJECTED');
 
   // ---------- formatting and the notice ----------
@@ -136,14 +158,15 @@
     $('switch-chain').addEventListener('click', switchChain);
     $('buy').addEventListener('click', () => buy().catch(unexpected));
     $('days').addEventListener('input', () => quote().catch(unexpected));
-    if (!window.ethereum) {
+    provider = await findWallet();
+    if (!provider) {
       $('connect').disabled = true;
       notice('no-wallet', 'No wallet found in this browser. Install an Ethereum wallet (such as MetaMask) or open this page in your wallet\'s browser to buy and to see your VMs.');
       await quote();
       return;
     }
-    window.ethereum.on?.('chainChanged', () => checkChain().catch(unexpected));
-    window.ethereum.on?.('accountsChanged', (a) => useAccount(a && a[0]).catch(unexpected));
+    provider.on?.('chainChanged', () => checkChain().catch(unexpected));
+    provider.on?.('accountsChanged', (a) => useAccount(a && a[0]).catch(unexpected));
     const existing = await wallet('eth_accounts').catch(() => []);
     if (existing && existing[0]) await useAccount(existing[0]);
     else {
@@ -214,6 +237,8 @@
     const id = await wallet('eth_chainId');
     chainOk = BigInt(id) === BigInt(cfg.chainId);
     if (!chainOk) {
+      await quote(); // the price still shows; Buy stays disabled
+      $('vms').replaceChildren(el('p', { class: 'muted' }, `Switch your wallet to chain ${cfg.chainId} to see your VMs.`));
       notice('wrong-chain', `Your wallet is on chain ${BigInt(id)}; this server sells on chain ${cfg.chainId}. Switch networks to continue.`);
       $('buy').disabled = true;
       return;

@@ -39,7 +39,7 @@ function shim(opts) {
   const state = { chainId: opts.chainId || '0x7a69', switch: opts.switch || 'accept', sign: opts.sign || 'sign', gas: opts.gas || null };
   window.__shim = state;
   const rejected = () => Object.assign(new Error('User rejected the request.'), { code: 4001 });
-  window.ethereum = {
+  const provider = {
     isBlockhostTestWallet: true,
     on(event, fn) { (listeners[event] ||= []).push(fn); },
     removeListener(event, fn) { listeners[event] = (listeners[event] || []).filter((f) => f !== fn); },
@@ -73,6 +73,16 @@ function shim(opts) {
       }
     },
   };
+  if (!opts.eip6963) {
+    window.ethereum = provider;
+    return;
+  }
+  // Announced only through EIP-6963 (no window.ethereum), as some wallets do.
+  const announce = () => window.dispatchEvent(new CustomEvent('eip6963:announceProvider', {
+    detail: Object.freeze({ info: { uuid: '0b1a9c1e-5d1c-4c55-9b3a-3f7e1e2b6a01', name: 'Test wallet', icon: 'data:,', rdns: 'io.blockhost.test' }, provider }),
+  }));
+  window.addEventListener('eip6963:requestProvider', announce);
+  announce();
 }
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'bh-signup-chromium-'));
@@ -134,7 +144,7 @@ try {
 
   // 2. Wrong chain; the switch is refused, then accepted.
   page = await visit({ account: buyer, chainId: '0x1', switch: 'refuse' });
-  result.states.wrongChain = await notice(page);
+  result.states.wrongChain = { ...(await notice(page)), price: await page.$eval('#price', (e) => e.textContent) };
   await shot(page, 'wrong-chain-phone.png', PHONE);
   await page.click('#switch-chain');
   result.states.switchRefused = await waitNotice(page, ['switch-refused']);
@@ -143,8 +153,9 @@ try {
   result.states.switched = await waitNotice(page, ['ready', 'insufficient']);
   await page.close();
 
-  // 3. Insufficient balance: a wallet with no stablecoin, connected with the button.
-  page = await visit({ account: poor, connected: false });
+  // 3. Insufficient balance: a wallet with no stablecoin, announced through
+  // EIP-6963 only, connected with the button.
+  page = await visit({ account: poor, connected: false, eip6963: true });
   result.states.connect = await notice(page);
   await page.click('#connect');
   result.states.insufficient = { ...(await waitNotice(page, ['insufficient', 'ready'])), buyDisabled: await page.$eval('#buy', (b) => b.disabled) };
@@ -156,6 +167,7 @@ try {
   await waitNotice(page, ['ready']);
   await page.click('#buy');
   result.states.rejected = { ...(await waitNotice(page, ['rejected', 'error', 'reverted'])), signStep: await stepState(page, 'sign') };
+  await shot(page, 'rejected-phone.png', PHONE);
   await page.close();
 
   // 5. The purchase, through to the decrypted connection details.
@@ -217,6 +229,7 @@ try {
   await page.click('#buy');
   result.states.reverted = { ...(await waitNotice(page, ['reverted', 'error', 'rejected'])), payStep: await stepState(page, 'pay') };
   await shot(page, 'reverted-desktop.png');
+  await shot(page, 'reverted-phone.png', PHONE);
   await page.close();
 } catch (e) {
   console.error(e && e.stack ? e.stack : String(e));
