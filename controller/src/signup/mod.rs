@@ -244,17 +244,45 @@ fn count(st: &SignupState, result: &str) {
         .inc();
 }
 
+/// Parses an id from the path: a decimal `u64`, else 400.
+// The error is the finished answer, returned straight to axum: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+fn parse_id(st: &SignupState, raw: &str, what: &'static str) -> Result<u64, Response> {
+    raw.parse().map_err(|_| {
+        count(st, "bad_request");
+        problem(StatusCode::BAD_REQUEST, what)
+    })
+}
+
+/// Runs a store read on the blocking pool; a failure is logged and answered 503
+/// (its text stays in the log: it is not for outsiders).
+async fn read_store<T: Send + 'static>(
+    st: &SignupState,
+    f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = st.store.clone();
+    let failed = |detail: String| {
+        count(st, "error");
+        tracing::warn!(error = %detail, "signup page: store read failed");
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable; try again shortly",
+        )
+    };
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(failed(crate::error_chain(&e))),
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
 /// `GET /api/v1/subscriptions/{id}`: the public status.
 async fn subscription_status(State(st): State<SignupState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        count(&st, "bad_request");
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "a subscription id is a decimal number",
-        );
+    let id = match parse_id(&st, &id, "a subscription id is a decimal number") {
+        Ok(id) => id,
+        Err(r) => return r,
     };
-    let store = st.store.clone();
-    let read = tokio::task::spawn_blocking(move || {
+    let read = read_store(&st, move |store| {
         let name = vm_name_for(id);
         let sub = store.get::<Subscription>(name.as_str())?;
         let vm_name = sub
@@ -262,30 +290,15 @@ async fn subscription_status(State(st): State<SignupState>, Path(id): Path<Strin
             .and_then(|s| s.status.vm.clone())
             .unwrap_or(name);
         let vm = store.get::<VirtualMachine>(vm_name.as_str())?;
-        Ok::<_, crate::store::StoreError>(status::derive(id, sub.as_ref(), vm.as_ref()))
+        Ok(status::derive(id, sub.as_ref(), vm.as_ref()))
     })
     .await;
     match read {
-        Ok(Ok(s)) => {
+        Ok(s) => {
             count(&st, "ok");
             Json(s).into_response()
         }
-        Ok(Err(e)) => {
-            count(&st, "error");
-            tracing::warn!(error = %crate::error_chain(&e), "signup status: store read failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "status unavailable; try again shortly",
-            )
-        }
-        Err(e) => {
-            count(&st, "error");
-            tracing::warn!(error = %e, "signup status: task failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "status unavailable; try again shortly",
-            )
-        }
+        Err(r) => r,
     }
 }
 
@@ -300,22 +313,20 @@ struct NftLink {
 /// (Public on chain too: the mint follows the purchase; this saves the page a
 /// log search.)
 async fn nft_subscription(State(st): State<SignupState>, Path(token): Path<String>) -> Response {
-    let Ok(token) = token.parse::<u64>() else {
-        count(&st, "bad_request");
-        return problem(StatusCode::BAD_REQUEST, "a token id is a decimal number");
+    let token = match parse_id(&st, &token, "a token id is a decimal number") {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    let store = st.store.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let subs = store.list::<Subscription>()?;
-        Ok::<_, crate::store::StoreError>(
-            subs.iter()
-                .find(|s| s.status.nft_token_id == Some(token))
-                .map(|s| s.spec.subscription_id),
-        )
+    let found = read_store(&st, move |store| {
+        Ok(store
+            .list::<Subscription>()?
+            .iter()
+            .find(|s| s.status.nft_token_id == Some(token))
+            .map(|s| s.spec.subscription_id))
     })
     .await;
     match found {
-        Ok(Ok(Some(subscription_id))) => {
+        Ok(Some(subscription_id)) => {
             count(&st, "ok");
             Json(NftLink {
                 token_id: token,
@@ -323,29 +334,14 @@ async fn nft_subscription(State(st): State<SignupState>, Path(token): Path<Strin
             })
             .into_response()
         }
-        Ok(Ok(None)) => {
+        Ok(None) => {
             count(&st, "not_found");
             problem(
                 StatusCode::NOT_FOUND,
                 "this server minted no such access NFT",
             )
         }
-        Ok(Err(e)) => {
-            count(&st, "error");
-            tracing::warn!(error = %crate::error_chain(&e), "signup nft lookup: store read failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "lookup unavailable; try again shortly",
-            )
-        }
-        Err(e) => {
-            count(&st, "error");
-            tracing::warn!(error = %e, "signup nft lookup: task failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "lookup unavailable; try again shortly",
-            )
-        }
+        Err(r) => r,
     }
 }
 
@@ -396,27 +392,24 @@ pub async fn task(
             shutdown.cancelled().await;
             stop.graceful_shutdown(Some(Duration::from_secs(2)));
         });
+        // The two acceptors make two server types; the limits are the same.
+        macro_rules! serve_limited {
+            ($server:expr) => {{
+                let mut server = $server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(CLIENT_TIMEOUT);
+                server.serve(app).await
+            }};
+        }
         let served = match tls {
             Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
-                Ok(server) => {
-                    let mut server = server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
-                    server
-                        .http_builder()
-                        .http1()
-                        .header_read_timeout(CLIENT_TIMEOUT);
-                    server.serve(app).await
-                }
+                Ok(server) => serve_limited!(server),
                 Err(e) => Err(e),
             },
             None => match axum_server::from_tcp(listener) {
-                Ok(server) => {
-                    let mut server = server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
-                    server
-                        .http_builder()
-                        .http1()
-                        .header_read_timeout(CLIENT_TIMEOUT);
-                    server.serve(app).await
-                }
+                Ok(server) => serve_limited!(server),
                 Err(e) => Err(e),
             },
         };
