@@ -49,6 +49,8 @@ pub struct Metrics {
     pub chain_get_logs_range: Gauge,
     /// Failed watcher steps, by kind.
     pub chain_errors: Family<Labels, Counter>,
+    /// New-head notifications received over WebSocket.
+    pub chain_new_heads: Counter,
     /// Mint steps, by outcome (`signed`, `minted`, `bumped`, `dropped`,
     /// `reverted`, `insufficient_funds`, `error`).
     pub chain_mints: Family<Labels, Counter>,
@@ -164,6 +166,12 @@ impl Metrics {
             "Failed chain watcher steps, by kind",
             chain_errors.clone(),
         );
+        let chain_new_heads = Counter::default();
+        registry.register(
+            "chain_new_heads",
+            "New-head notifications received over WebSocket",
+            chain_new_heads.clone(),
+        );
         let chain_mints = Family::<Labels, Counter>::default();
         registry.register(
             "chain_mints",
@@ -203,6 +211,7 @@ impl Metrics {
             chain_range_refusals,
             chain_get_logs_range,
             chain_errors,
+            chain_new_heads,
             chain_mints,
             chain_mints_pending,
             signup_api_requests,

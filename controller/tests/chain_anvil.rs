@@ -347,3 +347,67 @@ async fn refused_ranges_adapt_and_a_dead_endpoint_fails_over() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// New heads over WebSocket wake the watcher: with polling at a minute, a
+/// purchase is still applied within moments. A dead WebSocket endpoint leaves
+/// polling working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_heads_wake_the_watcher_and_polling_stays_the_fallback() {
+    use blockhost_controller::chain::heads;
+    use blockhost_controller::chain::mapping::Mapper;
+    use blockhost_controller::chain::rpc::RpcClient;
+    use blockhost_controller::chain::watcher::Watcher;
+    use blockhost_controller::metrics::Metrics;
+    use std::sync::Arc;
+
+    if !tools_available() {
+        return;
+    }
+    let anvil = Anvil::start(18606);
+    let d = anvil.deploy().await;
+    anvil.create_plan(&d, "basic", 150).await;
+    let run = |ws: Vec<String>, poll_ms: u64, dir: &std::path::Path| {
+        let store = open_store(dir);
+        let mut cfg = watch_config(&d, d.block, 0, 1000);
+        cfg.poll = Duration::from_millis(poll_ms);
+        let metrics = Arc::new(Metrics::new());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let w = Watcher::new(
+            RpcClient::new(vec![anvil.url.clone()]).unwrap(),
+            store.clone(),
+            Arc::new(Mapper {
+                server_key: server_key(),
+                public_secret: "blockhost-access".into(),
+                plan_defaults: Default::default(),
+            }),
+            cfg,
+            metrics.clone(),
+        )
+        .with_wake(wake.clone());
+        tokio::spawn(heads::run(ws, wake, metrics.clone(), stop.clone()));
+        tokio::spawn(w.run(stop.clone()));
+        (store, stop, metrics)
+    };
+
+    // Polling every minute, heads over WebSocket: the first pass reads the
+    // plan; the purchase after it is seen only thanks to the new head.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, stop, metrics) = run(vec![format!("ws://127.0.0.1:18606")], 60_000, dir.path());
+    wait_for(10, "plan mirrored", || {
+        store.get::<blockhost_crd::Plan>("plan-1").unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // subscribed
+    anvil.buy(&d, 1, 30, payload()).await;
+    wait_for(5, "VM from a new head", || vm(&store, "blockhost-001")).await;
+    assert!(metrics.chain_new_heads.get() >= 1);
+    stop.cancel();
+
+    // A dead WebSocket endpoint: polling (50 ms) carries on.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, stop, _) = run(vec!["ws://127.0.0.1:1".into()], 50, dir.path());
+    anvil.buy(&d, 1, 30, payload()).await;
+    wait_for(10, "VM by polling", || vm(&store, "blockhost-002")).await;
+    stop.cancel();
+}

@@ -108,6 +108,7 @@ impl Rig {
         c.min_backoff = Duration::from_millis(100);
         c.max_backoff = Duration::from_millis(400);
         c.full_scan = Duration::from_millis(300);
+        c.drop_after = Duration::from_millis(300);
         c
     }
 

@@ -76,6 +76,11 @@ pub struct MintConfig {
     pub min_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// How long a pending mint's nonce must be seen used, with none of its
+    /// attempts known to the node, before the mint counts as dropped. Nodes
+    /// bump the account nonce a moment before they serve the receipt; without
+    /// this wait that moment looks like "replaced" and would mint twice.
+    pub drop_after: Duration,
 }
 
 impl MintConfig {
@@ -90,6 +95,7 @@ impl MintConfig {
             full_scan: Duration::from_secs(30),
             min_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
+            drop_after: Duration::from_secs(30),
         }
     }
 }
@@ -161,6 +167,9 @@ pub struct Minter {
     metrics: Arc<Metrics>,
     nudge: Option<mpsc::Sender<Trigger>>,
     backoff: HashMap<u64, Backoff>,
+    /// When each pending mint's nonce was first seen used by an unknown
+    /// transaction (see [`MintConfig::drop_after`]).
+    nonce_taken: HashMap<u64, Instant>,
 }
 
 fn hex0x(b: &[u8]) -> String {
@@ -213,6 +222,7 @@ impl Minter {
             metrics,
             nudge,
             backoff: HashMap::new(),
+            nonce_taken: HashMap::new(),
         }
     }
 
@@ -599,6 +609,22 @@ impl Minter {
             return Ok(Some(rec));
         }
         if mined_nonce > rec.nonce {
+            // Our nonce is used and no attempt has a receipt. Either a receipt
+            // is about to appear (the node counts the nonce first), or another
+            // transaction took the nonce. Only the second, seen for a while
+            // with none of our attempts known to the node, is a drop.
+            for a in &rec.attempts {
+                if let Some(hash) = parse_hex::<32>(&a.hash)
+                    && self.wallet.known(&hash).await?
+                {
+                    return Ok(Some(rec));
+                }
+            }
+            let since = *self.nonce_taken.entry(id).or_insert_with(Instant::now);
+            if since.elapsed() < self.cfg.drop_after {
+                return Ok(Some(rec));
+            }
+            self.nonce_taken.remove(&id);
             // Our nonce was used, by none of our attempts.
             self.count("dropped");
             tracing::warn!(

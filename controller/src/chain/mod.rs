@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`node`]: the node operations the watcher needs, as a trait (fakes in tests).
 //! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
+//! - [`heads`]: `eth_subscribe("newHeads")` over WebSocket, waking the
+//!   watcher as each block arrives (polling stays the fallback).
 //! - [`events`]: raw logs → typed events, every number range-checked.
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
 //! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
@@ -18,6 +20,7 @@
 //! cursor, so a crash can never separate them.
 
 pub mod events;
+pub mod heads;
 pub mod mapping;
 pub mod mint;
 pub mod node;
@@ -166,10 +169,17 @@ pub fn task(
         metrics.clone(),
         nudge,
     );
-    let w = Watcher::new(node, store, mapper, wc, metrics);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let heads = heads::run(
+        cfg.ws_urls.clone(),
+        wake.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let w = Watcher::new(node, store, mapper, wc, metrics).with_wake(wake);
     let stop = shutdown.clone();
     Ok(async move {
-        tokio::join!(w.run(shutdown), minter.run(stop));
+        tokio::join!(w.run(shutdown), minter.run(stop), heads);
     })
 }
 

@@ -102,6 +102,8 @@ pub struct Watcher<N: Node> {
     metrics: Arc<Metrics>,
     range: u64,
     successes: u32,
+    /// Woken by new-head notifications (see `super::heads`).
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<N: Node> std::fmt::Debug for Watcher<N> {
@@ -139,7 +141,14 @@ impl<N: Node> Watcher<N> {
             metrics,
             range,
             successes: 0,
+            wake: None,
         }
+    }
+
+    /// Steps as soon as `wake` is notified (a new head), not only every poll.
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// The current `eth_getLogs` range (shrinks while a node refuses).
@@ -209,10 +218,20 @@ impl<N: Node> Watcher<N> {
             };
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
+            let wake = self.wake.clone();
+            let woken = async {
+                match (&wake, failures) {
+                    // After a failure, the backoff wins over new heads.
+                    (Some(w), 0) => w.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::pin!(woken);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = &mut sleep => break,
+                    () = &mut woken => break,
                     c = changes.recv() => match c {
                         // A plan an operator applied may unblock subscriptions; a
                         // status the minter wrote may carry a token id.
@@ -327,6 +346,7 @@ impl<N: Node> Watcher<N> {
         if self.cfg.follow_chain_time
             && let Some(t) = self.node.block_time(to).await?
         {
+            tracing::debug!(block = to, time = t, "chain time observed");
             self.store.observe_chain_time(t);
         }
         self.metrics

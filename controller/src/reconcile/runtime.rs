@@ -268,9 +268,12 @@ pub async fn run<R: Reconciler>(
             for k in known.difference(&all) {
                 forget_object(&metrics, name, k);
             }
+            // A key waiting for a requeue time is visited like the others (a
+            // deadline may have come early: a clock that follows the chain, a
+            // suspended host); a key retrying after failures keeps its backoff.
             for k in &all {
                 if !q.running.contains(k)
-                    && !q.pending.contains_key(k)
+                    && !q.failures.contains_key(k)
                     && !reconciler.resync_skip(k)
                 {
                     q.request(k.clone(), now);
@@ -595,6 +598,26 @@ mod tests {
         assert_eq!(h.runs("a").len(), 2);
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(h.runs("a").len(), 3, "requeued after 100 s");
+        h.stop().await;
+    }
+
+    /// A far requeue time does not hide a key from resyncs: its deadline may
+    /// come early (a clock that follows the chain), and only the reconciler's
+    /// `resync_skip` knows.
+    #[tokio::test(start_paused = true)]
+    async fn resync_visits_keys_waiting_for_a_far_requeue() {
+        let mut c = cfg();
+        c.resync = Duration::from_secs(10);
+        let h = start(
+            Script {
+                requeue: Some(Duration::from_secs(1000)),
+                ..Script::default()
+            },
+            c,
+            vec!["a".into()],
+        );
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(h.runs("a").len(), 3, "start, 10 s, 20 s");
         h.stop().await;
     }
 

@@ -24,6 +24,11 @@ pub struct ChainConfig {
     #[serde(deserialize_with = "rpc_urls")]
     #[schemars(length(min = 1))]
     pub rpc_urls: Vec<String>,
+    /// WebSocket endpoints (`ws://`, `wss://`) for `eth_subscribe("newHeads")`,
+    /// tried in order: each new block wakes the watcher at once. Polling every
+    /// `pollIntervalMs` stays the fallback. Empty: polling only.
+    #[serde(default, deserialize_with = "ws_urls")]
+    pub ws_urls: Vec<String>,
     /// Address of `BlockhostSubscriptions`.
     pub subscriptions_contract: WalletAddress,
     /// Address of `AccessCredentialNFT`.
@@ -122,6 +127,18 @@ fn rpc_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
         if !(u.starts_with("http://") || u.starts_with("https://")) {
             return Err(serde::de::Error::custom(format!(
                 "rpc URL {u:?} must start with http:// or https://"
+            )));
+        }
+    }
+    Ok(urls)
+}
+
+fn ws_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let urls = Vec::<String>::deserialize(d)?;
+    for u in &urls {
+        if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+            return Err(serde::de::Error::custom(format!(
+                "WebSocket URL {u:?} must start with ws:// or wss://"
             )));
         }
     }
