@@ -485,15 +485,18 @@
     const status = el('p', { class: 'vm-status', 'data-state': 'idle' });
     const say = (state, text) => { status.dataset.state = state; status.textContent = text; };
     let sub = null;
-    const link = await fetch(`api/v1/nfts/${tokenId}`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    const resp = await fetch(`api/v1/nfts/${tokenId}`).catch(() => null);
+    const link = resp && resp.ok ? await resp.json() : null;
     if (link) {
       const d = await subs('getSubscription(uint256)', [['uint256', link.subscriptionId]]);
       sub = { id: BigInt(link.subscriptionId), planId: uintAt(d, 0), expiresAt: uintAt(d, 2), active: uintAt(d, 3) === 1n, cancelled: uintAt(d, 4) === 1n };
       const expiry = el('p', { class: 'expiry', 'data-expires': sub.expiresAt.toString() },
         sub.cancelled ? 'Cancelled' : `${sub.active ? 'Expires' : 'Expired'} ${when(sub.expiresAt)}`, el('span', { class: 'muted' }, ` · subscription #${sub.id}`));
       card.append(expiry);
-    } else {
+    } else if (resp && resp.status === 404) {
       card.append(el('p', { class: 'muted' }, 'Not a subscription of this server.'));
+    } else {
+      card.append(el('p', { class: 'muted' }, 'Expiry unavailable right now (the server is busy or unreachable); reload the page in a minute.'));
     }
     const decrypt = el('button', { type: 'button', class: 'decrypt' }, 'Show connection details');
     const actions = el('div', { class: 'actions' }, decrypt);
