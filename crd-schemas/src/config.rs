@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod chain;
 pub mod signup;
-pub use chain::{ChainConfig, PlanDefaults};
+pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
 pub use signup::SignupConfig;
 
 /// Default path of the configuration file.

@@ -725,17 +725,19 @@ impl Minter {
         let (n1, n2) = (name.clone(), name.clone());
         let wrote_vm = self
             .blocking(move |st| {
+                // The VM first: the subscription's token id is the public
+                // signal (status endpoint, bhctl) that minting is complete.
                 let mut wrote = false;
+                st.update_status::<VirtualMachine>(&n2, |v| {
+                    wrote = v.status.nft_token_id != Some(token);
+                    v.status.nft_token_id = Some(token);
+                    wrote
+                })?;
                 st.update_status::<Subscription>(&n1, |s| {
                     let a = s.status.nft_token_id != Some(token);
                     s.status.nft_token_id = Some(token);
                     let b = set_condition(&mut s.status.conditions, cond);
                     a || b
-                })?;
-                st.update_status::<VirtualMachine>(&n2, |v| {
-                    wrote = v.status.nft_token_id != Some(token);
-                    v.status.nft_token_id = Some(token);
-                    wrote
                 })?;
                 Ok(wrote)
             })

@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockhost_crd::config::ChainConfig;
+use blockhost_crd::WalletAddress;
+use blockhost_crd::config::{ChainConfig, Contracts};
 use k256::SecretKey;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +75,9 @@ pub enum ChainError {
     /// The HTTP client could not be built.
     #[error("cannot set up the RPC client")]
     Http(#[source] reqwest::Error),
+    /// The configuration was written before deploying: no contracts to watch.
+    #[error(transparent)]
+    NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
 }
 
 /// Reads the server's secret key: hex (with or without `0x`, surrounding
@@ -104,29 +108,31 @@ pub fn load_server_key(path: &Path) -> Result<SecretKey, ChainError> {
 }
 
 /// The store scope of a chain and contract set.
-pub fn scope(cfg: &ChainConfig) -> String {
+pub fn scope(chain_id: u64, contracts: &Contracts) -> String {
     format!(
         "{}:{}:{}",
-        cfg.chain_id,
-        cfg.subscriptions_contract.to_lower_hex(),
-        cfg.nft_contract.to_lower_hex()
+        chain_id,
+        contracts.subscriptions.to_lower_hex(),
+        contracts.nft.to_lower_hex()
     )
 }
 
-/// The loop's settings from the configuration.
-pub fn watch_config(cfg: &ChainConfig) -> WatchConfig {
-    WatchConfig {
-        scope: scope(cfg),
+/// The loop's settings from the configuration; fails when it names no
+/// contracts (a configuration written before `bhctl chain deploy`).
+pub fn watch_config(cfg: &ChainConfig) -> Result<WatchConfig, ChainError> {
+    let contracts = cfg.contracts()?;
+    Ok(WatchConfig {
+        scope: scope(cfg.chain_id, &contracts),
         chain_id: cfg.chain_id,
-        subscriptions: *cfg.subscriptions_contract.as_bytes(),
-        nft: *cfg.nft_contract.as_bytes(),
+        subscriptions: *contracts.subscriptions.as_bytes(),
+        nft: *contracts.nft.as_bytes(),
         deployment_block: cfg.deployment_block,
         confirmations: cfg.confirmations,
         poll: Duration::from_millis(cfg.poll_interval_ms),
         max_range: cfg.max_block_range,
         reorg_window: MIN_REORG_WINDOW.max(cfg.confirmations * 4),
         follow_chain_time: cfg.follow_chain_time,
-    }
+    })
 }
 
 /// Checks the configuration (server key, RPC client) and returns the task of
@@ -139,6 +145,8 @@ pub fn task(
     nudge: Option<tokio::sync::mpsc::Sender<crate::reconcile::runtime::Trigger>>,
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ChainError> {
+    // Checked first: without contracts nothing else matters.
+    let wc = watch_config(cfg)?;
     let server_key = load_server_key(&cfg.server_key_file)?;
     let node = rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?;
     let wallet = wallet::ServerWallet::new(
@@ -151,11 +159,10 @@ pub fn task(
         public_secret: cfg.public_secret.clone(),
         plan_defaults: cfg.plan_defaults.clone(),
     });
-    let wc = watch_config(cfg);
     tracing::info!(
         chain_id = cfg.chain_id,
-        subscriptions = %cfg.subscriptions_contract,
-        nft = %cfg.nft_contract,
+        subscriptions = %WalletAddress::from_bytes(wc.subscriptions),
+        nft = %WalletAddress::from_bytes(wc.nft),
         from_block = cfg.deployment_block,
         confirmations = cfg.confirmations,
         endpoints = cfg.rpc_urls.len(),

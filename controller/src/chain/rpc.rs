@@ -115,6 +115,19 @@ impl RpcClient {
 
     /// Calls `method`, failing over to the next endpoints on transport errors.
     pub async fn call(&self, method: &'static str, params: Value) -> Result<Value, NodeError> {
+        self.call_with_error_data(method, params)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Like [`Self::call`], but a JSON-RPC error also yields its `data` member:
+    /// for `eth_call` and `eth_estimateGas` that is the revert data, which
+    /// names a contract's custom error (`bhctl` decodes it for the operator).
+    pub async fn call_with_error_data(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, (NodeError, Option<Value>)> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let n = self.urls.len();
@@ -131,8 +144,8 @@ impl RpcClient {
                         tracing::warn!(endpoint = %self.current_host_of(i), "RPC failover: using another endpoint");
                         self.current.store(i, Ordering::Relaxed);
                     }
-                    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-                        return Err(NodeError::Refused {
+                    if let Some(err) = v.get_mut("error").filter(|e| !e.is_null()) {
+                        let refused = NodeError::Refused {
                             method,
                             code: err["code"].as_i64().unwrap_or(0),
                             message: err["message"]
@@ -141,16 +154,21 @@ impl RpcClient {
                                 .chars()
                                 .take(300)
                                 .collect(),
-                        });
+                        };
+                        let data = err.get_mut("data").map(Value::take);
+                        return Err((refused, data));
                     }
                     return Ok(v["result"].take());
                 }
                 Err(Transport::TooLarge { .. }) if method == "eth_getLogs" => {
-                    return Err(NodeError::Refused {
-                        method,
-                        code: 0,
-                        message: format!("answer larger than {MAX_BODY} bytes"),
-                    });
+                    return Err((
+                        NodeError::Refused {
+                            method,
+                            code: 0,
+                            message: format!("answer larger than {MAX_BODY} bytes"),
+                        },
+                        None,
+                    ));
                 }
                 Err(e) => {
                     tracing::debug!(error = %crate::error_chain(&e), "RPC endpoint failed");
@@ -158,13 +176,16 @@ impl RpcClient {
                 }
             }
         }
-        Err(NodeError::Unavailable {
-            tried: n,
-            source: match last {
-                Some(e) => Box::new(e),
-                None => "no RPC URL configured".into(),
+        Err((
+            NodeError::Unavailable {
+                tried: n,
+                source: match last {
+                    Some(e) => Box::new(e),
+                    None => "no RPC URL configured".into(),
+                },
             },
-        })
+            None,
+        ))
     }
 
     fn current_host_of(&self, i: usize) -> String {

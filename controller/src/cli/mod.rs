@@ -1,9 +1,13 @@
 //! `bhctl`, BlockHost's kubectl: argument parsing and command dispatch.
 //!
-//! Every command talks to the daemon through [`crate::api::client::Client`].
+//! The object commands talk to the daemon through [`crate::api::client::Client`];
+//! `chain`, `plan` and `nft` talk to the chain directly ([`chain`], [`nft`]).
 //! Output for people goes to stdout as tables; `-o json|yaml|name` is for scripts.
 //! Errors go to stderr and the exit code is 1.
 
+pub mod chain;
+pub mod config_edit;
+pub mod nft;
 pub mod output;
 
 use std::io::{IsTerminal, Write};
@@ -128,6 +132,24 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Deploy the contracts (operators; signs with the configured server key).
+    Chain {
+        /// What to do.
+        #[command(subcommand)]
+        command: chain::ChainCommand,
+    },
+    /// Manage plans on chain (operators; signs with the configured server key).
+    Plan {
+        /// What to do.
+        #[command(subcommand)]
+        command: chain::PlanCommand,
+    },
+    /// Access NFTs (users: decrypt your VM's connection details).
+    Nft {
+        /// What to do.
+        #[command(subcommand)]
+        command: nft::NftCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         /// The shell.
@@ -147,6 +169,9 @@ pub enum CliError {
     /// The daemon sent something we cannot decode.
     #[error("unexpected answer from blockhostd")]
     Decode(#[from] serde_json::Error),
+    /// A chain command failed.
+    #[error(transparent)]
+    Chain(#[from] chain::ChainCliError),
     /// Writing output failed (a closed pipe is not an error).
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
@@ -172,6 +197,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             output,
         } => apply(&client, &mut out, &file, recursive, dry_run, output).await,
         Command::Delete { what, names } => delete(&client, &mut out, what, &names).await,
+        Command::Chain { command } => chain::chain(&mut out, command).await.map_err(Into::into),
+        Command::Plan { command } => chain::plan(&mut out, command).await.map_err(Into::into),
+        Command::Nft { command } => nft::nft(&mut out, command).await.map_err(Into::into),
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "bhctl", &mut out);

@@ -52,6 +52,9 @@ pub enum SignupError {
     /// `signup` is configured without `chain` (also refused by validation).
     #[error("the signup page needs a chain section in the configuration")]
     NoChain,
+    /// The contract addresses are not configured yet.
+    #[error("the signup page needs the deployed contracts")]
+    NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
     /// The server key could not be read (needed for its public half).
     #[error("cannot read the server key for the signup page")]
     Key(#[source] crate::chain::ChainError),
@@ -358,8 +361,9 @@ pub async fn task(
         return Ok(None);
     };
     let chain = cfg.chain.as_ref().ok_or(SignupError::NoChain)?;
+    let contracts = chain.contracts()?;
     let key = crate::chain::load_server_key(&chain.server_key_file).map_err(SignupError::Key)?;
-    let page = PageConfig::new(chain, signup, &key.public_key());
+    let page = PageConfig::new(chain, contracts, signup, &key.public_key());
     let state = SignupState::new(store, metrics, &page, signup.status_requests_per_minute);
     let addr = signup.listen;
     let listener = std::net::TcpListener::bind(addr)

@@ -7,7 +7,7 @@
 //! public secret), so the static files are the same for every operator and no
 //! inline script is needed (the CSP forbids them).
 
-use blockhost_crd::config::{ChainConfig, SignupConfig};
+use blockhost_crd::config::{ChainConfig, Contracts, SignupConfig};
 use k256::PublicKey;
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use serde::Serialize;
@@ -45,13 +45,18 @@ pub struct PageConfig {
 
 impl PageConfig {
     /// Builds the page's configuration from the daemon's.
-    pub fn new(chain: &ChainConfig, signup: &SignupConfig, server: &PublicKey) -> Self {
+    pub fn new(
+        chain: &ChainConfig,
+        contracts: Contracts,
+        signup: &SignupConfig,
+        server: &PublicKey,
+    ) -> Self {
         Self {
             chain_id: chain.chain_id,
             chain_id_hex: format!("0x{:x}", chain.chain_id),
             rpc_url: signup.browser_rpc_url(chain).to_owned(),
-            subscriptions_contract: chain.subscriptions_contract.to_lower_hex(),
-            nft_contract: chain.nft_contract.to_lower_hex(),
+            subscriptions_contract: contracts.subscriptions.to_lower_hex(),
+            nft_contract: contracts.nft.to_lower_hex(),
             server_public_key: hex::encode(server.to_encoded_point(false).as_bytes()),
             public_secret: chain.public_secret.clone(),
         }

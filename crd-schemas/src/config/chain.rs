@@ -29,10 +29,14 @@ pub struct ChainConfig {
     /// `pollIntervalMs` stays the fallback. Empty: polling only.
     #[serde(default, deserialize_with = "ws_urls")]
     pub ws_urls: Vec<String>,
-    /// Address of `BlockhostSubscriptions`.
-    pub subscriptions_contract: WalletAddress,
-    /// Address of `AccessCredentialNFT`.
-    pub nft_contract: WalletAddress,
+    /// Address of `BlockhostSubscriptions`. Absent before the contracts are
+    /// deployed (`bhctl chain deploy` writes it); blockhostd needs it to watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions_contract: Option<WalletAddress>,
+    /// Address of `AccessCredentialNFT`. Absent before the contracts are
+    /// deployed (`bhctl chain deploy` writes it); blockhostd needs it to watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nft_contract: Option<WalletAddress>,
     /// Block the contracts were deployed in; the first run reads events from it.
     #[serde(default)]
     pub deployment_block: u64,
@@ -103,6 +107,32 @@ fn default_resources() -> Resources {
 #[allow(clippy::expect_used)]
 fn default_template() -> crate::Vmid {
     crate::Vmid::new(9001).expect("9001 is a valid VMID")
+}
+
+/// The deployed contracts a watcher follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contracts {
+    /// `BlockhostSubscriptions`.
+    pub subscriptions: WalletAddress,
+    /// `AccessCredentialNFT`.
+    pub nft: WalletAddress,
+}
+
+/// The configuration names no contracts yet (written before deploying).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "chain.subscriptionsContract and chain.nftContract must both be set; deploy the contracts with `bhctl chain deploy` (it writes them into the configuration) or set the addresses of deployed ones"
+)]
+pub struct ContractsNotSet;
+
+impl ChainConfig {
+    /// Both contract addresses, or [`ContractsNotSet`] when either is missing.
+    pub fn contracts(&self) -> Result<Contracts, ContractsNotSet> {
+        match (self.subscriptions_contract, self.nft_contract) {
+            (Some(subscriptions), Some(nft)) => Ok(Contracts { subscriptions, nft }),
+            _ => Err(ContractsNotSet),
+        }
+    }
 }
 
 fn default_confirmations() -> u64 {
@@ -193,6 +223,15 @@ mod tests {
         assert_eq!(c.poll_interval_ms, 1000);
         assert_eq!(c.plan_defaults.template.get(), 9001);
         assert_eq!(c.public_secret, "blockhost-access");
+        assert!(c.contracts().is_ok());
+        // Written before deploying: valid, but names no contracts.
+        let pre: ChainConfig = serde_json::from_value(serde_json::json!({
+            "chainId": 31337,
+            "rpcUrls": ["http://127.0.0.1:8545"],
+            "serverKeyFile": "/etc/blockhost/server.key"
+        }))
+        .unwrap();
+        assert_eq!(pre.contracts(), Err(ContractsNotSet));
         for bad in [
             serde_json::json!({"rpcUrls": []}),
             serde_json::json!({"rpcUrls": ["ws://x"]}),
