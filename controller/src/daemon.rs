@@ -2,8 +2,9 @@
 //! Unix socket (and metrics on TCP if configured), stop cleanly on a signal.
 //!
 //! With no configuration file the daemon runs on local defaults and drives nothing:
-//! specs are stored and served. Later issues add the reconcilers and the chain
-//! watcher here, each handed the same [`Store`] and shutdown token.
+//! specs are stored and served. The reconcilers, the chain watcher and minter,
+//! and the public signup page start here when configured, each handed the same
+//! [`Store`] and shutdown token.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,9 @@ pub enum DaemonError {
     /// The chain watcher cannot start (server key, RPC client).
     #[error("cannot start the chain watcher")]
     Chain(#[from] crate::chain::ChainError),
+    /// The signup page cannot be served (listen address, certificate, server key).
+    #[error("cannot start the signup page")]
+    Signup(#[from] crate::signup::SignupError),
     /// The configured socket group does not exist.
     #[error("socket group {0:?} does not exist (api.socketGroup)")]
     NoSuchGroup(String),
@@ -148,6 +152,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         )?);
     } else {
         tracing::info!("no chain section in the configuration; no chain is watched");
+    }
+    // The public signup page (issue 6): static page + rate-limited status endpoint.
+    if let Some(page) =
+        crate::signup::task(&cfg, store.clone(), metrics.clone(), shutdown.clone()).await?
+    {
+        tasks.spawn(page);
     }
     if let Some(addr) = cfg.metrics.listen {
         if !addr.ip().is_loopback() {

@@ -8,6 +8,7 @@
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
 //! - [`chain`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
 //!   and failover, turning subscription events into specs.
+//! - [`signup`]: the public signup page and its rate-limited status endpoint.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`reconcile`]: the reconcile runtime (keyed queue, backoff, resync) and the
 //!   reconcilers that drive Proxmox.
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
+pub mod signup;
 pub mod store;
 pub mod yaml;
 

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub chain_mints: Family<Labels, Counter>,
     /// Mints awaiting a receipt.
     pub chain_mints_pending: Gauge,
+    /// Signup page API requests, by result (`ok`, `not_found`, `bad_request`,
+    /// `rate_limited`, `error`).
+    pub signup_api_requests: Family<Labels, Counter>,
     objects: Family<Labels, Gauge>,
 }
 
@@ -181,6 +184,12 @@ impl Metrics {
             "Access NFT mints awaiting a receipt",
             chain_mints_pending.clone(),
         );
+        let signup_api_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "signup_api_requests",
+            "Signup page status and NFT lookups, by result",
+            signup_api_requests.clone(),
+        );
         let info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -205,6 +214,7 @@ impl Metrics {
             chain_new_heads,
             chain_mints,
             chain_mints_pending,
+            signup_api_requests,
             objects,
         }
     }

@@ -12,7 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod chain;
+pub mod signup;
 pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
+pub use signup::SignupConfig;
 
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/blockhost/blockhost.yaml";
@@ -49,6 +51,9 @@ pub struct DaemonConfig {
     /// Address pools for VMs.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The public signup page; absent: not served. Needs `chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signup: Option<SignupConfig>,
 }
 
 impl Default for DaemonConfig {
@@ -62,6 +67,7 @@ impl Default for DaemonConfig {
             chain: None,
             proxmox: None,
             network: NetworkConfig::default(),
+            signup: None,
         }
     }
 }
@@ -381,6 +387,25 @@ impl DaemonConfig {
                 "network.ipv6.gateway {} is outside {}",
                 v6.gateway, v6.prefix
             ));
+        }
+        if let Some(s) = &self.signup {
+            let Some(chain) = &self.chain else {
+                return Err(
+                    "signup needs a chain section: the page buys from the watched contracts".into(),
+                );
+            };
+            if s.tls_cert.is_some() != s.tls_key.is_some() {
+                return Err(
+                    "signup.tlsCert and signup.tlsKey go together: set both for HTTPS, or neither"
+                        .into(),
+                );
+            }
+            if s.rpc_url.is_none()
+                && let Some(first) = chain.rpc_urls.first()
+            {
+                signup::check_browser_url(first)
+                    .map_err(|e| format!("signup: {e}; set signup.rpcUrl"))?;
+            }
         }
         Ok(())
     }

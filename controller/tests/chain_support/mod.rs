@@ -105,10 +105,15 @@ pub struct Deployed {
 
 impl Anvil {
     pub fn start(port: u16) -> Anvil {
+        Self::start_on("127.0.0.1", port)
+    }
+
+    /// Starts anvil on `host:port` (a loopback address of the test's own range).
+    pub fn start_on(host: &str, port: u16) -> Anvil {
         let child = Command::new(anvil_bin())
             .args([
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 &port.to_string(),
                 "--silent",
@@ -118,7 +123,7 @@ impl Anvil {
             .stdout(Stdio::null())
             .spawn()
             .expect("start anvil");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{host}:{port}");
         let anvil = Anvil {
             child,
             port,
@@ -126,7 +131,7 @@ impl Anvil {
             url,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             assert!(Instant::now() < deadline, "anvil did not listen on {port}");
             std::thread::sleep(Duration::from_millis(30));
         }
