@@ -6,7 +6,8 @@
 # and mints the access NFT; the user decrypts it with bhctl.
 #   scripts/demo.sh          run the flow, show the result, stop
 #   scripts/demo.sh --keep   leave everything running until Ctrl-C
-# Ports: anvil 127.0.0.1:${DEMO_ANVIL_PORT:-18545}, fakepve ${DEMO_PVE_HOST:-127.0.14.1}:8006.
+# Ports: anvil 127.0.0.1:${DEMO_ANVIL_PORT:-18545}, fakepve ${DEMO_PVE_HOST:-127.0.14.1}:8006,
+# the signup page http://127.0.0.1:${DEMO_SIGNUP_PORT:-18080}/.
 # Keys: anvil's well-known dev keys only (never use them on a real chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ BIN=$PWD/target/release
 DIR=$(mktemp -d /tmp/blockhost-demo.XXXXXX)
 ANVIL_PORT=${DEMO_ANVIL_PORT:-18545}
 PVE_HOST=${DEMO_PVE_HOST:-127.0.14.1}
+SIGNUP_PORT=${DEMO_SIGNUP_PORT:-18080}
 RPC=http://127.0.0.1:$ANVIL_PORT
 CFG=$DIR/blockhost.yaml
 # anvil dev account 4 buys; dev key 2 is the server key (well known, test only).
@@ -83,15 +85,19 @@ chain:
   wsUrls: ["ws://127.0.0.1:$ANVIL_PORT"]
   confirmations: 0
   serverKeyFile: $DIR/server.key
+signup:
+  listen: 127.0.0.1:$SIGNUP_PORT
 YAML
 
 step "operator: deploy the contracts with the server key"
-run chain deploy --config "$CFG" --dev-stablecoin
-DEPLOYED=$("$BIN/bhctl" chain deploy --config "$CFG" --dev-stablecoin --force -o json)
+echo "\$ bhctl chain deploy --config $CFG --dev-stablecoin -o json"
+DEPLOYED=$("$BIN/bhctl" chain deploy --config "$CFG" --dev-stablecoin -o json)
+jq . <<<"$DEPLOYED"
 SUBS=$(jq -r .subscriptionsContract <<<"$DEPLOYED")
 NFT=$(jq -r .nftContract <<<"$DEPLOYED")
 USDC=$(jq -r .stablecoin <<<"$DEPLOYED")
-echo "(redeployed once more with --force to read the addresses as JSON: $SUBS, $NFT)"
+echo "the configuration now names the contracts:"
+grep -E 'subscriptionsContract|nftContract|deploymentBlock' "$CFG"
 
 step "blockhostd starts"
 "$BIN/blockhostd" --config "$CFG" 2>"$DIR/blockhostd.log" &
@@ -127,6 +133,11 @@ step "user: decrypt the NFT (signature on stdin, never in argv)"
 echo "\$ bhctl nft decrypt --token-id 0 --rpc-url $RPC --nft-contract $NFT --signature -"
 "$BIN/bhctl" nft decrypt --token-id 0 --rpc-url "$RPC" --nft-contract "$NFT" --signature - <<<"$SIG"
 echo "holder on chain: $(cast call --rpc-url "$RPC" "$NFT" 'ownerOf(uint256)(address)' 0)"
+
+step "the signup page's public status for subscription 1 (what a browser polls)"
+echo "\$ curl http://127.0.0.1:$SIGNUP_PORT/api/v1/subscriptions/1"
+curl -fsS "http://127.0.0.1:$SIGNUP_PORT/api/v1/subscriptions/1"; echo
+echo "signup page: http://127.0.0.1:$SIGNUP_PORT/ (a wallet on chain 31337 at $RPC can buy there)"
 
 if [ "${1:-}" = "--keep" ]; then
   echo; echo "running: export BLOCKHOST_SOCKET=$BLOCKHOST_SOCKET; anvil at $RPC; Ctrl-C stops everything."
