@@ -281,17 +281,7 @@ impl Rig {
     /// returns the transaction hash. Sent as `eth_sendTransaction` so anvil
     /// assigns the nonce from its pool (cast would reuse the mined nonce).
     pub fn buy_pending(&self, who: &str, days: u64) -> String {
-        let sig = self.sign_secret(who);
-        let payload = eciesjs_encrypt(&server_public_hex(), sig.as_bytes());
-        let data = self.cast(&[
-            "calldata",
-            "buySubscription(uint256,uint256,uint256,bytes)",
-            "1",
-            &days.to_string(),
-            "1",
-            &format!("0x{}", hex::encode(payload)),
-        ]);
-        let tx = json!({"from": who, "to": self.c.subs, "data": data, "gas": "0x1000000"});
+        let tx = self.prepare_buy(who, days);
         self.cast(&["rpc", "eth_sendTransaction", &tx.to_string()])
             .trim_matches('"')
             .to_owned()
@@ -495,21 +485,8 @@ pub fn bhctl_config(cfg: &Path, args: &[&str], stdin: Option<&str>) -> std::proc
         .arg("--config")
         .arg(cfg)
         .env_remove("BLOCKHOST_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+        .env_remove("RUST_LOG");
+    crate::common::output_with_stdin(&mut cmd, stdin)
 }
 
 /// The server's public key, uncompressed, as hex (what a signup page embeds).

@@ -186,6 +186,25 @@ impl Rig {
         self.anvil.rpc("evm_setAutomine", json!([on])).await;
     }
 
+    /// A minter signs and stores a mint (kept pending: automine off), stops,
+    /// and the node forgets the transaction. Returns the stored hashes.
+    async fn mint_stored_then_lost(&self) -> Vec<String> {
+        self.automine(false).await;
+        self.vm_running("blockhost-001");
+        let (stop, task) = self.minter(self.config());
+        let hashes = wait_for(10, "a stored mint", || {
+            let h = self.pending_mint_hashes();
+            (!h.is_empty()).then_some(h)
+        })
+        .await;
+        stop.cancel();
+        task.await.unwrap();
+        self.anvil
+            .rpc("anvil_dropTransaction", json!([hashes[0].clone()]))
+            .await;
+        hashes
+    }
+
     fn pending_mint_hashes(&self) -> Vec<String> {
         self.store
             .mint_record(&self.scope(), 1)
@@ -258,20 +277,7 @@ async fn a_stored_mint_the_node_lost_is_sent_again() {
         return;
     }
     let rig = Rig::new(18651).await;
-    rig.automine(false).await;
-    rig.vm_running("blockhost-001");
-    let (stop, task) = rig.minter(rig.config());
-    let hashes = wait_for(10, "a stored mint", || {
-        let h = rig.pending_mint_hashes();
-        (!h.is_empty()).then_some(h)
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
-    // The node forgets it.
-    rig.anvil
-        .rpc("anvil_dropTransaction", json!([hashes[0].clone()]))
-        .await;
+    let hashes = rig.mint_stored_then_lost().await;
     assert!(
         rig.anvil
             .rpc("eth_getTransactionByHash", json!([hashes[0].clone()]))
@@ -303,19 +309,7 @@ async fn a_mint_whose_nonce_was_taken_is_made_again() {
         return;
     }
     let rig = Rig::new(18652).await;
-    rig.automine(false).await;
-    rig.vm_running("blockhost-001");
-    let (stop, task) = rig.minter(rig.config());
-    let hashes = wait_for(10, "a stored mint", || {
-        let h = rig.pending_mint_hashes();
-        (!h.is_empty()).then_some(h)
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
-    rig.anvil
-        .rpc("anvil_dropTransaction", json!([hashes[0].clone()]))
-        .await;
+    let hashes = rig.mint_stored_then_lost().await;
     rig.automine(true).await;
     // The operator uses the same key meanwhile (e.g. `bhctl plan create`).
     rig.anvil.send(SERVER, Some(addr(OTHER)), &[]).await;

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use super::rpc::redact;
 use crate::metrics::Metrics;
 
 /// Largest WebSocket message accepted (a head notification is ~1 KiB).
@@ -59,21 +60,6 @@ fn tls() -> Result<Arc<rustls::ClientConfig>, HeadsError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
-}
-
-/// Scheme, host and port of a URL (URLs of hosted nodes carry API keys).
-fn redact(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .ok()
-        .map(|u| {
-            format!(
-                "{}://{}:{}",
-                u.scheme(),
-                u.host_str().unwrap_or("?"),
-                u.port_or_known_default().unwrap_or(0)
-            )
-        })
-        .unwrap_or_else(|| "(unparsable URL)".into())
 }
 
 /// Follows new heads on `urls` until `shutdown`, waking `wake` for each.

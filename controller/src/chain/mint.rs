@@ -812,66 +812,35 @@ impl Minter {
 }
 
 /// Reads back the fields of a type-2 transaction this module signed (for fee
-/// bumps). Only our own encoding needs to be understood: short-form RLP of
-/// the nine fields, empty access list.
+/// bumps), with alloy's RLP decoder.
 fn decode_own_tx(raw: &[u8]) -> Option<Eip1559Tx> {
-    fn item(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (&b, rest) = buf.split_first()?;
-        match b {
-            0x00..=0x7f => Some((&buf[..1], rest)),
-            0x80..=0xb7 => {
-                let n = usize::from(b - 0x80);
-                (rest.len() >= n).then(|| (&rest[..n], &rest[n..]))
-            }
-            0xb8..=0xbf => {
-                let ll = usize::from(b - 0xb7);
-                let len_bytes = rest.get(..ll)?;
-                let n = len_bytes
-                    .iter()
-                    .fold(0usize, |a, x| (a << 8) | usize::from(*x));
-                let body = rest.get(ll..ll.checked_add(n)?)?;
-                Some((body, &rest[ll + n..]))
-            }
-            0xc0..=0xf7 => {
-                let n = usize::from(b - 0xc0);
-                (rest.len() >= n).then(|| (&rest[..n], &rest[n..]))
-            }
-            _ => {
-                let ll = usize::from(b - 0xf7);
-                let len_bytes = rest.get(..ll)?;
-                let n = len_bytes
-                    .iter()
-                    .fold(0usize, |a, x| (a << 8) | usize::from(*x));
-                let body = rest.get(ll..ll.checked_add(n)?)?;
-                Some((body, &rest[ll + n..]))
-            }
-        }
+    use alloy_rlp::{Decodable, Header};
+    let mut buf = raw.strip_prefix(&[blockhost_chain::tx::EIP1559_TYPE])?;
+    let h = Header::decode(&mut buf).ok()?;
+    if !h.list {
+        return None;
     }
-    fn int(b: &[u8]) -> Option<u128> {
-        (b.len() <= 16).then(|| b.iter().fold(0u128, |a, x| (a << 8) | u128::from(*x)))
-    }
-    let body = raw.strip_prefix(&[blockhost_chain::tx::EIP1559_TYPE])?;
-    let (list, _) = item(body)?;
-    let (chain_id, r) = item(list)?;
-    let (nonce, r) = item(r)?;
-    let (tip, r) = item(r)?;
-    let (max_fee, r) = item(r)?;
-    let (gas, r) = item(r)?;
-    let (to, r) = item(r)?;
-    let (value, r) = item(r)?;
-    let (input, _) = item(r)?;
+    let mut list = buf.get(..h.payload_length)?;
+    let chain_id = u64::decode(&mut list).ok()?;
+    let nonce = u64::decode(&mut list).ok()?;
+    let max_priority_fee_per_gas = u128::decode(&mut list).ok()?;
+    let max_fee_per_gas = u128::decode(&mut list).ok()?;
+    let gas_limit = u64::decode(&mut list).ok()?;
+    let to = Header::decode_bytes(&mut list, false).ok()?;
+    let value = Header::decode_bytes(&mut list, false).ok()?;
+    let input = Header::decode_bytes(&mut list, false).ok()?;
     Some(Eip1559Tx {
-        chain_id: u64::try_from(int(chain_id)?).ok()?,
-        nonce: u64::try_from(int(nonce)?).ok()?,
-        max_priority_fee_per_gas: int(tip)?,
-        max_fee_per_gas: int(max_fee)?,
-        gas_limit: u64::try_from(int(gas)?).ok()?,
+        chain_id,
+        nonce,
+        max_priority_fee_per_gas,
+        max_fee_per_gas,
+        gas_limit,
         to: if to.is_empty() {
             None
         } else {
             Some(<[u8; 20]>::try_from(to).ok()?)
         },
-        value: U256::from(int(value)?),
+        value: U256::try_from_be_slice(value)?,
         input: input.to_vec(),
     })
 }

@@ -193,8 +193,9 @@ impl RpcClient {
     }
 }
 
-/// Scheme, host and port of a URL, without path or credentials.
-fn redact(url: &str) -> String {
+/// Scheme, host and port of a URL, without path or credentials (URLs of
+/// hosted nodes carry API keys).
+pub(crate) fn redact(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
         .map(|u| {

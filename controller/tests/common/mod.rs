@@ -117,23 +117,24 @@ pub fn bhctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .env("BLOCKHOST_SOCKET", socket)
         .env_remove("RUST_LOG")
         .current_dir(repo_root());
+    output_with_stdin(&mut cmd, stdin)
+}
+
+/// Runs `cmd` to completion, feeding `stdin` (or nothing: closed) to it.
+pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
     if let Some(input) = stdin {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        return child.wait_with_output().unwrap();
+        pipe.write_all(input.as_bytes()).unwrap();
     }
-    cmd.output().unwrap()
+    drop(pipe);
+    child.wait_with_output().unwrap()
 }
 
 pub fn stdout(o: &Output) -> String {
