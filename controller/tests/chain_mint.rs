@@ -49,18 +49,26 @@ impl Rig {
     /// anvil with the contracts, the NFT owned by the server wallet, one plan,
     /// one purchase, and the watcher having written its VM.
     async fn new(port: u16) -> Rig {
+        Self::new_with(port, true).await
+    }
+
+    /// With `own_nft` false the NFT contract stays with its deployer, not the
+    /// server wallet (a misconfiguration the minter must explain).
+    async fn new_with(port: u16, own_nft: bool) -> Rig {
         let anvil = Anvil::start(port);
         let d = anvil.deploy().await;
-        anvil
-            .send(
-                OWNER,
-                Some(d.nft),
-                &Nft::transferOwnershipCall {
-                    newOwner: addr(SERVER),
-                }
-                .abi_encode(),
-            )
-            .await;
+        if own_nft {
+            anvil
+                .send(
+                    OWNER,
+                    Some(d.nft),
+                    &Nft::transferOwnershipCall {
+                        newOwner: addr(SERVER),
+                    }
+                    .abi_encode(),
+                )
+                .await;
+        }
         anvil.create_plan(&d, "basic", 150).await;
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
@@ -405,6 +413,36 @@ async fn insufficient_funds_is_a_condition_until_funded() {
         .await;
     let token = rig.token_recorded("blockhost-001").await;
     assert_eq!(rig.owner_of(token).await, addr(BUYER));
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// A server wallet that does not own the NFT contract: no transaction is
+/// signed, and the condition names the problem and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_wallet_without_the_contract_is_told_so() {
+    if !tools_available() {
+        return;
+    }
+    let rig = Rig::new_with(18655, false).await;
+    rig.vm_running("blockhost-001");
+    let (stop, task) = rig.minter(rig.config());
+    let cond = wait_for(10, "MintWouldRevert condition", || {
+        let s: Subscription = rig.store.get("blockhost-001").unwrap()?;
+        s.status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "NftMinted" && c.reason == "MintWouldRevert")
+    })
+    .await;
+    assert!(
+        cond.message.contains("OwnableUnauthorizedAccount")
+            && cond.message.contains("does not own the NFT contract"),
+        "{}",
+        cond.message
+    );
+    assert!(rig.store.mint_record(&rig.scope(), 1).unwrap().is_none());
+    assert_eq!(rig.total_supply().await, 0);
     stop.cancel();
     task.await.unwrap();
 }

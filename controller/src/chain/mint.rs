@@ -800,8 +800,19 @@ impl Minter {
             "InsufficientFunds" => "insufficient_funds",
             _ => "error",
         });
+        let hint = match e {
+            MintError::Wallet(WalletError::WouldRevert(m))
+                if m.contains("OwnableUnauthorizedAccount") =>
+            {
+                format!(
+                    " (the server wallet {} does not own the NFT contract: deploy with `bhctl chain deploy` using chain.serverKeyFile, or transfer ownership to it)",
+                    self.wallet.address()
+                )
+            }
+            _ => String::new(),
+        };
         let message = format!(
-            "{}; retrying in {}s",
+            "{}{hint}; retrying in {}s",
             crate::error_chain(e),
             delay.as_secs()
         );

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::U256;
+use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions};
 use blockhost_chain::tx::{Eip1559Tx, SignedTx, address_of};
 use blockhost_crd::WalletAddress;
 use k256::SecretKey;
@@ -138,6 +139,36 @@ pub enum WalletError {
         /// Served.
         actual: u64,
     },
+}
+
+/// The name of a revert's custom error, from any of our contracts' ABIs, or
+/// the `Error(string)` reason, or the raw selector.
+pub fn decode_revert(data: &[u8]) -> Option<String> {
+    let selector: [u8; 4] = data.get(..4)?.try_into().ok()?;
+    if let Some(name) =
+        BlockhostSubscriptions::BlockhostSubscriptionsErrors::name_by_selector(selector)
+            .or_else(|| AccessCredentialNFT::AccessCredentialNFTErrors::name_by_selector(selector))
+    {
+        return Some(name.to_owned());
+    }
+    if let Ok(r) = <alloy_sol_types::Revert as alloy_sol_types::SolError>::abi_decode(data) {
+        return Some(format!("Error({:?})", r.reason));
+    }
+    Some(format!(
+        "an unknown error (selector 0x{})",
+        hex::encode(selector)
+    ))
+}
+
+/// Revert data in a JSON-RPC error's `data`: a hex string, or an object
+/// holding one (node wordings differ).
+pub fn revert_data(data: Option<&Value>) -> Option<Vec<u8>> {
+    let s = match data? {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o.get("data")?.as_str()?,
+        _ => return None,
+    };
+    hex::decode(s.strip_prefix("0x")?).ok()
 }
 
 /// The configured key on a chain.
@@ -303,13 +334,23 @@ impl ServerWallet {
         if let Some(to) = to {
             call["to"] = json!(hex0x(&to));
         }
-        match self.rpc.call("eth_estimateGas", json!([call])).await {
+        match self
+            .rpc
+            .call_with_error_data("eth_estimateGas", json!([call]))
+            .await
+        {
             Ok(v) => {
                 let gas = quantity("eth_estimateGas", &v)?;
                 Ok(gas.saturating_add(gas * GAS_MARGIN_PERCENT / 100))
             }
-            Err(NodeError::Refused { message, .. }) => Err(WalletError::WouldRevert(message)),
-            Err(e) => Err(e.into()),
+            // Named when the revert data decodes against our ABIs, so the
+            // condition says e.g. `OwnableUnauthorizedAccount`, not hex.
+            Err((NodeError::Refused { message, .. }, data)) => Err(WalletError::WouldRevert(
+                revert_data(data.as_ref())
+                    .and_then(|d| decode_revert(&d))
+                    .map_or(message, |name| format!("{name} (revert)")),
+            )),
+            Err((e, _)) => Err(e.into()),
         }
     }
 

@@ -23,7 +23,7 @@ use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions, Moc
 use blockhost_crd::WalletAddress;
 use blockhost_crd::config::{ChainConfig, DEFAULT_CONFIG_PATH};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::config_edit::{self, EditError};
 use crate::chain::ChainError;
@@ -230,24 +230,7 @@ pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCli
     }
 }
 
-/// The name of a revert's custom error, from any of our contracts' ABIs, or
-/// the `Error(string)` reason, or the raw selector.
-pub fn decode_revert(data: &[u8]) -> Option<String> {
-    let selector: [u8; 4] = data.get(..4)?.try_into().ok()?;
-    if let Some(name) =
-        BlockhostSubscriptions::BlockhostSubscriptionsErrors::name_by_selector(selector)
-            .or_else(|| AccessCredentialNFT::AccessCredentialNFTErrors::name_by_selector(selector))
-    {
-        return Some(name.to_owned());
-    }
-    if let Ok(r) = <alloy_sol_types::Revert as alloy_sol_types::SolError>::abi_decode(data) {
-        return Some(format!("Error({:?})", r.reason));
-    }
-    Some(format!(
-        "an unknown error (selector 0x{})",
-        hex::encode(selector)
-    ))
-}
+pub use crate::chain::wallet::{decode_revert, revert_data};
 
 fn revert_hint(name: &str, wallet: &ServerWallet) -> String {
     match name {
@@ -259,17 +242,6 @@ fn revert_hint(name: &str, wallet: &ServerWallet) -> String {
         "InvalidAddress" => ": give a non-zero address".into(),
         _ => String::new(),
     }
-}
-
-/// Revert data in a JSON-RPC error's `data`: a hex string, or an object
-/// holding one (node wordings differ).
-pub(super) fn revert_data(data: Option<&Value>) -> Option<Vec<u8>> {
-    let s = match data? {
-        Value::String(s) => s.as_str(),
-        Value::Object(o) => o.get("data")?.as_str()?,
-        _ => return None,
-    };
-    hex::decode(s.strip_prefix("0x")?).ok()
 }
 
 /// `eth_call` of `data` to `to` from the server wallet; `Err(Revert)` when the
