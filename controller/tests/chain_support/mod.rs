@@ -119,6 +119,11 @@ impl Anvil {
                 "--silent",
                 "--chain-id",
                 "31337",
+                // Old states are dropped, not written to ~/.foundry/anvil/tmp:
+                // the 100,000-block benchmark once wrote 36 GB there and filled
+                // the disk. No test reads state at old blocks.
+                "--max-persisted-states",
+                "0",
             ])
             .stdout(Stdio::null())
             .spawn()
