@@ -21,6 +21,8 @@
 mod chain_support;
 #[path = "../controller/tests/common/mod.rs"]
 mod common;
+#[path = "../controller/chain/tests/support/eciesjs.rs"]
+mod eciesjs;
 #[path = "../controller/tests/proxmox_support/mod.rs"]
 mod proxmox_support;
 mod support;

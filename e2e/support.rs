@@ -9,7 +9,6 @@
 //! (it signs mints and owns the contracts, and decrypts purchase payloads).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failure report
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -497,24 +496,7 @@ pub fn server_public_hex() -> String {
 
 /// npm eciesjs encrypts `plaintext` to `public_key_hex`, as a browser would.
 pub fn eciesjs_encrypt(public_key_hex: &str, plaintext: &[u8]) -> Vec<u8> {
-    let script = repo_root().join("controller/chain/tests/eciesjs-interop.js");
-    let mut child = Command::new("node")
-        .arg(script)
-        .env("BLOCKHOST_ROOT", repo_root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ops = json!([{"op": "encrypt", "key": public_key_hex, "data": hex::encode(plaintext)}]);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ops.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    hex::decode(reply[0]["ok"].as_str().expect("eciesjs encrypted")).unwrap()
+    crate::eciesjs::eciesjs_encrypt(&repo_root(), public_key_hex, plaintext)
 }
 
 /// Writes `text` to a 0600 file in `dir`.

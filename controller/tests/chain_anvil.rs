@@ -355,10 +355,6 @@ async fn refused_ranges_adapt_and_a_dead_endpoint_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_heads_wake_the_watcher_and_polling_stays_the_fallback() {
     use blockhost_controller::chain::heads;
-    use blockhost_controller::chain::mapping::Mapper;
-    use blockhost_controller::chain::rpc::RpcClient;
-    use blockhost_controller::chain::watcher::Watcher;
-    use blockhost_controller::metrics::Metrics;
     use std::sync::Arc;
 
     if !tools_available() {
@@ -371,23 +367,10 @@ async fn new_heads_wake_the_watcher_and_polling_stays_the_fallback() {
         let store = open_store(dir);
         let mut cfg = watch_config(&d, d.block, 0, 1000);
         cfg.poll = Duration::from_millis(poll_ms);
-        let metrics = Arc::new(Metrics::new());
         let wake = Arc::new(tokio::sync::Notify::new());
-        let stop = tokio_util::sync::CancellationToken::new();
-        let w = Watcher::new(
-            RpcClient::new(vec![anvil.url.clone()]).unwrap(),
-            store.clone(),
-            Arc::new(Mapper {
-                server_key: server_key(),
-                public_secret: "blockhost-access".into(),
-                plan_defaults: Default::default(),
-            }),
-            cfg,
-            metrics.clone(),
-        )
-        .with_wake(wake.clone());
+        let (stop, _, metrics) =
+            spawn_watcher_woken(&store, vec![anvil.url.clone()], cfg, Some(wake.clone()));
         tokio::spawn(heads::run(ws, wake, metrics.clone(), stop.clone()));
-        tokio::spawn(w.run(stop.clone()));
         (store, stop, metrics)
     };
 

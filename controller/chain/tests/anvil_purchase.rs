@@ -16,7 +16,9 @@
 //! on 127.0.0.1:18538 only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+#[path = "support/eciesjs.rs"]
+mod eciesjs;
+
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -175,28 +177,6 @@ fn event<E: SolEvent>(receipt: &Value, emitter: Address) -> E {
     E::decode_log_data(&LogData::new_unchecked(topics, data.into())).unwrap()
 }
 
-/// npm eciesjs encrypts `plaintext` to `public_key_hex`, as a browser would.
-fn eciesjs_encrypt(public_key_hex: &str, plaintext: &[u8]) -> Vec<u8> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/eciesjs-interop.js");
-    let mut child = Command::new("node")
-        .arg(script)
-        .env("BLOCKHOST_ROOT", repo_root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ops = serde_json::json!([{"op": "encrypt", "key": public_key_hex, "data": hex::encode(plaintext)}]);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ops.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    hex::decode(reply[0]["ok"].as_str().expect("eciesjs encrypted")).unwrap()
-}
-
 #[test]
 fn purchase_to_readable_nft() {
     if !tools_available() {
@@ -243,7 +223,8 @@ fn purchase_to_readable_nft() {
         BUYER_KEY,
         "blockhost-access",
     ]);
-    let user_encrypted = eciesjs_encrypt(&server_pk, signature_hex.as_bytes());
+    let user_encrypted =
+        eciesjs::eciesjs_encrypt(&repo_root(), &server_pk, signature_hex.as_bytes());
     let amount: U256 = call(
         subs,
         &BlockhostSubscriptions::calculatePaymentCall {

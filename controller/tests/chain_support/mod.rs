@@ -347,19 +347,32 @@ pub fn spawn_watcher(
     urls: Vec<String>,
     cfg: WatchConfig,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>, Arc<Metrics>) {
+    spawn_watcher_woken(store, urls, cfg, None)
+}
+
+/// [`spawn_watcher`], also stepping whenever `wake` is notified (new heads).
+pub fn spawn_watcher_woken(
+    store: &Store,
+    urls: Vec<String>,
+    cfg: WatchConfig,
+    wake: Option<Arc<tokio::sync::Notify>>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>, Arc<Metrics>) {
     let mapper = Arc::new(Mapper {
         server_key: server_key(),
         public_secret: "blockhost-access".into(),
         plan_defaults: PlanDefaults::default(),
     });
     let metrics = Arc::new(Metrics::new());
-    let w = Watcher::new(
+    let mut w = Watcher::new(
         RpcClient::new(urls).unwrap(),
         store.clone(),
         mapper,
         cfg,
         metrics.clone(),
     );
+    if let Some(wake) = wake {
+        w = w.with_wake(wake);
+    }
     let stop = CancellationToken::new();
     let task = tokio::spawn(w.run(stop.clone()));
     (stop, task, metrics)
