@@ -72,16 +72,30 @@ pub async fn run(
     if urls.is_empty() {
         return;
     }
+    // Built once: loading the system roots reads files.
+    let tls = match tls() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot set up TLS for new-head subscriptions; polling only");
+            return;
+        }
+    };
     let mut failures: u32 = 0;
     let mut i = 0usize;
+    let mut established = false;
     loop {
         let url = &urls[i % urls.len()];
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = subscribe(url, &wake, &metrics) => r,
+            r = subscribe(url, &tls, &wake, &metrics, &mut established) => r,
         };
         if let Err(e) = result {
-            failures = failures.saturating_add(1);
+            // A subscription that worked before it dropped starts the backoff over.
+            failures = if std::mem::take(&mut established) {
+                1
+            } else {
+                failures.saturating_add(1)
+            };
             let delay = Duration::from_secs(1 << failures.min(5).saturating_sub(1))
                 .min(Duration::from_secs(30));
             metrics
@@ -100,11 +114,17 @@ pub async fn run(
 
 /// One connection: subscribe, then wake on every notification. Returns when
 /// the connection ends.
-async fn subscribe(url: &str, wake: &Notify, metrics: &Metrics) -> Result<(), HeadsError> {
+async fn subscribe(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    wake: &Notify,
+    metrics: &Metrics,
+    established: &mut bool,
+) -> Result<(), HeadsError> {
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(MAX_MESSAGE);
     config.max_frame_size = Some(MAX_MESSAGE);
-    let connector = tokio_tungstenite::Connector::Rustls(tls()?);
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::connect_async_tls_with_config(url, Some(config), false, Some(connector)),
@@ -140,6 +160,7 @@ async fn subscribe(url: &str, wake: &Notify, metrics: &Metrics) -> Result<(), He
     .await
     .map_err(|_| HeadsError::NoAnswer)?;
     answered?;
+    *established = true;
     tracing::info!(endpoint = %redact(url), "following new heads");
     let mut last = tokio::time::Instant::now() - MIN_WAKE_INTERVAL;
     while let Some(msg) = ws.next().await {

@@ -421,7 +421,14 @@ impl Minter {
             if sub.spec.cancelled || sub.status.nft_token_id.is_some() {
                 continue;
             }
-            match self.start(&vm, &sub).await {
+            // Our own in-flight nonces count even if the node lost them.
+            let local_next = known
+                .values()
+                .filter(|r| r.pending())
+                .map(|r| r.nonce + 1)
+                .max()
+                .unwrap_or(0);
+            match self.start(&vm, &sub, local_next).await {
                 Ok(rec) => {
                     if rec.pending() {
                         still_pending += 1;
@@ -435,11 +442,13 @@ impl Minter {
         Ok(still_pending > 0)
     }
 
-    /// Builds, signs, records and broadcasts the mint of one subscription.
+    /// Builds, signs, records and broadcasts the mint of one subscription, at
+    /// a nonce no lower than `local_next` (past our own pending mints).
     async fn start(
         &mut self,
         vm: &VirtualMachine,
         sub: &Subscription,
+        local_next: u64,
     ) -> Result<MintRecord, MintError> {
         let id = sub.spec.subscription_id;
         let scope = self.cfg.scope.clone();
@@ -469,17 +478,6 @@ impl Minter {
         }
         .abi_encode();
 
-        // Our own in-flight nonces count even if the node lost them.
-        let records = {
-            let s = scope.clone();
-            self.blocking(move |st| st.mint_records(&s)).await?
-        };
-        let local_next = records
-            .iter()
-            .filter(|r| r.pending())
-            .map(|r| r.nonce + 1)
-            .max()
-            .unwrap_or(0);
         let nonce = self.wallet.nonce("pending").await?.max(local_next);
         let tx = self.wallet.prepare(Some(self.cfg.nft), data, nonce).await?;
         self.wallet.ensure_funds(&tx).await?;
