@@ -130,25 +130,6 @@ impl Eip1559Tx {
     }
 }
 
-/// The address of the contract a sender creates at `nonce` (the
-/// `keccak256(rlp([sender, nonce]))[12..]` rule), for reporting deployments.
-pub fn create_address(sender: &[u8; 20], nonce: u64) -> [u8; 20] {
-    let mut payload = Vec::with_capacity(32);
-    sender[..].encode(&mut payload);
-    nonce.encode(&mut payload);
-    let mut out = Vec::with_capacity(payload.len() + 2);
-    Header {
-        list: true,
-        payload_length: payload.len(),
-    }
-    .encode(&mut out);
-    out.extend_from_slice(&payload);
-    let h = keccak256(&out);
-    let mut a = [0u8; 20];
-    a.copy_from_slice(&h[12..]);
-    a
-}
-
 /// The address of a secp256k1 key (last 20 bytes of the keccak of its
 /// uncompressed public point).
 pub fn address_of(key: &SigningKey) -> [u8; 20] {
@@ -224,19 +205,6 @@ mod tests {
         let recid = RecoveryId::new(parity == 0x01, false);
         let vk = VerifyingKey::recover_from_prehash(&tx.signing_hash(), &sig, recid).unwrap();
         assert_eq!(vk, *key().verifying_key());
-    }
-
-    #[test]
-    fn create_addresses_follow_the_nonce_rule() {
-        // The first contract anvil's first dev account deploys (widely documented).
-        let sender: [u8; 20] = hex::decode("f39fd6e51aad88f6f4ce6ab8827279cfffb92266")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        assert_eq!(
-            hex::encode(create_address(&sender, 0)),
-            "5fbdb2315678afecb367f032d93f642f64180aa3"
-        );
     }
 
     #[test]

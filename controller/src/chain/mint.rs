@@ -916,7 +916,6 @@ mod tests {
             block_hash: [0; 32],
             contract_address: None,
             logs: vec![transfer.clone(), minted],
-            gas_used: 1,
         };
         assert_eq!(token_from_receipt(&r, nft, who), Some(5));
         // Transfer alone is enough.

@@ -48,8 +48,6 @@ pub struct Receipt {
     pub contract_address: Option<[u8; 20]>,
     /// Its logs.
     pub logs: Vec<RawLog>,
-    /// Gas it used.
-    pub gas_used: u64,
 }
 
 /// Fees for the next transaction.
@@ -469,7 +467,6 @@ impl ServerWallet {
             block_hash: bytes_of(M, &v["blockHash"])?,
             contract_address,
             logs,
-            gas_used: quantity(M, &v["gasUsed"])?,
         }))
     }
 
