@@ -12,8 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod chain;
+pub mod firewall;
 pub mod signup;
 pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
+pub use firewall::FirewallConfig;
 pub use signup::SignupConfig;
 
 /// Default path of the configuration file.

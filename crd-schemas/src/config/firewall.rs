@@ -1,6 +1,7 @@
-//! The host firewall: the `firewall` section of `blockhostd`'s configuration, which
-//! is also exactly what the root agent's `firewall-apply` action takes (one type for
-//! both ends, checked when parsed on each side).
+//! The host firewall's settings: exactly what the root agent's `firewall-apply`
+//! action takes, and the type of the `firewall` section blockhostd's configuration
+//! is to get (not wired into `DaemonConfig` yet: the daemon does not call the agent
+//! yet). One type for both ends, checked when parsed on each side.
 //!
 //! The ruleset built from it is default-deny for traffic to the host: only what is
 //! listed here (and the essentials every host needs: established connections,
