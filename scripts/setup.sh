@@ -11,6 +11,7 @@ APT_PACKAGES=(
   chromium                        # browser tests (driven by playwright-core)
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
+  iproute2 nftables               # root agent namespace tests (ip netns, veth, nft)
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
 )
 missing=()
