@@ -4,6 +4,7 @@
 //! - [`bindings`]: the two contracts (and the test mocks) as Rust types, generated
 //!   by alloy's `sol!` from the committed `contracts/artifacts/*.json`, so the Rust
 //!   side cannot drift from what was compiled and deployed.
+//! - [`admin`]: admin commands over the chain (the original's ECIES layout, checks).
 //! - [`ecies`]: encryption to the server key, byte-compatible with npm `eciesjs`
 //!   0.4 (what a signup page in the browser uses).
 //! - [`user_encrypted`]: the `userEncrypted` argument of `buySubscription` — the
@@ -14,6 +15,7 @@
 //!
 //! Nothing here talks to a node; the watcher, the minter and `bhctl` build on it.
 
+pub mod admin;
 pub mod bindings;
 pub mod ecies;
 pub mod nft_payload;
