@@ -237,7 +237,7 @@ impl PveClient {
 
     /// One API call with auth; with ticket auth a 401 triggers one fresh login and a retry
     /// (the ticket may have been revoked, or PVE restarted with a new key).
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],

@@ -1,6 +1,8 @@
 //! Typed async client for the Proxmox VE HTTP API, as BlockHost's reconciler uses it.
 //!
 //! # Module map
+//! - [`access`]: users, roles, API tokens and ACLs, storages and bridges: what the setup
+//!   wizard needs to create BlockHost's least-privilege token (not part of [`Pve`]).
 //! - [`api`]: the [`Pve`] trait (every operation the reconciler needs) and [`Pve::wait_task`].
 //! - [`client`]: [`PveClient`], the HTTP implementation (reqwest + rustls).
 //! - [`auth`]: [`Credentials`] (API token or password → ticket), [`Secret`], the ticket clock.
@@ -45,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -277,8 +277,8 @@ async fn preflight(
     }
 }
 
-/// Tries, then sends a call, and waits for its receipt.
-async fn send_call(
+/// Tries, then sends a call, and waits for its receipt (also used by the setup wizard).
+pub async fn send_call(
     wallet: &ServerWallet,
     to: [u8; 20],
     data: Vec<u8>,
@@ -289,7 +289,9 @@ async fn send_call(
     Ok(wallet.transact(Some(to), data, timeout).await?)
 }
 
-async fn deploy_code(
+/// Deploys `code` (creation bytecode with constructor arguments) and returns the
+/// new contract's address from the receipt.
+pub async fn deploy_code(
     wallet: &ServerWallet,
     code: Vec<u8>,
     timeout: Duration,
@@ -302,7 +304,8 @@ async fn deploy_code(
     Ok((WalletAddress::from_bytes(addr), r))
 }
 
-async fn has_code(rpc: &RpcClient, addr: &WalletAddress) -> Result<bool, NodeError> {
+/// Whether `addr` holds contract code at the latest block.
+pub async fn has_code(rpc: &RpcClient, addr: &WalletAddress) -> Result<bool, NodeError> {
     let v = rpc
         .call("eth_getCode", json!([addr.to_lower_hex(), "latest"]))
         .await?;
@@ -322,11 +325,11 @@ fn progress(steps: u64, quiet: bool) -> indicatif::ProgressBar {
 }
 
 /// Name of the mock token `--dev-stablecoin` deploys.
-const DEV_TOKEN_NAME: &str = "Dev USD";
+pub const DEV_TOKEN_NAME: &str = "Dev USD";
 /// Its symbol.
-const DEV_TOKEN_SYMBOL: &str = "dUSD";
+pub const DEV_TOKEN_SYMBOL: &str = "dUSD";
 /// Its decimals (as USDC).
-const DEV_TOKEN_DECIMALS: u8 = 6;
+pub const DEV_TOKEN_DECIMALS: u8 = 6;
 
 /// Runs a `chain` command.
 pub async fn chain(out: &mut impl Write, cmd: ChainCommand) -> Result<(), ChainCliError> {
@@ -588,32 +591,22 @@ pub fn validate_plan(name: &str, cents_per_day: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs a `plan` command.
-pub async fn plan(out: &mut impl Write, cmd: PlanCommand) -> Result<(), ChainCliError> {
-    let PlanCommand::Create {
-        name,
-        cents_per_day,
-        config,
-        timeout,
-        output,
-    } = cmd;
-    validate_plan(&name, cents_per_day).map_err(ChainCliError::Invalid)?;
-    let chain = load_chain(&config.config)?;
-    let subs = chain.contracts().map_err(ChainError::from)?.subscriptions;
-    let wallet = server_wallet(&chain).await?;
+/// `createPlan(name, cents_per_day)` with the server wallet; returns the receipt
+/// and the `PlanCreated` event of this very transaction (also used by the setup
+/// wizard).
+pub async fn create_plan(
+    wallet: &ServerWallet,
+    subs: WalletAddress,
+    name: &str,
+    cents_per_day: u64,
+    timeout: Duration,
+) -> Result<(Receipt, BlockhostSubscriptions::PlanCreated), ChainCliError> {
     let data = BlockhostSubscriptions::createPlanCall {
-        name: name.clone(),
+        name: name.to_owned(),
         pricePerDayUsdCents: U256::from(cents_per_day),
     }
     .abi_encode();
-    let r = send_call(
-        &wallet,
-        *subs.as_bytes(),
-        data,
-        "createPlan",
-        Duration::from_secs(timeout),
-    )
-    .await?;
+    let r = send_call(wallet, *subs.as_bytes(), data, "createPlan", timeout).await?;
     // The id comes from the event of this very transaction: a counter read
     // afterwards could already include someone else's plan.
     let created = r
@@ -632,6 +625,30 @@ pub async fn plan(out: &mut impl Write, cmd: PlanCommand) -> Result<(), ChainCli
             hash: r.hash,
             what: "PlanCreated event",
         })?;
+    Ok((r, created))
+}
+
+/// Runs a `plan` command.
+pub async fn plan(out: &mut impl Write, cmd: PlanCommand) -> Result<(), ChainCliError> {
+    let PlanCommand::Create {
+        name,
+        cents_per_day,
+        config,
+        timeout,
+        output,
+    } = cmd;
+    validate_plan(&name, cents_per_day).map_err(ChainCliError::Invalid)?;
+    let chain = load_chain(&config.config)?;
+    let subs = chain.contracts().map_err(ChainError::from)?.subscriptions;
+    let wallet = server_wallet(&chain).await?;
+    let (r, created) = create_plan(
+        &wallet,
+        subs,
+        &name,
+        cents_per_day,
+        Duration::from_secs(timeout),
+    )
+    .await?;
     let id = created.planId;
     match output {
         Output::Json => {

@@ -40,6 +40,20 @@ impl FakePveProcess {
         extra_nodes: &[&str],
         stderr: fn() -> Stdio,
     ) -> Self {
+        let script = repo_root.join("controller/pve/tests/fakepve_server.py");
+        Self::start_script(repo_root, &script, subnet, next, extra_nodes, stderr)
+    }
+
+    /// As [`FakePveProcess::start`], with another server script that speaks the
+    /// same protocol (the setup wizard's adds a model of the access API).
+    pub fn start_script(
+        repo_root: &Path,
+        script: &Path,
+        subnet: &str,
+        next: &AtomicU32,
+        extra_nodes: &[&str],
+        stderr: fn() -> Stdio,
+    ) -> Self {
         let py = repo_root.join(".venv/bin/python");
         // Loud, not a skip: a machine without fakepve cannot claim these tests passed.
         assert!(
@@ -47,7 +61,6 @@ impl FakePveProcess {
             "fakepve is not installed ({} is missing): run scripts/setup.sh",
             py.display()
         );
-        let script = repo_root.join("controller/pve/tests/fakepve_server.py");
         let mut last_err = String::new();
         // An address may still be held by a server of an earlier, killed run: try a few.
         for _ in 0..5 {
@@ -55,7 +68,7 @@ impl FakePveProcess {
             assert!(n < 250, "ran out of {subnet}.x test addresses");
             let host = format!("{subnet}.{n}");
             let mut cmd = Command::new(&py);
-            cmd.arg(&script).arg(&host);
+            cmd.arg(script).arg(&host);
             for node in extra_nodes {
                 cmd.arg("--node").arg(node);
             }

@@ -1,0 +1,229 @@
+//! Where the wizard keeps its state and writes the host's configuration, and the
+//! commands it runs on the host. Defaults are the production paths; every one can
+//! be changed (flag or environment) so that tests run in a temporary directory and
+//! substitute the service manager with a command of their own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blockhost_crd::config::{DEFAULT_SOCKET_PATH, DEFAULT_STORE_PATH};
+
+/// The wizard's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Addresses to serve HTTPS on (comma-separated).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:443"
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// The wizard's own state: code, certificate, sessions, answers, finalization.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_STATE_DIR",
+        default_value = "/var/lib/blockhost-wizard"
+    )]
+    pub state_dir: PathBuf,
+    /// Where the host's configuration and keys are written.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_ETC_DIR",
+        default_value = "/etc/blockhost"
+    )]
+    pub etc_dir: PathBuf,
+    /// The console text directory agetty reads.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_ISSUE_DIR",
+        default_value = "/etc/issue.d"
+    )]
+    pub issue_dir: PathBuf,
+    /// The "set up" marker: written when finalization is done (the wizard's unit
+    /// has a condition on its absence).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_DONE_MARKER",
+        default_value = "/var/lib/blockhost/.setup-complete"
+    )]
+    pub done_marker: PathBuf,
+    /// Command that enables and starts blockhostd (split at whitespace; run with
+    /// `BLOCKHOST_CONFIG` set to the written configuration).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_DAEMON_START",
+        default_value = "systemctl enable --now blockhostd.service"
+    )]
+    pub daemon_start: String,
+    /// Command that disables the wizard once the host is set up (empty: none).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_DISABLE_SELF",
+        default_value = "systemctl disable blockhost-wizard.service"
+    )]
+    pub disable_self: String,
+    /// Command that makes the gettys show the new console text (empty: none).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_CONSOLE_REFRESH",
+        default_value = "agetty --reload"
+    )]
+    pub console_refresh: String,
+    /// The local Proxmox VE node's certificate (its fingerprint is offered).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_PVE_CERT",
+        default_value = "/etc/pve/local/pve-ssl.pem"
+    )]
+    pub local_pve_cert: PathBuf,
+    /// The local Proxmox VE API.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_PVE_URL",
+        default_value = "https://127.0.0.1:8006"
+    )]
+    pub local_pve_url: String,
+    /// The host's name (console, sign-in statement, certificate); default: the
+    /// kernel's host name.
+    #[arg(long, env = "BLOCKHOST_WIZARD_HOST_NAME")]
+    pub host_name: Option<String>,
+    /// URLs shown on the console; default: one per listen address.
+    #[arg(long, env = "BLOCKHOST_WIZARD_PUBLIC_URL", value_delimiter = ',')]
+    pub public_url: Vec<String>,
+    /// blockhostd's database path written into the configuration.
+    #[arg(long, env = "BLOCKHOST_WIZARD_DAEMON_STORE", default_value = DEFAULT_STORE_PATH)]
+    pub daemon_store: PathBuf,
+    /// blockhostd's API socket written into the configuration (and health-checked).
+    #[arg(long, env = "BLOCKHOST_WIZARD_DAEMON_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
+    pub daemon_socket: PathBuf,
+    /// Group given the API socket in the configuration (empty: none).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_SOCKET_GROUP",
+        default_value = "blockhost"
+    )]
+    pub socket_group: String,
+    /// User that owns the key files blockhostd reads (absent from the system: not
+    /// changed, as in tests).
+    #[arg(long, env = "BLOCKHOST_WIZARD_KEY_OWNER", default_value = "blockhost")]
+    pub key_owner: String,
+    /// Seconds to wait for each transaction's receipt.
+    #[arg(long, env = "BLOCKHOST_WIZARD_TX_TIMEOUT", default_value_t = 180)]
+    pub tx_timeout_secs: u64,
+    /// Seconds blockhostd may take to answer its health check after the start.
+    #[arg(long, env = "BLOCKHOST_WIZARD_HEALTH_TIMEOUT", default_value_t = 60)]
+    pub health_timeout_secs: u64,
+}
+
+impl Settings {
+    /// The one-time code file.
+    pub fn code_file(&self) -> PathBuf {
+        self.state_dir.join("code.json")
+    }
+    /// Directory of the wizard's certificate and key.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state_dir.join("tls")
+    }
+    /// Server-side sessions (hashed ids only).
+    pub fn sessions_file(&self) -> PathBuf {
+        self.state_dir.join("sessions.json")
+    }
+    /// The operator's answers (no secrets).
+    pub fn answers_file(&self) -> PathBuf {
+        self.state_dir.join("answers.json")
+    }
+    /// The finalization state (no secrets).
+    pub fn finalize_file(&self) -> PathBuf {
+        self.state_dir.join("finalize.json")
+    }
+    /// The runner's lock (flock).
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("finalize.lock")
+    }
+    /// Secrets needed only until finalization uses them (0700 directory, 0600 files).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.state_dir.join("secrets")
+    }
+    /// The Proxmox administrator's password, until the token exists.
+    pub fn pve_password_file(&self) -> PathBuf {
+        self.secrets_dir().join("pve-admin-password")
+    }
+    /// The admin's signature of the public secret, until NFT #0 is minted.
+    pub fn access_signature_file(&self) -> PathBuf {
+        self.secrets_dir().join("admin-access-signature")
+    }
+    /// The server's secp256k1 key (blockhostd's `chain.serverKeyFile`).
+    pub fn server_key_file(&self) -> PathBuf {
+        self.etc_dir.join("server.key")
+    }
+    /// blockhostd's Proxmox token secret.
+    pub fn pve_token_file(&self) -> PathBuf {
+        self.etc_dir.join("pve-token")
+    }
+    /// blockhostd's configuration.
+    pub fn config_file(&self) -> PathBuf {
+        self.etc_dir.join("blockhost.yaml")
+    }
+    /// The console text file.
+    pub fn issue_file(&self) -> PathBuf {
+        self.issue_dir.join("blockhost-wizard.issue")
+    }
+    /// Receipt timeout.
+    pub fn tx_timeout(&self) -> Duration {
+        Duration::from_secs(self.tx_timeout_secs)
+    }
+    /// The host's name.
+    pub fn host_name(&self) -> String {
+        if let Some(n) = &self.host_name {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "blockhost".into())
+    }
+    /// The URLs the console shows.
+    pub fn urls(&self) -> Vec<String> {
+        if !self.public_url.is_empty() {
+            return self.public_url.clone();
+        }
+        self.listen
+            .iter()
+            .map(|a| {
+                let ip = if a.ip().is_unspecified() {
+                    primary_address().unwrap_or(a.ip())
+                } else {
+                    a.ip()
+                };
+                let host = match ip {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                };
+                match a.port() {
+                    443 => format!("https://{host}/"),
+                    p => format!("https://{host}:{p}/"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Splits a configured command line at whitespace (no quoting: paths with spaces
+/// are not supported here). `None` for an empty one.
+pub fn split_command(line: &str) -> Option<(String, Vec<String>)> {
+    let mut parts = line.split_whitespace().map(str::to_owned);
+    let program = parts.next()?;
+    Some((program, parts.collect()))
+}
+
+/// The address this host reaches other networks from: a UDP socket "connected"
+/// to a documentation address (nothing is sent; the kernel only picks a route).
+fn primary_address() -> Option<std::net::IpAddr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
