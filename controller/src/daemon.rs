@@ -52,6 +52,15 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket path holds something else, or cannot be cleared.
+    #[error("cannot use {} for the API socket (api.socket, --socket)", path.display())]
+    SocketPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: blockhost_listen::socket::SocketPathError,
+    },
     /// The metrics listener could not be bound.
     #[error("cannot listen for metrics on {addr}")]
     MetricsListen {
@@ -73,6 +82,9 @@ pub enum DaemonError {
     /// The configured socket group does not exist.
     #[error("socket group {0:?} does not exist (api.socketGroup)")]
     NoSuchGroup(String),
+    /// The connection caps cannot fit under the open-file limit.
+    #[error("cannot size the listeners")]
+    Descriptors(#[from] blockhost_listen::budget::TooFewDescriptors),
 }
 
 /// Loads the configuration. A missing file at the default path means local
@@ -131,6 +143,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         shutdown: shutdown.clone(),
     };
 
+    // Every listener's connection cap, fitted under the open-file limit.
+    let limits = crate::listeners::plan(&cfg)?;
     let socket = cfg.api.socket.clone();
     let listener = bind_socket(&socket, cfg.api.socket_group.as_deref()).await?;
     tracing::info!(socket = %socket.display(), "API listening");
@@ -154,8 +168,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         tracing::info!("no chain section in the configuration; no chain is watched");
     }
     // The public signup page (issue 6): static page + rate-limited status endpoint.
-    if let Some(page) =
-        crate::signup::task(&cfg, store.clone(), metrics.clone(), shutdown.clone()).await?
+    if let Some(page) = crate::signup::task(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        limits.signup.clone(),
+        shutdown.clone(),
+    )
+    .await?
     {
         tasks.spawn(page);
     }
@@ -168,36 +188,30 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             .map_err(|source| DaemonError::MetricsListen { addr, source })?;
         tracing::info!(%addr, "metrics listening");
         let app = metrics_router(state.clone());
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(tcp, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
+        tasks.spawn(
+            blockhost_listen::Listener::new(limits.metrics.clone()).serve_tcp(
+                tcp,
+                None,
+                app,
+                shutdown.clone(),
+            ),
+        );
     }
 
     let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    blockhost_listen::Listener::new(limits.api.clone())
+        .serve_unix(listener, app, shutdown.clone())
         .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    if let Err(e) = std::fs::remove_file(&socket) {
-        tracing::debug!(error = %e, "cannot remove socket");
-    }
-    served.map_err(|source| DaemonError::Socket {
-        path: socket.clone(),
-        source,
-    })?;
+    blockhost_listen::socket::remove_socket(&socket);
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Binds the API socket: refuses to take over a live daemon's socket, replaces a
-/// stale one, and restricts it to 0660 (owner and group).
+/// stale one (only ever a socket: a regular file at the path is an error and
+/// stays), and restricts it to 0660 (owner and group).
 async fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     let sock_err = |source| DaemonError::Socket {
         path: path.to_owned(),
@@ -209,14 +223,21 @@ async fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, D
         std::fs::create_dir_all(dir).map_err(sock_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(sock_err)?;
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
+    use blockhost_listen::socket::{SocketPathError, clear_stale};
+    match clear_stale(path).await {
+        Ok(true) => tracing::info!(socket = %path.display(), "removed a stale socket"),
+        Ok(false) => {}
+        Err(SocketPathError::InUse) => {
             return Err(DaemonError::AlreadyRunning {
                 path: path.to_owned(),
             });
         }
-        tracing::info!(socket = %path.display(), "removing stale socket");
-        std::fs::remove_file(path).map_err(sock_err)?;
+        Err(source) => {
+            return Err(DaemonError::SocketPath {
+                path: path.to_owned(),
+                source,
+            });
+        }
     }
     // Bind under a restrictive umask-equivalent: set the mode right after binding,
     // before serving, so no client can connect in a wider window.

@@ -6,6 +6,8 @@
 //! - [`api`]: the HTTP API on a Unix socket — [`api::server`] (axum, in the daemon)
 //!   and [`api::client`] (hyper, in `bhctl`).
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
+//! - [`listeners`]: every listener's connection limits, fitted under the
+//!   open-file limit.
 //! - [`chain`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
 //!   and failover, turning subscription events into specs.
 //! - [`signup`]: the public signup page and its rate-limited status endpoint.
@@ -14,16 +16,20 @@
 //!   reconcilers that drive Proxmox.
 //! - [`yaml`] and [`manifest`]: located YAML parsing; the files `bhctl apply` reads.
 //! - [`cli`]: `bhctl`'s commands and output formats.
+//! - [`watch_sink`]: the bounded per-watch buffer; slow watchers are dropped
+//!   with a resumable error.
 
 pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod daemon;
+pub mod listeners;
 pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
 pub mod signup;
 pub mod store;
+pub mod watch_sink;
 pub mod yaml;
 
 /// Formats an error with all its sources: `outer: inner: root cause`.

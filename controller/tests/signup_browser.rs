@@ -343,6 +343,12 @@ async fn the_page_is_served_over_https_with_the_configured_certificate() {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.12.3".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    // A TLS key others can read is refused, like the other key files.
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let key = write_server_key(dir.path());
     // The chain is never reached here (nothing listens): the page serves anyway.
     std::fs::write(
@@ -353,6 +359,26 @@ async fn the_page_is_served_over_https_with_the_configured_certificate() {
             dir.path().join("cert.pem").display(),
             dir.path().join("key.pem").display(),
         ),
+    )
+    .unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_blockhostd"))
+        .arg("--store")
+        .arg(dir.path().join("state.redb"))
+        .arg("--socket")
+        .arg(dir.path().join("api.sock"))
+        .env("BLOCKHOST_CONFIG", dir.path().join("blockhost.yaml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("has mode 644") && err.contains("chmod 640"),
+        "{err}"
+    );
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
     let daemon = common::Daemon::start(dir.path());
@@ -373,6 +399,10 @@ async fn the_page_is_served_over_https_with_the_configured_certificate() {
     }
     let resp = resp.unwrap_or_else(|| panic!("no HTTPS answer; log:\n{}", daemon.log()));
     assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
     let csp = resp.headers()["content-security-policy"]
         .to_str()
         .unwrap()

@@ -16,6 +16,8 @@ pub mod firewall;
 pub mod signup;
 pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
 pub use firewall::FirewallConfig;
+pub mod limits;
+pub use limits::ConnectionLimits;
 pub use signup::SignupConfig;
 
 /// Default path of the configuration file.
@@ -88,6 +90,10 @@ pub struct ApiConfig {
     /// Group given access to the socket (read and write); absent: the daemon's group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
+    /// Connection limits of the socket (its own budget: `bhctl` keeps working
+    /// when the public listeners are flooded).
+    #[serde(default, skip_serializing_if = "ConnectionLimits::is_default")]
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ApiConfig {
@@ -95,6 +101,7 @@ impl Default for ApiConfig {
         Self {
             socket: default_socket(),
             socket_group: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -110,6 +117,9 @@ pub struct MetricsConfig {
     /// Address to serve `GET /metrics` on, e.g. `127.0.0.1:9464`; absent: socket only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Connection limits of that listener.
+    #[serde(default, skip_serializing_if = "ConnectionLimits::is_default")]
+    pub connections: ConnectionLimits,
 }
 
 /// Log output.
@@ -405,6 +415,16 @@ impl DaemonConfig {
             if s.rpc_url.is_none()
                 && let Some(first) = chain.rpc_urls.first()
             {
+                // The page would publish this URL: never one with a key in it
+                // (and never quote it in the error either).
+                if signup::url_may_hold_credentials(first) {
+                    return Err(
+                        "signup: chain.rpcUrls[0] carries credentials or may (a user, \
+                        password, path or query) and the signup page would publish it; set \
+                        signup.rpcUrl to a public RPC URL for buyers' browsers"
+                            .into(),
+                    );
+                }
                 signup::check_browser_url(first)
                     .map_err(|e| format!("signup: {e}; set signup.rpcUrl"))?;
             }

@@ -14,6 +14,7 @@
 //! - [`access`]: the access file the controller writes into each VM and the PAM
 //!   module reads at login.
 //! - [`schema`]: the JSON Schemas committed under `crd-schemas/schemas/`.
+//! - [`sanitize`]: the one escaper for outside text shown on terminals and in logs.
 //!
 //! Validation lives in the types' `Deserialize` impls, so a bad value is rejected by
 //! the parser itself, with its position and field path, wherever it comes from.
@@ -26,6 +27,7 @@ pub mod meta;
 pub mod net;
 pub mod plan;
 pub mod resource;
+pub mod sanitize;
 pub mod schema;
 pub mod subscription;
 pub mod validate;

@@ -5,9 +5,8 @@
 //! The conversation is a trait so that the flow does not depend on libpam; the FFI
 //! layer (`ffi.rs`) only adapts libpam's conversation function to it.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use blockhost_crd::access::{ACCESS_FILE_MAX_BYTES, AccessFileError};
@@ -110,13 +109,19 @@ pub struct LoginSuccess {
 }
 
 /// Reads and checks the access file: bounded read, ownership and mode checks.
+/// Opened non-blocking, so a FIFO (or a device) put at the path cannot hold the
+/// login until PAM's timeout: it is refused as not a regular file at once.
 pub fn load_access_file(path: &Path) -> Result<AccessFile, AccessFileLoadError> {
     let shown = path.display().to_string();
     let io = |source| AccessFileLoadError::Io {
         path: shown.clone(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
         return Err(AccessFileLoadError::Unsafe { path: shown });
@@ -126,6 +131,13 @@ pub fn load_access_file(path: &Path) -> Result<AccessFile, AccessFileLoadError> 
         .read_to_string(&mut text)
         .map_err(io)?;
     AccessFile::from_toml(&text).map_err(AccessFileLoadError::Parse)
+}
+
+/// The prompt line naming the signing page. The URL comes from the access
+/// file: it is shown escaped, so no control character in it reaches the
+/// user's terminal.
+fn signing_page_line(url: &str) -> String {
+    format!("Signing page: {}\n", blockhost_crd::sanitize::Escaped(url))
 }
 
 /// Builds the challenge message for `user` on `access.machine`, valid for `ttl`
@@ -208,7 +220,7 @@ pub fn authenticate(
     );
     let prompt = match &handoff {
         Some((_, url)) => {
-            info.push_str(&format!("Signing page: {url}\n"));
+            info.push_str(&signing_page_line(url));
             "Paste the signature (0x...), or press Enter after signing on the page: "
         }
         None => "Paste the signature (0x...): ",
@@ -273,5 +285,47 @@ fn choose_wallet(
                 .copied()
                 .ok_or(LoginError::UnknownWallet)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_fifo_at_the_access_file_path_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("access.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_access_file(&fifo));
+        });
+        // Before the fix, open() blocked until a writer came.
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .expect("opening a FIFO blocks the login");
+        assert!(
+            matches!(r, Err(AccessFileLoadError::Unsafe { .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_signing_url_reaches_the_prompt_escaped() {
+        let line = signing_page_line(
+            "https://vm.example/\u{1b}]0;owned\u{7}\r\nPaste this: 0xdead\u{202e}",
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            !line
+                .trim_end_matches('\n')
+                .chars()
+                .any(blockhost_crd::sanitize::is_hostile)
+        );
+        assert!(line.contains("\\u{1b}]0;owned"), "{line}");
     }
 }

@@ -6,10 +6,9 @@
 //! cheap. Watches subscribe to the change feed *before* listing, so no change falls
 //! in the gap between the list and the stream.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -18,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use blockhost_crd::resource::{AnyObject, KINDS};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -418,7 +417,9 @@ async fn events(
 /// and must re-list, as with Kubernetes' "410 Gone".
 fn watch(state: AppState, kind: &'static str) -> Response {
     let mut changes = state.store.subscribe();
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    // Bounded: a client that stops reading is dropped with a resumable ERROR
+    // line instead of growing the daemon (see `watch_sink`).
+    let (tx, body) = crate::watch_sink::channel();
     let metrics = state.metrics.clone();
     tokio::spawn(async move {
         metrics.watch_streams.inc();
@@ -436,7 +437,7 @@ fn watch(state: AppState, kind: &'static str) -> Response {
             Ok(Ok((rv, items))) => {
                 let mut ok = true;
                 for item in items {
-                    if tx.send(watch_line("ADDED", &item)).await.is_err() {
+                    if tx.send(watch_line("ADDED", &item), too_slow).await.is_err() {
                         ok = false;
                         break;
                     }
@@ -444,9 +445,7 @@ fn watch(state: AppState, kind: &'static str) -> Response {
                 ok.then_some(rv)
             }
             _ => {
-                let _ = tx
-                    .send(error_line("cannot list objects; see the daemon's log"))
-                    .await;
+                tx.finish(error_line("cannot list objects; see the daemon's log"));
                 None
             }
         };
@@ -468,30 +467,25 @@ fn watch(state: AppState, kind: &'static str) -> Response {
                     }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx
-                            .send(error_line(&format!(
-                                "watch fell {n} changes behind; list again and restart the watch"
-                            )))
-                            .await;
+                        tx.finish(error_line(&format!(
+                            "watch fell {n} changes behind; list again and restart the watch"
+                        )));
                         break;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                if tx.send(line).await.is_err() {
+                if tx.send(line, too_slow).await.is_err() {
                     break;
                 }
             }
         }
         metrics.watch_streams.dec();
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+fn too_slow() -> Bytes {
+    error_line("this watch was not read for 30 s and was dropped; list again and restart the watch")
 }
 
 fn watch_line(type_: &str, object: &[u8]) -> Bytes {

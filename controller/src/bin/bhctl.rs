@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use blockhost_controller::cli::{self, Cli, CliError};
 use blockhost_controller::error_chain;
+use blockhost_crd::sanitize::Escaped;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -48,14 +49,15 @@ fn main() -> ExitCode {
             details,
             ..
         })) => {
-            eprintln!("error: {message}");
+            // The daemon's words may quote stored text: escaped like all output.
+            eprintln!("error: {}", Escaped(&message));
             for d in details {
-                eprintln!("  {d}");
+                eprintln!("  {}", Escaped(&d));
             }
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", Escaped(&error_chain(&e)));
             ExitCode::FAILURE
         }
     }

@@ -87,9 +87,11 @@ impl RpcClient {
     }
 
     async fn post(&self, url: &str, body: &Value) -> Result<Value, Transport> {
-        let http = |source| Transport::Http {
+        // reqwest's errors quote the whole URL (user, password, API-key path):
+        // strip it, the redacted one goes alongside.
+        let http = |source: reqwest::Error| Transport::Http {
             url: redact(url),
-            source,
+            source: source.without_url(),
         };
         let mut resp = self.http.post(url).json(body).send().await.map_err(http)?;
         if resp.status().is_server_error()
@@ -399,6 +401,22 @@ mod tests {
             v[field] = bad;
             assert!(parse_log(&v).is_err(), "{field}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_endpoint_never_shows_its_credentials() {
+        let client = RpcClient::new(vec!["http://user:hunter2@127.0.0.1:9/v3/SECRETKEY".into()])
+            .expect("client");
+        let e = client
+            .call("eth_chainId", json!([]))
+            .await
+            .expect_err("nothing listens on port 9");
+        let text = format!("{} {e:?}", crate::error_chain(&e));
+        assert!(
+            !text.contains("SECRETKEY") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("127.0.0.1:9"), "{text}");
     }
 
     #[test]

@@ -222,7 +222,13 @@ pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCli
         Ok(()) => Ok(wallet),
         Err(WalletError::Node(source @ NodeError::Unavailable { .. })) => {
             Err(ChainCliError::Unreachable {
-                urls: chain.rpc_urls.join(", "),
+                // Hosted nodes' URLs carry keys: scheme, host and port only.
+                urls: chain
+                    .rpc_urls
+                    .iter()
+                    .map(|u| crate::chain::rpc::redact(u))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 source,
             })
         }

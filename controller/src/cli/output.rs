@@ -1,9 +1,16 @@
 //! `bhctl`'s output: aligned tables for people, JSON/YAML/names for scripts, and
 //! the `describe` layout. Ages read like kubectl's (`45s`, `3m`, `2h`, `5d`).
+//!
+//! Text for people goes through [`blockhost_crd::sanitize`]: every table cell and
+//! every free-text value in `describe` (labels, condition and event messages,
+//! RPC errors, plan names) has its control characters and bidi overrides
+//! escaped, so stored text cannot drive the terminal or forge lines. JSON and
+//! YAML output keep the exact values.
 
 use std::io::{self, Write};
 
 use blockhost_crd::meta::{Condition, Event};
+use blockhost_crd::sanitize::{Escaped, escape};
 use blockhost_crd::{Plan, Subscription, VirtualMachine, VmSource};
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
@@ -105,6 +112,11 @@ fn columns_min(
     header: bool,
     min: usize,
 ) -> io::Result<()> {
+    // Escaped before measuring, so widths are those of what is printed.
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .collect();
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|i| {
@@ -120,7 +132,7 @@ fn columns_min(
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
-                line.push_str(cell);
+                line.push_str(cell.as_ref());
             } else {
                 line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
             }
@@ -387,7 +399,11 @@ fn meta_lines(
 ) -> io::Result<()> {
     writeln!(out, "Name:              {}", m.name)?;
     writeln!(out, "Kind:              {kind}")?;
-    let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let labels: Vec<String> = m
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{}={}", Escaped(k), Escaped(v)))
+        .collect();
     writeln!(
         out,
         "Labels:            {}",
@@ -424,7 +440,11 @@ fn meta_lines(
         m.resource_version.unwrap_or(0)
     )?;
     if !m.finalizers.is_empty() {
-        writeln!(out, "Finalizers:        {}", m.finalizers.join(", "))?;
+        writeln!(
+            out,
+            "Finalizers:        {}",
+            Escaped(&m.finalizers.join(", "))
+        )?;
     }
     Ok(())
 }
@@ -493,7 +513,7 @@ pub fn describe_vm(
     writeln!(
         out,
         "  Node:            {}",
-        st.node.as_deref().unwrap_or("<none>")
+        Escaped(st.node.as_deref().unwrap_or("<none>"))
     )?;
     writeln!(
         out,
@@ -516,7 +536,7 @@ pub fn describe_vm(
         st.nft_token_id.map_or("<none>".into(), |v| v.to_string())
     )?;
     if let Some(e) = &st.last_error {
-        writeln!(out, "  Last error:      {e}")?;
+        writeln!(out, "  Last error:      {}", Escaped(e))?;
     }
     conditions_and_events(out, &st.conditions, events, now)
 }
@@ -573,7 +593,7 @@ pub fn describe_plan(
     writeln!(
         out,
         "  Display name:    {}",
-        sp.display_name.as_deref().unwrap_or("<none>")
+        Escaped(sp.display_name.as_deref().unwrap_or("<none>"))
     )?;
     writeln!(
         out,
@@ -624,6 +644,33 @@ mod tests {
         assert_eq!(ago(3 * 86400), "3d");
         assert_eq!(age(Some(now + chrono::Duration::days(29)), now), "in 29d");
         assert_eq!(age(None, now), "<unknown>");
+    }
+
+    #[test]
+    fn a_hostile_rpc_error_in_a_condition_is_shown_escaped() {
+        let now = Utc.timestamp_opt(1_000_000_000, 0).single().unwrap();
+        // What a hostile node answered, stored verbatim in a condition and an event.
+        let node_said =
+            "execution reverted\u{1b}]0;owned\u{7}\u{1b}[2J\u{1b}[32mOK\r\nReady  True  Minted";
+        let cond = Condition {
+            type_: "NftMinted".into(),
+            status: blockhost_crd::ConditionStatus::False,
+            reason: "NodeError".into(),
+            message: node_said.into(),
+            last_transition_time: now,
+        };
+        let mut buf = Vec::new();
+        conditions_table(&mut buf, &[cond], now).unwrap();
+        let shown = String::from_utf8(buf).unwrap();
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\r'),
+            "{shown:?}"
+        );
+        assert_eq!(shown.lines().count(), 2, "{shown}");
+        assert!(
+            shown.contains("execution reverted\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{1b}[32mOK\\r\\nReady  True  Minted"),
+            "{shown}"
+        );
     }
 
     #[test]

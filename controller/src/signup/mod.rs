@@ -8,18 +8,20 @@
 //! Routes: `/`, `/app.js`, `/style.css`, `/vendor.js`, `/config.json`,
 //! `GET /api/v1/subscriptions/{id}` (public status) and `GET /api/v1/nfts/{tokenId}`
 //! (which subscription an access NFT belongs to, so the page can show its
-//! expiry). The API routes are rate-limited per client address (429 beyond
-//! `statusRequestsPerMinute`); every answer carries a strict CSP and no-sniff,
-//! no-referrer and no-framing headers. This server never writes anything: it
-//! reads the store, and the chain is only touched by the buyer's browser.
+//! expiry). The API routes are rate-limited per client (an IPv4 address or an
+//! IPv6 /64, `signup.clientIpv6Prefix`; 429 beyond `statusRequestsPerMinute`);
+//! every answer carries a strict CSP and no-sniff, no-referrer and no-framing
+//! headers, and HSTS over HTTPS. Connections are capped, timed and cut when
+//! idle by [`blockhost_listen`] (`signup.connections`). This server never
+//! writes anything: it reads the store, and the chain is only touched by the
+//! buyer's browser.
 
 pub mod page;
 pub mod status;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -38,13 +40,12 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use page::PageConfig;
 
-/// Client addresses tracked by the rate limiter; beyond this, expired windows
-/// are dropped first and, if none are, the table is reset (a flood of addresses
-/// must not grow memory without bound).
-const RATE_TABLE_MAX: usize = 16_384;
+/// Clients tracked by the rate limiter; beyond this the least recently seen
+/// is forgotten (never everybody at once: see `blockhost_listen::rate`).
+const RATE_TABLE_MAX: usize = 65_536;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a client may take to send its first request, or any request's headers.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HSTS over HTTPS: a year (the page is only useful over HTTPS anyway).
+const HSTS: &str = "max-age=31536000";
 
 /// Why the signup server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,14 @@ pub enum SignupError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS key is readable by others.
+    #[error("the signup page's TLS key {} has mode {mode:o}; make it readable by its owner (and group) only (chmod 640)", path.display())]
+    TlsKeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
     /// The certificate or key could not be loaded.
     #[error("cannot load the signup page's TLS certificate {} or key {} (PEM files; signup.tlsCert, signup.tlsKey)", cert.display(), key.display())]
     Tls {
@@ -89,8 +98,8 @@ pub struct SignupState {
     metrics: Arc<Metrics>,
     config_json: Arc<String>,
     csp: HeaderValue,
-    limit_per_minute: u32,
-    rate: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    rate: Arc<blockhost_listen::rate::RateLimiter>,
+    hsts: bool,
 }
 
 impl SignupState {
@@ -100,6 +109,7 @@ impl SignupState {
         metrics: Arc<Metrics>,
         page: &PageConfig,
         limit_per_minute: u32,
+        ipv6_prefix: u8,
     ) -> Self {
         let csp = HeaderValue::from_str(&page.content_security_policy())
             .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
@@ -108,16 +118,21 @@ impl SignupState {
             metrics,
             config_json: Arc::new(serde_json::to_string(page).unwrap_or_default()),
             csp,
-            limit_per_minute,
-            rate: Arc::default(),
+            rate: Arc::new(blockhost_listen::rate::RateLimiter::new(
+                limit_per_minute,
+                RATE_WINDOW,
+                RATE_TABLE_MAX,
+                ipv6_prefix,
+            )),
+            hsts: false,
         }
     }
-}
 
-/// Locks a mutex, recovering from poisoning: each critical section is one map
-/// update, so the map is consistent whatever happened.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// Served over HTTPS: answers carry `Strict-Transport-Security`.
+    pub fn with_hsts(mut self) -> Self {
+        self.hsts = true;
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -197,36 +212,23 @@ async fn headers(State(st): State<SignupState>, req: Request, next: Next) -> Res
     // Files change with the daemon's version and statuses change by the second:
     // always revalidate.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if st.hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
     resp
 }
 
-/// Fixed-window limiter per client address on the API routes.
+/// Fixed-window limiter per client (IPv4 address, IPv6 prefix) on the API routes.
 async fn rate_limit(
     State(st): State<SignupState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
-    let allowed = {
-        let mut table = lock(&st.rate);
-        let now = Instant::now();
-        if table.len() >= RATE_TABLE_MAX {
-            table.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
-            if table.len() >= RATE_TABLE_MAX {
-                tracing::warn!(
-                    clients = table.len(),
-                    "signup rate-limit table full; resetting it"
-                );
-                table.clear();
-            }
-        }
-        let entry = table.entry(peer.ip()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= RATE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= st.limit_per_minute
-    };
+    let allowed = st.rate.check(peer.ip(), Instant::now());
     if !allowed {
         count(&st, "rate_limited");
         let mut r = problem(
@@ -349,12 +351,14 @@ async fn nft_subscription(State(st): State<SignupState>, Path(token): Path<Strin
 }
 
 /// Checks the configuration, binds the listen address and loads the
-/// certificate; returns the server's task, which runs until `shutdown`. `None`
-/// when no `signup` section is configured.
+/// certificate; returns the server's task, which runs until `shutdown` under
+/// `limits` (connection caps and timeouts). `None` when no `signup` section is
+/// configured.
 pub async fn task(
     cfg: &DaemonConfig,
     store: Store,
     metrics: Arc<Metrics>,
+    limits: blockhost_listen::Limits,
     shutdown: CancellationToken,
 ) -> Result<Option<impl Future<Output = ()> + Send + 'static>, SignupError> {
     let Some(signup) = &cfg.signup else {
@@ -364,63 +368,70 @@ pub async fn task(
     let contracts = chain.contracts()?;
     let key = crate::chain::load_server_key(&chain.server_key_file).map_err(SignupError::Key)?;
     let page = PageConfig::new(chain, contracts, signup, &key.public_key());
-    let state = SignupState::new(store, metrics, &page, signup.status_requests_per_minute);
+    let mut state = SignupState::new(
+        store,
+        metrics,
+        &page,
+        signup.status_requests_per_minute,
+        signup.client_ipv6_prefix,
+    );
     let addr = signup.listen;
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| SignupError::Listen { addr, source })?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let tls = match (&signup.tls_cert, &signup.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        (Some(cert), Some(key)) => {
+            check_key_mode(cert, key)?;
+            let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|source| SignupError::Tls {
                     cert: cert.clone(),
                     key: key.clone(),
                     source,
-                })?,
-        ),
+                })?;
+            state = state.with_hsts();
+            // ALPN offers h2 and http/1.1 (set by the loader).
+            Some(loaded.get_inner())
+        }
         _ => None,
     };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| SignupError::Listen { addr, source })?;
     if tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the signup page is served over plain HTTP on a public address; browsers only decrypt (WebCrypto) over HTTPS: set signup.tlsCert/tlsKey or put a TLS proxy in front");
     }
-    tracing::info!(%addr, tls = tls.is_some(), rpc_url = %page.rpc_url, "signup page listening");
-    // Both variants through axum-server, so idle and trickling clients are cut
-    // alike: the first request and HTTP/1 headers within CLIENT_TIMEOUT (and TLS
-    // handshakes, axum-server's default).
-    let handle = axum_server::Handle::new();
-    let stop = handle.clone();
-    Ok(Some(async move {
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            stop.graceful_shutdown(Some(Duration::from_secs(2)));
+    // The published URL has no credentials (refused at config load), but a log
+    // line never carries more than scheme, host and port of any RPC URL.
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        rpc_url = %crate::chain::rpc::redact(&page.rpc_url),
+        max_connections = limits.max_connections,
+        "signup page listening"
+    );
+    let app = router(state);
+    Ok(Some(
+        blockhost_listen::Listener::new(limits).serve_tcp(listener, tls, app, shutdown),
+    ))
+}
+
+/// Refuses a TLS key others may read (group read is allowed: `ssl-cert`).
+fn check_key_mode(cert: &std::path::Path, path: &std::path::Path) -> Result<(), SignupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| SignupError::Tls {
+            cert: cert.to_owned(),
+            key: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o037 != 0 {
+        return Err(SignupError::TlsKeyPermissions {
+            path: path.to_owned(),
+            mode,
         });
-        // The two acceptors make two server types; the limits are the same.
-        macro_rules! serve_limited {
-            ($server:expr) => {{
-                let mut server = $server.handle(handle).first_request_timeout(CLIENT_TIMEOUT);
-                server
-                    .http_builder()
-                    .http1()
-                    .header_read_timeout(CLIENT_TIMEOUT);
-                server.serve(app).await
-            }};
-        }
-        let served = match tls {
-            Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
-                Ok(server) => serve_limited!(server),
-                Err(e) => Err(e),
-            },
-            None => match axum_server::from_tcp(listener) {
-                Ok(server) => serve_limited!(server),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "signup page server failed");
-        }
-    }))
+    }
+    Ok(())
 }
 
 #[cfg(test)]

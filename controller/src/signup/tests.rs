@@ -28,7 +28,7 @@ fn page() -> PageConfig {
 fn app(dir: &tempfile::TempDir, limit: u32) -> (Router, Arc<Metrics>) {
     let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let st = SignupState::new(store, metrics.clone(), &page(), limit);
+    let st = SignupState::new(store, metrics.clone(), &page(), limit, 64);
     (router(st), metrics)
 }
 

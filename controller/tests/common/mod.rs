@@ -30,6 +30,16 @@ impl Daemon {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_configured(dir, extra, |_| {})
+    }
+
+    /// As [`Self::start_with`], with `configure` applied to the command last
+    /// (resource limits, environment).
+    pub fn start_configured(
+        dir: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let socket = dir.join("api.sock");
         let store = dir.join("state.redb");
         // An empty config file: local defaults, never the machine's /etc/blockhost.
@@ -42,8 +52,8 @@ impl Daemon {
             .append(true)
             .open(dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_blockhostd"))
-            .arg("--store")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockhostd"));
+        cmd.arg("--store")
             .arg(&store)
             .arg("--socket")
             .arg(&socket)
@@ -51,9 +61,9 @@ impl Daemon {
             .env("BLOCKHOST_CONFIG", &cfg)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        configure(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let mut d = Daemon {
             child,
             dir: dir.to_owned(),

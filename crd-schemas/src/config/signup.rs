@@ -26,7 +26,10 @@ pub struct SignupConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// The JSON-RPC URL buyers' browsers read the chain from (it is also the only
-    /// other origin the page may connect to); absent: the first `chain.rpcUrls`.
+    /// other origin the page may connect to). It is published (in `config.json`
+    /// and the CSP header), so it must carry no credentials. Absent: the first
+    /// `chain.rpcUrls`, which is refused when that URL carries credentials or
+    /// may (user:password, an API-key path or query): set a public URL here.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -38,6 +41,15 @@ pub struct SignupConfig {
     #[serde(default = "default_rate", deserialize_with = "rate")]
     #[schemars(range(min = 1, max = 10000))]
     pub status_requests_per_minute: u32,
+    /// IPv6 clients are counted by this prefix length for the rate limit and
+    /// the per-client connection cap (32–128; default 64: one client usually
+    /// holds a whole /64).
+    #[serde(default = "default_prefix", deserialize_with = "prefix")]
+    #[schemars(range(min = 32, max = 128))]
+    pub client_ipv6_prefix: u8,
+    /// Connection limits of the page's listener.
+    #[serde(default, skip_serializing_if = "super::ConnectionLimits::is_default")]
+    pub connections: super::ConnectionLimits,
 }
 
 impl SignupConfig {
@@ -48,6 +60,30 @@ impl SignupConfig {
             .or_else(|| chain.rpc_urls.first().map(String::as_str))
             .unwrap_or_default()
     }
+}
+
+fn default_prefix() -> u8 {
+    64
+}
+
+fn prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = u8::deserialize(d)?;
+    if !(32..=128).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "clientIpv6Prefix {n} is out of range 32..=128"
+        )));
+    }
+    Ok(n)
+}
+
+/// Whether a URL carries credentials or may: a user or password, or anything
+/// after the host (hosted nodes put API keys in the path, `/v3/KEY`, or the
+/// query). Such a URL is never published and never logged whole.
+pub fn url_may_hold_credentials(u: &str) -> bool {
+    let rest = u.split_once("://").map_or(u, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    authority.contains('@') || !(tail.is_empty() || tail == "/")
 }
 
 fn default_rate() -> u32 {
@@ -83,6 +119,16 @@ pub fn check_browser_url(u: &str) -> Result<(), String> {
 fn rpc_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let u = String::deserialize(d)?;
     check_browser_url(&u).map_err(serde::de::Error::custom)?;
+    let authority = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+    if authority
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|a| a.contains('@'))
+    {
+        return Err(serde::de::Error::custom(
+            "rpcUrl is published to every visitor; it must not carry a user or password",
+        ));
+    }
     Ok(Some(u))
 }
 
@@ -101,6 +147,8 @@ mod tests {
             serde_json::json!({"listen": "127.0.0.1:8080", "rpcUrl": "https://x; script-src *"}),
             serde_json::json!({"listen": "127.0.0.1:8080", "statusRequestsPerMinute": 0}),
             serde_json::json!({"listen": "nowhere"}),
+            serde_json::json!({"listen": "127.0.0.1:8080", "rpcUrl": "https://u:p@rpc.example"}),
+            serde_json::json!({"listen": "127.0.0.1:8080", "clientIpv6Prefix": 8}),
         ] {
             assert!(
                 serde_json::from_value::<SignupConfig>(bad.clone()).is_err(),
@@ -127,5 +175,43 @@ mod tests {
         ok.validate().unwrap();
         let (s, c) = (ok.signup.as_ref().unwrap(), ok.chain.as_ref().unwrap());
         assert_eq!(s.browser_rpc_url(c), "http://127.0.0.1:8545");
+        assert_eq!(s.client_ipv6_prefix, 64);
+    }
+
+    #[test]
+    fn a_chain_url_with_credentials_is_never_the_public_one() {
+        for secret in [
+            "https://user:pw@rpc.example:8545",
+            "https://mainnet.infura.io/v3/0123456789abcdef",
+            "https://rpc.example/?apikey=abc",
+        ] {
+            assert!(url_may_hold_credentials(secret), "{secret}");
+            let chain = serde_json::json!({
+                "chainId": 1, "rpcUrls": [secret],
+                "subscriptionsContract": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+                "nftContract": "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512",
+                "serverKeyFile": "/k"
+            });
+            let cfg: crate::DaemonConfig = serde_json::from_value(serde_json::json!({
+                "chain": chain, "signup": {"listen": "127.0.0.1:8080"}}))
+            .unwrap();
+            let e = cfg.validate().unwrap_err();
+            assert!(e.contains("signup.rpcUrl"), "{e}");
+            assert!(
+                !e.contains("0123456789abcdef") && !e.contains("pw@") && !e.contains("apikey"),
+                "{e}"
+            );
+            let cfg: crate::DaemonConfig = serde_json::from_value(serde_json::json!({
+                "chain": chain, "signup": {"listen": "127.0.0.1:8080", "rpcUrl": "https://public.example"}}))
+            .unwrap();
+            cfg.validate().unwrap();
+        }
+        for public in [
+            "http://127.0.0.1:8545",
+            "https://rpc.example/",
+            "https://rpc.example:8545",
+        ] {
+            assert!(!url_may_hold_credentials(public), "{public}");
+        }
     }
 }

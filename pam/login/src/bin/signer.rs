@@ -9,11 +9,13 @@
 //! The signer still checks a posted signature against the message's wallet so the
 //! page can tell the user "wrong account" at once, and so that junk never reaches the
 //! module. Only root may register sessions (peer credentials on the socket), pages
-//! post at most 256 bytes, a session accepts one signature, and each client address
-//! is rate-limited.
+//! post at most 256 bytes, a session accepts one signature, and each client (IPv4
+//! address or IPv6 /64) is rate-limited. Connections are capped (256, 32 per
+//! client), TLS handshakes and headers timed, and idle HTTP/1 and HTTP/2
+//! connections cut after 30 s ([`blockhost_listen`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,10 +47,13 @@ const FAILURES_MAX: u32 = 5;
 /// Requests per client address per window.
 const RATE_LIMIT: u32 = 60;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a client may take to send its first request, or any request's headers.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Client addresses tracked by the rate limiter before the table is reset.
+/// Clients tracked by the rate limiter; the least recently seen is forgotten first.
 const RATE_TABLE_MAX: usize = 4096;
+/// Connections open at once: a VM's own users only, under systemd's default
+/// soft limit of 1024 descriptors (and raised to the hard limit at start).
+const MAX_CONNECTIONS: usize = 256;
+/// Connections one client may hold.
+const MAX_PER_CLIENT: usize = 32;
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
@@ -106,10 +111,24 @@ struct Pending {
     failures: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     sessions: Mutex<HashMap<String, Pending>>,
-    rate: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    rate: blockhost_listen::rate::RateLimiter,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            rate: blockhost_listen::rate::RateLimiter::new(
+                RATE_LIMIT,
+                RATE_WINDOW,
+                RATE_TABLE_MAX,
+                blockhost_listen::client::DEFAULT_IPV6_PREFIX,
+            ),
+        }
+    }
 }
 
 type AppState = Arc<Shared>;
@@ -195,26 +214,14 @@ async fn post_signature(
     }
 }
 
-/// Fixed-window limiter per client address.
+/// Fixed-window limiter per client (IPv4 address, IPv6 /64).
 async fn rate_limit(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
-    let allowed = {
-        let mut table = lock(&st.rate);
-        if table.len() >= RATE_TABLE_MAX {
-            table.clear();
-        }
-        let now = Instant::now();
-        let entry = table.entry(peer.ip()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= RATE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= RATE_LIMIT
-    };
+    let allowed = st.rate.check(peer.ip(), Instant::now());
     if !allowed {
         return problem(
             StatusCode::TOO_MANY_REQUESTS,
@@ -370,13 +377,20 @@ async fn run(args: Args) -> Result<(), StartError> {
     let (cert, key) = load_or_make_certificate(&args.state_dir, names)?;
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
         .await
-        .map_err(io_err(&args.state_dir))?;
+        .map_err(io_err(&args.state_dir))?
+        .get_inner();
 
     if let Some(dir) = args.socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    // A socket left by a previous run would make bind fail.
-    let _ = std::fs::remove_file(&args.socket);
+    // A socket left by a previous run would make bind fail; only a socket is
+    // removed (a file at the path is an error and stays).
+    blockhost_listen::socket::clear_stale(&args.socket)
+        .await
+        .map_err(|e| StartError::Io {
+            path: args.socket.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
     let listener = UnixListener::bind(&args.socket).map_err(io_err(&args.socket))?;
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err(&args.socket))?;
@@ -397,8 +411,8 @@ async fn run(args: Args) -> Result<(), StartError> {
         }
     });
 
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -409,34 +423,32 @@ async fn run(args: Args) -> Result<(), StartError> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        shutdown.graceful_shutdown(Some(Duration::from_secs(2)));
+        stop.cancel();
     });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(io_err(Path::new("listen address")))?;
+    let _ = blockhost_listen::budget::raise_nofile();
     info!(listen = %args.listen, socket = %args.socket.display(), "signing service ready");
-    // Idle or trickling clients must not hold connections: TLS handshakes are cut
-    // at 10 s (axum-server's default), the first request and HTTP/1 headers too.
-    // (Not http1_only: the certificate's ALPN offers h2, which browsers pick.)
-    let mut server = axum_server::bind_rustls(args.listen, tls)
-        .handle(handle)
-        .first_request_timeout(CLIENT_TIMEOUT);
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(CLIENT_TIMEOUT);
-    let served = server
-        .serve(router(st).into_make_service_with_connect_info::<SocketAddr>())
+    // Idle or trickling clients must not hold connections, HTTP/2 included
+    // (browsers pick h2 through ALPN): capped, timed and cut when idle.
+    let limits = blockhost_listen::Limits {
+        max_per_client: Some(MAX_PER_CLIENT),
+        ..blockhost_listen::Limits::public("signer", MAX_CONNECTIONS)
+    };
+    blockhost_listen::Listener::new(limits)
+        .serve_tcp(listener, Some(tls), router(st), shutdown)
         .await;
-    let _ = std::fs::remove_file(&args.socket);
-    served.map_err(io_err(Path::new("listen address")))
+    blockhost_listen::socket::remove_socket(&args.socket);
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    blockhost_listen::log::init(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        false,
+    );
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
