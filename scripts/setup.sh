@@ -12,7 +12,7 @@ APT_PACKAGES=(
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
-  mmdebstrap squashfs-tools xorriso mtools grub-common grub-pc-bin grub-efi-amd64-bin  # the installer ISO (iso/installer/build.sh)
+  mmdebstrap eatmydata squashfs-tools xorriso mtools grub-common grub-pc-bin grub-efi-amd64-bin  # the installer ISO (iso/installer/build.sh)
   qemu-system-x86 ovmf            # the installer ISO's tests (BIOS and UEFI boots)
 )
 missing=()
