@@ -74,7 +74,7 @@ TARGET_PACKAGES=(
 # Packages of the installer environment: what partitions, formats and copies.
 LIVE_PACKAGES=(
   linux-image-amd64 live-boot systemd-sysv udev kmod busybox
-  fdisk e2fsprogs dosfstools lvm2 squashfs-tools
+  fdisk e2fsprogs dosfstools lvm2 thin-provisioning-tools squashfs-tools
 )
 
 # mmdebstrap with the download cache carried in and out of the chroot.
