@@ -191,10 +191,18 @@ impl Serial {
                     let line = text[i..].lines().next().unwrap_or_default();
                     panic!("{what}: the console shows {line:?}");
                 }
-                if let Some(i) = text.find(needle) {
-                    let upto = &text[..i + needle.len()];
-                    self.seen += upto.len();
-                    return upto.to_owned();
+                // Matched on bytes: firmware writes bytes that are not UTF-8, so
+                // offsets in the lossy text are not offsets in the buffer.
+                let raw = &buf[self.seen..];
+                let needle_bytes = needle.as_bytes();
+                if let Some(i) = raw
+                    .windows(needle_bytes.len())
+                    .position(|w| w == needle_bytes)
+                {
+                    let end = i + needle_bytes.len();
+                    let upto = String::from_utf8_lossy(&raw[..end]).into_owned();
+                    self.seen += end;
+                    return upto;
                 }
                 if Instant::now() > deadline {
                     let tail: String = text
