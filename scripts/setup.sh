@@ -13,6 +13,8 @@ APT_PACKAGES=(
   jq curl ca-certificates
   iproute2 nftables               # root agent namespace tests (ip netns, veth, nft)
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
+  mmdebstrap eatmydata squashfs-tools xorriso mtools grub-common grub-pc-bin grub-efi-amd64-bin  # the installer ISO (iso/installer/build.sh)
+  qemu-system-x86 ovmf            # the installer ISO's tests (BIOS and UEFI boots)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,529 @@
+//! The installer ISO end to end, in qemu (TCG: this machine's KVM cannot run
+//! Debian guests): build the ISO with `iso/installer/build.sh`, boot it with a
+//! blank disk and only a serial console, answer the prompt wrongly (the disk's
+//! bytes must not change), then with `ERASE vda` (the install runs with no
+//! network device at all), boot the installed disk and follow the first boot to
+//! the setup wizard's console text.
+//!
+//! `iso_installs_bios` runs in CI; `iso_installs_uefi` (OVMF) is `#[ignore]`d for
+//! time and runs by `cargo test -p blockhost-installer --test iso -- --ignored`.
+//! `BLOCKHOST_ISO=path` uses a prebuilt ISO instead of building one.
+//! Figures (build, boot → prompt, confirmation → installed, first boot → wizard)
+//! are printed as `bench:` lines; BENCHMARKS.md has them.
+
+#![allow(clippy::expect_used)]
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+const DISK_SIZE: u64 = 12 * GIB;
+const SERIAL_NO: &str = "BHTEST01";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+/// Whether this machine can run the test; with BLOCKHOST_REQUIRE_TOOLS=1 a
+/// missing tool fails the test instead of skipping it.
+fn can_run() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_owned());
+    }
+    for tool in [
+        "qemu-system-x86_64",
+        "mmdebstrap",
+        "grub-mkrescue",
+        "xorriso",
+        "mksquashfs",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing.push(tool.to_owned());
+        }
+    }
+    for f in [
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ] {
+        if !Path::new(f).exists() {
+            missing.push(f.to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "the ISO test needs {} (bash scripts/setup.sh installs the tools)",
+        missing.join(", ")
+    );
+    if std::env::var("BLOCKHOST_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+/// Builds the ISO once per test process (both tests share it).
+fn iso() -> PathBuf {
+    static ISO: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut guard = ISO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = guard.as_ref() {
+        return p.clone();
+    }
+    let path = if let Some(p) = std::env::var_os("BLOCKHOST_ISO") {
+        PathBuf::from(p)
+    } else {
+        let out = target_dir().join("iso");
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg(repo().join("iso/installer/build.sh"))
+            .args(["--installer-bin", env!("CARGO_BIN_EXE_blockhost-installer")])
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("run build.sh");
+        assert!(status.success(), "build.sh failed: {status}");
+        eprintln!("bench: ISO build {:.0} s", started.elapsed().as_secs_f64());
+        let version = env!("CARGO_PKG_VERSION");
+        let iso = out.join(format!("blockhost-{version}-amd64.iso"));
+        let sum = fs::read_to_string(out.join(format!("blockhost-{version}-amd64.iso.sha256")))
+            .expect("sha256 file");
+        assert!(
+            sum.contains(&format!("blockhost-{version}-amd64.iso")),
+            "{sum}"
+        );
+        let manifest = fs::read_to_string(out.join(format!("blockhost-{version}-amd64.manifest")))
+            .expect("manifest");
+        for section in ["[installed-system]", "[installer-environment]"] {
+            assert!(manifest.contains(section), "manifest lacks {section}");
+        }
+        assert!(
+            manifest
+                .lines()
+                .any(|l| l.starts_with("linux-image-amd64 ")),
+            "manifest lacks the kernel"
+        );
+        iso
+    };
+    let size = fs::metadata(&path).expect("iso exists").len();
+    eprintln!("bench: ISO size {} MiB", size / MIB);
+    *guard = Some(path.clone());
+    path
+}
+
+/// The serial console: a reader thread collects everything; `wait` looks for
+/// text after what was already matched.
+struct Serial {
+    buf: Arc<Mutex<Vec<u8>>>,
+    stream: UnixStream,
+    seen: usize,
+}
+
+impl Serial {
+    fn connect(path: &Path, log: &Path) -> Serial {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("serial socket {}: {e}", path.display()),
+            }
+        };
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (mut reader, sink) = (stream.try_clone().expect("clone"), buf.clone());
+        let mut log = File::create(log).expect("serial log");
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let _ = log.write_all(&chunk[..n]);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        Serial {
+            buf,
+            stream,
+            seen: 0,
+        }
+    }
+
+    /// Waits for `needle` after the last match; returns the text up to it.
+    fn wait(&mut self, needle: &str, timeout: Duration, what: &str) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+                let text = String::from_utf8_lossy(&buf[self.seen..]).into_owned();
+                // An installer or first-boot error fails at once, not at the timeout.
+                if !needle.starts_with("ERROR: ")
+                    && let Some(i) = text.find("ERROR: ")
+                    && text[i..].contains('\n')
+                {
+                    let line = text[i..].lines().next().unwrap_or_default();
+                    panic!("{what}: the console shows {line:?}");
+                }
+                // Matched on bytes: firmware writes bytes that are not UTF-8, so
+                // offsets in the lossy text are not offsets in the buffer.
+                let raw = &buf[self.seen..];
+                let needle_bytes = needle.as_bytes();
+                if let Some(i) = raw
+                    .windows(needle_bytes.len())
+                    .position(|w| w == needle_bytes)
+                {
+                    let end = i + needle_bytes.len();
+                    let upto = String::from_utf8_lossy(&raw[..end]).into_owned();
+                    self.seen += end;
+                    return upto;
+                }
+                if Instant::now() > deadline {
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    panic!(
+                        "{what}: no {needle:?} on the serial console within {timeout:?}; last output:\n{tail}"
+                    );
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether `needle` appears anywhere in the output so far.
+    fn saw(&self, needle: &str) -> bool {
+        let buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buf).contains(needle)
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stream
+            .write_all(line.as_bytes())
+            .expect("write serial");
+        self.stream.write_all(b"\r").expect("write serial");
+    }
+}
+
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Qemu {
+    fn wait_exit(&mut self, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.0.try_wait().expect("qemu wait").is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: qemu did not exit within {timeout:?}");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+fn qemu(
+    fw: Firmware,
+    dir: &Path,
+    disk: &Path,
+    iso: Option<&Path>,
+    net: &str,
+    serial: &Path,
+) -> Qemu {
+    let _ = fs::remove_file(serial);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("unix:{},server=on,wait=off", serial.display()))
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=none,id=d0,cache=unsafe",
+        disk.display()
+    ))
+    .args([
+        "-device",
+        &format!("virtio-blk-pci,drive=d0,serial={SERIAL_NO},bootindex=1"),
+    ])
+    .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+    if let Some(iso) = iso {
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                iso.display()
+            ))
+            .args(["-device", "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=2"]);
+    }
+    if fw == Firmware::Uefi {
+        let vars = dir.join("OVMF_VARS.fd");
+        if !vars.exists() {
+            fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("copy OVMF vars");
+        }
+        cmd.args([
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+    }
+    cmd.args(["-nic", net]);
+    let log = File::create(dir.join("qemu.log")).expect("qemu log");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    Qemu(cmd.spawn().expect("start qemu-system-x86_64"))
+}
+
+/// Regions of the test disk written with a pattern before the test; the rest is
+/// a hole. After a refused answer every region must read the same and no new
+/// data may exist (a hole written to becomes data).
+const MARKED: [u64; 3] = [0, 6 * GIB, DISK_SIZE - MIB];
+
+fn make_disk(path: &Path) {
+    let f = File::create(path).expect("disk");
+    f.set_len(DISK_SIZE).expect("size disk");
+    for (i, off) in MARKED.iter().enumerate() {
+        let pattern: Vec<u8> = (0..MIB)
+            .map(|b| (b as u8) ^ (i as u8 * 37) ^ 0x5a)
+            .collect();
+        f.write_all_at(&pattern, *off).expect("mark disk");
+    }
+    f.sync_all().expect("sync disk");
+}
+
+/// The disk's data extents and their bytes.
+fn disk_contents(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let f = File::open(path).expect("open disk");
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    loop {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let mut bytes = vec![0u8; (hole - data) as usize];
+        f.read_exact_at(&mut bytes, data as u64).expect("read disk");
+        out.push((data as u64, bytes));
+        pos = hole;
+    }
+    out
+}
+
+fn install_and_boot(fw: Firmware) {
+    if !can_run() {
+        return;
+    }
+    let iso = iso();
+    let dir = target_dir().join(format!("iso-test/{fw:?}").to_lowercase());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("test dir");
+    let disk = dir.join("disk.raw");
+    make_disk(&disk);
+    let before = disk_contents(&disk);
+    let sock = dir.join("serial.sock");
+
+    // The install: no network device at all.
+    let started = Instant::now();
+    let mut vm = qemu(fw, &dir, &disk, Some(&iso), "none", &sock);
+    let mut con = Serial::connect(&sock, &dir.join("serial-install.log"));
+    let listing = con.wait(
+        "Anything else erases nothing.",
+        Duration::from_secs(1800),
+        "installer prompt",
+    );
+    con.wait("> ", Duration::from_secs(60), "installer prompt");
+    eprintln!(
+        "bench: {fw:?} boot -> confirmation prompt {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        listing.contains("WARNING: installing ERASES the disk you choose"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("vda") && listing.contains(SERIAL_NO),
+        "the disk is listed with its serial:\n{listing}"
+    );
+    assert!(
+        listing.contains("12.9 GB"),
+        "the disk's size is listed:\n{listing}"
+    );
+    assert!(
+        listing.contains("(not offered: sr0"),
+        "the installer medium is not offered:\n{listing}"
+    );
+
+    for wrong in ["yes", "ERASE vdb", "erase vda", ""] {
+        con.send(wrong);
+        con.wait(
+            "No disk was touched.",
+            Duration::from_secs(300),
+            "refused answer",
+        );
+        con.wait("> ", Duration::from_secs(120), "prompt again");
+    }
+    assert!(
+        disk_contents(&disk) == before,
+        "a refused answer changed the disk"
+    );
+
+    let confirmed = Instant::now();
+    con.send("ERASE vda");
+    con.wait(
+        "Installing BlockHost to /dev/vda",
+        Duration::from_secs(300),
+        "install starts",
+    );
+    con.wait(
+        "BlockHost is installed.",
+        Duration::from_secs(2400),
+        "install",
+    );
+    vm.wait_exit(Duration::from_secs(300), "reboot after the install");
+    eprintln!(
+        "bench: {fw:?} confirmation -> installed and rebooted {:.0} s",
+        confirmed.elapsed().as_secs_f64()
+    );
+    assert!(
+        disk_contents(&disk) != before,
+        "the confirmed install wrote the disk"
+    );
+    drop(vm);
+
+    // First boot from the disk, with DHCP from qemu's user network but no way out.
+    let booted = Instant::now();
+    let vm = qemu(
+        fw,
+        &dir,
+        &disk,
+        None,
+        "user,model=virtio-net-pci,restrict=on",
+        &sock,
+    );
+    let mut con = Serial::connect(&sock, &dir.join("serial-firstboot.log"));
+    con.wait(
+        "BlockHost: first boot of blockhost",
+        Duration::from_secs(1800),
+        "first boot",
+    );
+    con.wait(
+        "BlockHost: Network: address 10.0.2.",
+        Duration::from_secs(600),
+        "DHCP",
+    );
+    con.wait(
+        "BlockHost: Proxmox VE: NOT INSTALLED",
+        Duration::from_secs(600),
+        "Proxmox VE step",
+    );
+    con.wait(
+        "existing Proxmox VE host's API",
+        Duration::from_secs(60),
+        "Proxmox VE step",
+    );
+    let wizard_in_image = fs::read_to_string(iso.with_extension("manifest"))
+        .map(|m| m.lines().any(|l| l == "wizard blockhost-wizard.service"))
+        .unwrap_or(false);
+    if wizard_in_image {
+        con.wait(
+            "One-time code:",
+            Duration::from_secs(900),
+            "wizard console text",
+        );
+        con.wait(
+            "Certificate SHA-256 fingerprint",
+            Duration::from_secs(120),
+            "wizard fingerprint",
+        );
+        eprintln!(
+            "bench: {fw:?} first boot -> wizard ready {:.0} s",
+            booted.elapsed().as_secs_f64()
+        );
+    } else {
+        // Until the blockhost packages are built into the ISO, first boot ends
+        // where the wizard would start, and says why.
+        con.wait(
+            "ERROR: the setup wizard (blockhost-wizard.service) is not on this system",
+            Duration::from_secs(600),
+            "first boot without the wizard",
+        );
+        eprintln!(
+            "bench: {fw:?} first boot -> wizard step {:.0} s (no wizard in this ISO)",
+            booted.elapsed().as_secs_f64()
+        );
+    }
+    assert!(!con.saw("Kernel panic"), "kernel panic on the console");
+    drop(vm);
+    let _ = fs::remove_file(&disk);
+}
+
+#[test]
+fn iso_installs_bios() {
+    install_and_boot(Firmware::Bios);
+}
+
+#[test]
+#[ignore = "UEFI (OVMF) takes as long again; run by: cargo test -p blockhost-installer --test iso -- --ignored"]
+fn iso_installs_uefi() {
+    install_and_boot(Firmware::Uefi);
+}
