@@ -12,6 +12,12 @@ APT_PACKAGES=(
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
+  # The guest template image (iso/guest) and its boot test: mmdebstrap from Debian's
+  # registry (archive keyring), partitions and file systems without mounting vfat,
+  # qemu under TCG with SeaBIOS and OVMF, the cloud-init ISO.
+  mmdebstrap debian-archive-keyring eatmydata fdisk e2fsprogs dosfstools mtools
+  qemu-system-x86 qemu-utils ovmf xorriso
+  debhelper dpkg-dev lintian       # packaging/build-debs.sh (systemd-analyze comes with systemd)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
