@@ -15,6 +15,12 @@ APT_PACKAGES=(
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
   mmdebstrap eatmydata squashfs-tools xorriso mtools grub-common grub-pc-bin grub-efi-amd64-bin  # the installer ISO (iso/installer/build.sh)
   qemu-system-x86 ovmf            # the installer ISO's tests (BIOS and UEFI boots)
+  # The guest template image (iso/guest) and its boot test: mmdebstrap from Debian's
+  # registry (archive keyring), partitions and file systems without mounting vfat,
+  # qemu under TCG with SeaBIOS and OVMF, the cloud-init ISO.
+  mmdebstrap debian-archive-keyring eatmydata fdisk e2fsprogs dosfstools mtools
+  qemu-system-x86 qemu-utils ovmf xorriso
+  debhelper dpkg-dev lintian       # packaging/build-debs.sh (systemd-analyze comes with systemd)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -333,6 +333,68 @@ impl PveClient {
     }
 }
 
+impl PveClient {
+    /// A multipart `POST` (uploads, `crate::template`): like `call`, but the body is
+    /// streamed once, so a 401 cannot be retried with a fresh ticket; ticket auth
+    /// logs in before sending. `timeout` covers the whole transfer.
+    pub(crate) async fn call_multipart<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        form: reqwest::multipart::Form,
+        timeout: Duration,
+    ) -> Result<T> {
+        let ticket = self.ticket(None).await?;
+        let url = self.url(segments)?;
+        let path = format!("/{}", segments.join("/"));
+        let mut headers = HeaderMap::new();
+        match (&self.auth, ticket.as_ref()) {
+            (Auth::Token(value), _) => {
+                headers.insert(AUTHORIZATION, header(value.expose(), true)?);
+            }
+            (Auth::Ticket { .. }, Some(t)) => {
+                headers.insert(
+                    COOKIE,
+                    header(&format!("PVEAuthCookie={}", t.ticket.expose()), true)?,
+                );
+                headers.insert("CSRFPreventionToken", header(t.csrf.expose(), true)?);
+            }
+            (Auth::Ticket { .. }, None) => {}
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let transport = |source: reqwest::Error| Error::Transport {
+            method: "POST",
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let resp = self
+            .http
+            .post(url)
+            .headers(headers)
+            .timeout(timeout)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+        let body = resp.bytes().await.map_err(transport)?;
+        tracing::debug!(method = "POST", %path, status = status.as_u16(), "pve upload");
+        if status.is_success() {
+            let env: Envelope<T> =
+                serde_json::from_slice(&body).map_err(|source| Error::Decode {
+                    method: "POST",
+                    path: path.clone(),
+                    source,
+                })?;
+            return Ok(env.data);
+        }
+        Err(api_error(&Method::POST, &path, status, reason, &body))
+    }
+}
+
 /// Build [`Error::Api`] from an error answer. PVE puts the message in the reason phrase and,
 /// in newer versions, also in the body's `message`; per-field errors are in `errors`.
 fn api_error(

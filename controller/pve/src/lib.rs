@@ -11,6 +11,8 @@
 //!   builders ([`CloneRequest`], [`ConfigUpdate`], ...).
 //! - [`propstring`]: property strings (`virtio,bridge=vmbr0`), [`NetDevice`], [`IpConfig`].
 //! - [`upid`]: [`Upid`] parsing.
+//! - [`template`]: [`template::TemplateApi`], what installing the guest template needs
+//!   (storage status and content, uploads, VM creation with `import-from`, conversion).
 //! - [`error`]: [`Error`] and its [`ErrorKind`] classification.
 //! - `de`: the single place PVE's loose JSON typing (numbers and bools as strings) is absorbed.
 //! - `fake` (feature `fake`): an in-memory, zero-latency cluster implementing [`Pve`].
@@ -56,6 +58,7 @@ pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod propstring;
+pub mod template;
 pub mod tls;
 pub mod types;
 pub mod upid;

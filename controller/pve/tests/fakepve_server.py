@@ -131,6 +131,21 @@ async def command(pve, cmd):
     if op == 'lose_quorum':
         pve.lose_quorum()
         return None
+    # Template installation (bhctl template install): fakepve refuses uploads with
+    # content=import, so tests place the image file themselves and set storage content.
+    if op == 'storage_content':
+        pve.storages[cmd['storage']]['content'] = cmd['content']
+        return None
+    if op == 'store_file':
+        pve.store_file(cmd['storage'], cmd['name'], cmd['size'], cmd.get('content', 'iso'))
+        return None
+    if op == 'remove_vm':
+        vm = pve.vm(cmd['vmid'])
+        if vm is not None:
+            pve.vms.remove(vm)
+        return None
+    if op == 'storage_volumes':
+        return sorted(pve.storages[cmd['storage']].get('volumes', {}))
     raise ValueError('unknown op {0!r}'.format(op))
 
 

@@ -22,11 +22,27 @@ struct Args {
     /// API socket path; overrides `api.socket` in the configuration.
     #[arg(long, env = "BLOCKHOST_SOCKET")]
     socket: Option<PathBuf>,
+    /// Write the manual page into this directory and exit (packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     blockhost_controller::tune_allocator();
     let args = Args::parse();
+    if let Some(dir) = &args.generate_man {
+        let cmd = <Args as clap::CommandFactory>::command().name("blockhostd");
+        return match blockhost_controller::cli::manpages::write_all(cmd, dir, "8") {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "blockhostd: cannot write the manual page into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let explicit = args.config.is_some();
     let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
     let mut cfg = match daemon::load_config(&path, explicit) {

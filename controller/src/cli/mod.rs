@@ -7,8 +7,11 @@
 
 pub mod chain;
 pub mod config_edit;
+pub mod manpages;
 pub mod nft;
 pub mod output;
+pub mod template;
+pub mod template_install;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -155,6 +158,18 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// The guest VM template: build its image, install it into Proxmox VE.
+    Template {
+        /// What to do.
+        #[command(subcommand)]
+        command: template::TemplateCommand,
+    },
+    /// Write bhctl's manual pages into a directory (packaging).
+    #[command(hide = true)]
+    GenerateMan {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 /// Errors of a command, printed by `main`.
@@ -172,6 +187,9 @@ pub enum CliError {
     /// A chain command failed.
     #[error(transparent)]
     Chain(#[from] chain::ChainCliError),
+    /// A template command failed.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
     /// Writing output failed (a closed pipe is not an error).
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
@@ -204,6 +222,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "bhctl", &mut out);
             Ok(())
+        }
+        Command::Template { command } => template::run(&mut out, command).await.map_err(Into::into),
+        Command::GenerateMan { dir } => {
+            manpages::write_all(<Cli as clap::CommandFactory>::command(), &dir, "1")
+                .map(drop)
+                .map_err(Into::into)
         }
     };
     out.flush()?;
