@@ -56,7 +56,7 @@ pub fn guest_image() -> Option<PathBuf> {
 /// Everything the suite needs: the whole-system tools plus qemu, qemu-img,
 /// xorriso, ip, ssh and the guest image. Missing ones fail under
 /// `BLOCKHOST_REQUIRE_TOOLS=1` and skip with a note otherwise.
-pub fn tools_available() -> bool {
+pub fn guest_tools_available() -> bool {
     if !support::tools_available() {
         return false;
     }
@@ -102,7 +102,7 @@ impl GuestRig {
     /// anvil on `port`, the real-guest stand-in, blockhostd; `plan_memory_mib`
     /// is the VM size plans get (small: TCG is slow and cores are shared).
     pub async fn start(name: &str, port: u16, plan_memory_mib: u32) -> GuestRig {
-        let image = guest_image().expect("tools_available checked the image");
+        let image = guest_image().expect("guest_tools_available checked the image");
         let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("real-guests")
             .join(format!("{name}-{}", std::process::id()));
@@ -124,7 +124,10 @@ impl GuestRig {
         let pve = FakePve::start_args(&repo_root(), "127.0.15", &NEXT_HOST, &args, Stdio::inherit);
         let netns = pve.hello["netns"].as_str().unwrap().to_owned();
         let accel = pve.hello["accel"].as_str().unwrap().to_owned();
-        eprintln!("real guests: namespace {netns}, accelerator {accel}, work dir {}", work.display());
+        eprintln!(
+            "real guests: namespace {netns}, accelerator {accel}, work dir {}",
+            work.display()
+        );
         let tuning = Tuning {
             // ACPI shutdown of a TCG guest takes seconds; a boot takes a minute or more.
             shutdown_timeout_secs: 120,

@@ -55,7 +55,7 @@ fn nft_details(g: &GuestRig, who: &str, token: u64) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchase_to_wallet_login_and_back() {
-    if !tools_available() {
+    if !guest_tools_available() {
         return;
     }
     let g = GuestRig::start("lifecycle", 18690, 1024).await;
@@ -72,16 +72,18 @@ async fn purchase_to_wallet_login_and_back() {
 
     // The VM boots from the template's image in qemu; blockhostd sees it Running
     // once the real guest agent took the access file.
-    let vm = g.wait(BOOT_SECS, "blockhost-001 Running (booted, access file written)", || {
-        match g.item("vms", "blockhost-001") {
+    let vm = g.wait(
+        BOOT_SECS,
+        "blockhost-001 Running (booted, access file written)",
+        || match g.item("vms", "blockhost-001") {
             Some(v) if v["status"]["phase"] == json!("Running") => Ok(v),
             Some(v) => Err(format!(
                 "phase {} lastError {}",
                 v["status"]["phase"], v["status"]["lastError"]
             )),
             None => Err("absent".into()),
-        }
-    });
+        },
+    );
     let guests = g.guests();
     assert_eq!(guests.len(), 1, "{guests:?}");
     assert_eq!(guests[0]["running"], json!(true), "{guests:?}");
@@ -107,7 +109,10 @@ async fn purchase_to_wallet_login_and_back() {
     assert!(out.contains(USER), "{out}");
     assert!(out.contains(&format!("nft_token_id = {token}")), "{out}");
     // IPv4 reaches the same VM.
-    let v4 = vm["status"]["addresses"]["ipv4"].as_str().unwrap().to_owned();
+    let v4 = vm["status"]["addresses"]["ipv4"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(g.sshd_listens(&v4), "sshd not reachable at {v4}");
 
     // Transfer: within the confirmations plus one resync the friend logs in and
@@ -119,7 +124,10 @@ async fn purchase_to_wallet_login_and_back() {
         &[USER, FRIEND, &token.to_string()],
     );
     let (host2, user2) = nft_details(&g, FRIEND, token);
-    assert_eq!((host2.as_str(), user2.as_str()), (host.as_str(), user.as_str()));
+    assert_eq!(
+        (host2.as_str(), user2.as_str()),
+        (host.as_str(), user.as_str())
+    );
     g.wait_login(60, FRIEND_INDEX, &user, &host, "id -un");
     let refused = g.ssh(USER_INDEX, &user, &host, "id -un");
     assert!(!refused.status.success(), "the old holder still logs in");
@@ -164,7 +172,11 @@ async fn purchase_to_wallet_login_and_back() {
     g.wait(300, "blockhost-001 and its disk deleted", || {
         let gs = g.guests();
         let files = gs[0]["overlay_files"].as_array().unwrap().len();
-        match (g.item("vms", "blockhost-001"), g.pve_vm("blockhost-001"), files) {
+        match (
+            g.item("vms", "blockhost-001"),
+            g.pve_vm("blockhost-001"),
+            files,
+        ) {
             (None, None, 0) => Ok(()),
             (a, b, n) => Err(format!(
                 "bhctl {:?} pve {:?} overlay files {n}",
@@ -178,7 +190,7 @@ async fn purchase_to_wallet_login_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_three_provision() {
-    if !tools_available() {
+    if !guest_tools_available() {
         return;
     }
     let mut g = GuestRig::start("sigkill", 18691, 768).await;
@@ -218,7 +230,10 @@ async fn sigkill_while_three_provision() {
     }
     let guests = g.guests();
     assert_eq!(guests.len(), 3, "exactly three qemu guests: {guests:?}");
-    assert!(guests.iter().all(|x| x["running"] == json!(true)), "{guests:?}");
+    assert!(
+        guests.iter().all(|x| x["running"] == json!(true)),
+        "{guests:?}"
+    );
     assert_eq!(g.pve_vms().len(), 3);
     g.assert_pve_accepted_everything();
 }

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   sshpass expect                  # scripted keyboard-interactive SSH clients
   jq curl ca-certificates
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
+  qemu-system-x86 qemu-utils xorriso iproute2  # real guests: the stand-in's VMs, overlays, cloud-init ISOs, namespaces
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -559,11 +559,48 @@ class GuestNode(object):
                     vm.qmpstatus = g.qmpstatus
                     vm.stats = dict(g.stats)
 
+    async def standalone_boot(self, address, gateway, vmid=999, memory=1024, cores=1, limit=1800):
+        """Boots the image alone (no API, no blockhostd) with the same qemu settings and a cloud-init
+        drive giving it `address`; returns seconds from qemu's start to the guest agent's first answer
+        and to sshd accepting TCP on port 22, then stops it and removes its overlay."""
+        g = Guest(self, vmid)
+        volume = 'local-lvm:vm-{0}-disk-0'.format(vmid)
+        config = {'name': 'standalone-boot', 'cores': cores, 'memory': memory, 'ciuser': 'bench',
+                  'scsi0': volume + ',size=4G', 'net0': 'virtio,bridge=' + self.bridge,
+                  'ipconfig0': 'ip={0},gw={1}'.format(address, gateway), 'agent': '1'}
+        host = address.split('/')[0]
+        out = {}
+        self.guests[vmid] = g
+        try:
+            await g.start(config, config['name'])
+            t0 = g.started_at
+            deadline = t0 + limit
+            while time.time() < deadline and len(out) < 2 and g.running:
+                if 'agent_secs' not in out:
+                    try:
+                        await g.agent('guest-ping', None, 1.0)
+                        out['agent_secs'] = round(time.time() - t0, 2)
+                    except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                        pass
+                if 'sshd_secs' not in out:
+                    probe = await asyncio.create_subprocess_exec(
+                        'ip', 'netns', 'exec', self.netns, 'timeout', '2', 'bash', '-c',
+                        'exec 3<>/dev/tcp/{0}/22'.format(host), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    if await probe.wait() == 0:
+                        out['sshd_secs'] = round(time.time() - t0, 2)
+                await asyncio.sleep(0.25)
+        finally:
+            await g.kill()
+            self.guests.pop(vmid, None)
+            self.free_volume(volume)
+        out['accel'] = self.accel
+        return out
+
     def describe(self):
         out = []
         for vmid, g in sorted(self.guests.items()):
             vm = self.pve.vm(vmid) if self.pve else None
-            out.append({'vmid': vmid, 'name': g.name, 'exists': vm is not None, 'running': g.running,
+            out.append({'vmid': vmid, 'name': g.name, 'exists': vm is not None, 'running': g.running, 'epoch': self.t0,
                         'pid': g.proc.pid if g.proc else None,
                         'qmpstatus': g.qmpstatus, 'serial_log': g.serial_path(), 'events': g.events,
                         'overlay_files': self.overlays_of(vmid)})

@@ -151,6 +151,8 @@ async def command(pve, cmd):
     if op == 'guests':
         node = getattr(pve, 'guest_node', None)
         return node.describe() if node else []
+    if op == 'standalone_boot':
+        return await pve.guest_node.standalone_boot(cmd['address'], cmd['gateway'], memory=cmd.get('memory', 1024))
     if op == 'lose_quorum':
         pve.lose_quorum()
         return None
