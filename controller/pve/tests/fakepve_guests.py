@@ -816,6 +816,7 @@ def real_guest_pve(base=FakePve):
 # ---------------------------------------------------------------- accelerator
 
 PROBE_SECS = 120
+PROBE_SILENT_SECS = 30
 
 
 async def probe_kvm(image, workdir, qemu='qemu-system-x86_64'):
@@ -837,10 +838,16 @@ async def probe_kvm(image, workdir, qemu='qemu-system-x86_64'):
     probe = Guest.__new__(Guest)
     probe.vmid, probe.qmp_path, probe.qga_path, probe.proc = 0, qmp, qga, proc
     probe.agent_lock, probe.sync_id = asyncio.Lock(), 1
-    deadline = time.time() + PROBE_SECS
+    started = time.time()
+    deadline = started + PROBE_SECS
+    serial = os.path.join(workdir, 'kvm-probe.serial.log')
     ok = False
     try:
         while time.time() < deadline and proc.returncode is None:
+            # Firmware and GRUB write to the serial console within a second; silence for
+            # PROBE_SILENT_SECS means the vCPU is stuck (seen with para-virtualised KVM).
+            if time.time() - started > PROBE_SILENT_SECS and not (os.path.exists(serial) and os.path.getsize(serial)):
+                break
             try:
                 status = (await probe.qmp('query-status', timeout=2))['status']
                 if status in ('internal-error', 'guest-panicked', 'shutdown'):
