@@ -50,7 +50,7 @@ fn secs(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 /// Follows one purchase from `mined` to the first login; `name` is its VM.
 fn follow(g: &GuestRig, name: &str, mined: DateTime<Utc>) -> Sample {
-    let token = g.wait_token(name);
+    let token = g.wait_token_for(name, 1800);
     let (host, user) = {
         let d = g.decrypt(USER, token).unwrap();
         (

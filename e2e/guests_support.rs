@@ -172,6 +172,19 @@ impl GuestRig {
         }
     }
 
+    /// The NFT's token id once minted; blockhostd mints after the VM runs, so
+    /// this waits as long as a boot (`secs`).
+    pub fn wait_token_for(&self, name: &str, secs: u64) -> u64 {
+        self.wait(secs, &format!("{name}'s NFT"), || {
+            match self.item("subscriptions", name) {
+                Some(s) => s["status"]["nftTokenId"]
+                    .as_u64()
+                    .ok_or_else(|| format!("status {}", s["status"])),
+                None => Err("no subscription".into()),
+            }
+        })
+    }
+
     /// The stand-in's view of its qemu processes (`guests` command).
     pub fn guests(&self) -> Vec<Value> {
         self.pve

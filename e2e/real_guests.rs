@@ -67,8 +67,6 @@ async fn purchase_to_wallet_login_and_back() {
     // The buyer: stablecoin, approval, purchase with an eciesjs payload (cast).
     g.fund(USER);
     g.buy(USER, 30);
-    let token = g.wait_token("blockhost-001");
-    assert_eq!(g.owner_of(token), USER);
 
     // The VM boots from the template's image in qemu; blockhostd sees it Running
     // once the real guest agent took the access file.
@@ -84,6 +82,8 @@ async fn purchase_to_wallet_login_and_back() {
             None => Err("absent".into()),
         },
     );
+    let token = g.wait_token_for("blockhost-001", 120);
+    assert_eq!(g.owner_of(token), USER);
     let guests = g.guests();
     assert_eq!(guests.len(), 1, "{guests:?}");
     assert_eq!(guests[0]["running"], json!(true), "{guests:?}");
@@ -216,7 +216,7 @@ async fn sigkill_while_three_provision() {
     let mut tokens = BTreeSet::new();
     let mut by_name = Vec::new();
     for n in &names {
-        let t = g.wait_token(n);
+        let t = g.wait_token_for(n, BOOT_SECS);
         assert_eq!(g.owner_of(t), USER);
         assert!(tokens.insert(t), "token {t} given twice");
         by_name.push((n, t));
