@@ -82,6 +82,8 @@ pub struct Rig {
     pub c: Contracts,
     /// fakepve's `host:port` when the configuration was redirected (benchmarks).
     pub upstream: Option<String>,
+    /// Appended to every timeout message (the real-guest suite names its serial logs).
+    pub failure_note: String,
 }
 
 impl Rig {
@@ -99,18 +101,27 @@ impl Rig {
         confirmations: u64,
         edit: impl FnOnce(String, &str) -> (String, String),
     ) -> Rig {
-        let anvil = Anvil::start(port);
         let mut pve = FakePve::start(&repo_root(), "127.0.13", &NEXT_PVE_HOST, &[], Stdio::null);
         pve.auto_agent();
+        let tuning = Tuning {
+            concurrency: 4,
+            ..Tuning::default()
+        };
+        Self::start_on(port, confirmations, pve, &tuning, edit).await
+    }
+
+    /// [`Rig::start_with`] on a Proxmox stand-in the caller started (the
+    /// real-guest suite's), with its own `proxmox:` tuning.
+    pub async fn start_on(
+        port: u16,
+        confirmations: u64,
+        pve: FakePve,
+        tuning: &Tuning,
+        edit: impl FnOnce(String, &str) -> (String, String),
+    ) -> Rig {
+        let anvil = Anvil::start(port);
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(
-            dir.path(),
-            &pve,
-            &Tuning {
-                concurrency: 4,
-                ..Tuning::default()
-            },
-        );
+        let cfg = write_config(dir.path(), &pve, tuning);
         let key = dir.path().join("server.key");
         std::fs::write(&key, format!("0x{SERVER_KEY}\n")).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -148,6 +159,7 @@ impl Rig {
             c,
             pve: std::sync::Mutex::new(pve),
             upstream: (!upstream.is_empty()).then_some(upstream),
+            failure_note: String::new(),
         }
     }
 
@@ -408,7 +420,8 @@ impl Rig {
             .collect::<Vec<_>>()
             .join("\n");
         panic!(
-            "timed out after {secs}s waiting for {what}; last seen: {last}\n--- daemon log (tail) ---\n{tail}"
+            "timed out after {secs}s waiting for {what}; last seen: {last}\n--- daemon log (tail) ---\n{tail}{}",
+            self.failure_note
         );
     }
 

@@ -3,14 +3,36 @@
 # HTTPS) and blockhostd start; the operator deploys the contracts and creates a
 # plan with bhctl; a user buys a subscription with cast (their signature
 # ECIES-encrypted to the server by npm eciesjs); blockhostd provisions the VM
-# and mints the access NFT; the user decrypts it with bhctl.
-#   scripts/demo.sh          run the flow, show the result, stop
+# and mints the access NFT; the user decrypts it with bhctl. By default the VM is
+# real: the stand-in boots it in qemu from the guest image on a bridge in a
+# network namespace, and the demo ends with the buyer's wallet login (the PAM
+# module's message signed by `cast wallet sign`) printing `uname -a` and `id`
+# from inside the VM.
+#   scripts/demo.sh          run the flow with a real VM, show the result, stop
+#   scripts/demo.sh --fake   the fast run: VMs are rows in fakepve, nothing boots
 #   scripts/demo.sh --keep   leave everything running until Ctrl-C
+# The real VM needs root (namespace, tap), qemu (scripts/setup.sh) and the guest
+# image: BLOCKHOST_GUEST_IMAGE=path/to/image.qcow2. qemu uses KVM when a probe
+# boot under /dev/kvm works and TCG otherwise (a boot takes a minute or more).
 # Ports: anvil 127.0.0.1:${DEMO_ANVIL_PORT:-18545}, fakepve ${DEMO_PVE_HOST:-127.0.14.1}:8006,
 # the signup page http://127.0.0.1:${DEMO_SIGNUP_PORT:-18080}/.
 # Keys: anvil's well-known dev keys only (never use them on a real chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+KEEP=0; REAL=1
+for a in "$@"; do
+  case "$a" in
+    --keep) KEEP=1 ;;
+    --fake) REAL=0 ;;
+    *) echo "usage: scripts/demo.sh [--fake] [--keep]" >&2; exit 2 ;;
+  esac
+done
+GUEST_IMAGE=${BLOCKHOST_GUEST_IMAGE:-}
+if [ "$REAL" -eq 1 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "the real VM needs root (network namespace, tap); or run scripts/demo.sh --fake" >&2; exit 1; }
+  [ -n "$GUEST_IMAGE" ] && [ -f "$GUEST_IMAGE" ] || {
+    echo "no guest image: set BLOCKHOST_GUEST_IMAGE to the template image (qcow2), or run scripts/demo.sh --fake" >&2; exit 1; }
+fi
 bash scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
@@ -37,7 +59,8 @@ step() { echo; echo "== $*"; }
 run() { echo "\$ bhctl $*"; "$BIN/bhctl" "$@"; }
 wait_until() { # seconds, description, command...
   local limit=$1 what=$2; shift 2
-  for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  local end=$((SECONDS + limit))
+  while [ "$SECONDS" -lt "$end" ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "timed out waiting for $what; see $DIR/*.log" >&2; return 1
 }
 
@@ -46,15 +69,28 @@ anvil --host 127.0.0.1 --port "$ANVIL_PORT" --silent >"$DIR/anvil.log" 2>&1 &
 PIDS+=($!)
 wait_until 20 anvil cast block-number --rpc-url "$RPC"
 
-step "Proxmox stand-in: fakepve on https://$PVE_HOST:8006"
-coproc PVE { exec .venv/bin/python controller/pve/tests/fakepve_server.py "$PVE_HOST" 2>"$DIR/fakepve.log"; }
+PVE_ARGS=()
+if [ "$REAL" -eq 1 ]; then
+  step "Proxmox stand-in: fakepve on https://$PVE_HOST:8006, VMs in qemu from $GUEST_IMAGE"
+  PVE_ARGS=(--guest-image "$GUEST_IMAGE" --guest-dir "$DIR/guests" --gateway 10.20.0.1/24 --gateway 2001:db8:20::1/64)
+else
+  step "Proxmox stand-in: fakepve on https://$PVE_HOST:8006 (fake VMs)"
+fi
+coproc PVE { exec .venv/bin/python controller/pve/tests/fakepve_server.py "$PVE_HOST" "${PVE_ARGS[@]}" 2>"$DIR/fakepve.log"; }
 PIDS+=("$PVE_PID")
 read -r HELLO <&"${PVE[0]}"
 PVE_URL=$(jq -r '.url // empty' <<<"$HELLO")
 PVE_FP=$(jq -r '.fingerprint // empty' <<<"$HELLO")
-[ -n "$PVE_URL" ] || { echo "fakepve did not start: $HELLO" >&2; exit 1; }
-# Guests' agents answer (a real template has qemu-guest-agent installed).
-echo '{"op":"auto_agent"}' >&"${PVE[1]}"; read -r _ <&"${PVE[0]}"
+[ -n "$PVE_URL" ] || { echo "fakepve did not start: $HELLO (see $DIR/fakepve.log)" >&2; exit 1; }
+if [ "$REAL" -eq 1 ]; then
+  NETNS=$(jq -r .netns <<<"$HELLO")
+  echo "node network: bridge vmbr0 in namespace $NETNS; accelerator $(jq -r .accel <<<"$HELLO"); serial logs in $(jq -r .serial_dir <<<"$HELLO")"
+  BOOT_SECS=900
+else
+  # Guests' agents answer (a real template has qemu-guest-agent installed).
+  echo '{"op":"auto_agent"}' >&"${PVE[1]}"; read -r _ <&"${PVE[0]}"
+  BOOT_SECS=60
+fi
 
 umask 077
 printf 's3cret-token\n' >"$DIR/pve-token"
@@ -74,6 +110,8 @@ proxmox:
   vmidLast: 299
   defaultTemplate: 9001
   resyncSecs: 5
+  agentTimeoutSecs: 900
+  shutdownTimeoutSecs: 120
 network:
   ipv4: {cidr: 10.20.0.0/24, gateway: 10.20.0.1}
   ipv6: {prefix: "2001:db8:20::/64", gateway: "2001:db8:20::1"}
@@ -85,6 +123,8 @@ chain:
   wsUrls: ["ws://127.0.0.1:$ANVIL_PORT"]
   confirmations: 0
   serverKeyFile: $DIR/server.key
+  planDefaults:
+    resources: {cores: 1, memoryMiB: 1024, diskGiB: 4}
 signup:
   listen: 127.0.0.1:$SIGNUP_PORT
 YAML
@@ -122,7 +162,8 @@ echo "bought 30 days of plan 1"
 step "blockhostd provisions the VM and mints the NFT"
 minted() { "$BIN/bhctl" get subscriptions -o json | jq -e '.items[0].status.nftTokenId != null'; }
 running() { "$BIN/bhctl" get vms -o json | jq -e '.items[0].status.phase == "Running"'; }
-wait_until 60 "the VM to run" running
+[ "$REAL" -eq 1 ] && echo "(the VM boots in qemu; under TCG that takes a minute or more)"
+wait_until "$BOOT_SECS" "the VM to run" running
 wait_until 60 "the NFT" minted
 run get vms
 run get vms -o wide
@@ -139,7 +180,32 @@ echo "\$ curl http://127.0.0.1:$SIGNUP_PORT/api/v1/subscriptions/1"
 curl -fsS "http://127.0.0.1:$SIGNUP_PORT/api/v1/subscriptions/1"; echo
 echo "signup page: http://127.0.0.1:$SIGNUP_PORT/ (a wallet on chain 31337 at $RPC can buy there)"
 
-if [ "${1:-}" = "--keep" ]; then
-  echo; echo "running: export BLOCKHOST_SOCKET=$BLOCKHOST_SOCKET; anvil at $RPC; Ctrl-C stops everything."
+if [ "$REAL" -eq 1 ]; then
+  step "user: SSH login at the NFT's address, signing the PAM module's message with cast wallet sign"
+  DETAILS=$("$BIN/bhctl" nft decrypt --token-id 0 --rpc-url "$RPC" --nft-contract "$NFT" --signature - -o json <<<"$SIG")
+  VM_HOST=$(jq -r .hostname <<<"$DETAILS"); VM_USER=$(jq -r .username <<<"$DETAILS")
+  mkdir -m 700 "$DIR/ssh"
+  # anvil's well-known mnemonic; the buyer is account 4 (test keys only).
+  printf 'test test test test test test test test test test test junk\n' >"$DIR/ssh/mnemonic"; chmod 600 "$DIR/ssh/mnemonic"
+  cat >"$DIR/ssh/askpass" <<'ASKPASS'
+#!/bin/bash
+# ssh's askpass: sign the message between pam_blockhost's markers with the buyer's wallet.
+msg="$(printf '%s\n' "$1" | sed -n '/^----- BEGIN SIGN-IN MESSAGE -----$/,/^----- END SIGN-IN MESSAGE -----$/p' | sed '1d;$d')"
+[ -n "$msg" ] || exit 1
+exec cast wallet sign --mnemonic "$(dirname "$0")/mnemonic" --mnemonic-index 4 "$msg"
+ASKPASS
+  chmod 700 "$DIR/ssh/askpass"
+  login() {
+    SSH_ASKPASS="$DIR/ssh/askpass" SSH_ASKPASS_REQUIRE=force DISPLAY=:0 ip netns exec "$NETNS" \
+      ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+        -o PreferredAuthentications=keyboard-interactive -o NumberOfPasswordPrompts=1 -o ConnectTimeout=5 \
+        "$VM_USER@$VM_HOST" "$@" </dev/null
+  }
+  echo "\$ ssh $VM_USER@$VM_HOST 'uname -a; id'    # from the node's network; the answer is a cast wallet signature"
+  wait_until "$BOOT_SECS" "sshd in the VM to let the wallet in" login true
+  login 'uname -a; id'
+fi
+
+if [ "$KEEP" -eq 1 ]; then  echo; echo "running: export BLOCKHOST_SOCKET=$BLOCKHOST_SOCKET; anvil at $RPC; Ctrl-C stops everything."
   wait "${PIDS[0]}"
 fi

@@ -21,6 +21,7 @@ APT_PACKAGES=(
   mmdebstrap debian-archive-keyring eatmydata fdisk e2fsprogs dosfstools mtools
   qemu-system-x86 qemu-utils ovmf xorriso
   debhelper dpkg-dev lintian       # packaging/build-debs.sh (systemd-analyze comes with systemd)
+  qemu-system-x86 qemu-utils xorriso iproute2  # real guests: the stand-in's VMs, overlays, cloud-init ISOs, namespaces
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

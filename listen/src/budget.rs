@@ -71,11 +71,7 @@ pub fn fit(
     let public_sum: u64 = public.iter().map(|&c| c as u64).sum();
     let mut out = Vec::with_capacity(public.len());
     for &cap in public {
-        let share = if public_sum == 0 {
-            0
-        } else {
-            rest * cap as u64 / public_sum
-        };
+        let share = (rest * cap as u64).checked_div(public_sum).unwrap_or(0);
         let share = usize::try_from(share).unwrap_or(usize::MAX).min(cap);
         if share == 0 && cap > 0 {
             return Err(too_few);

@@ -20,15 +20,25 @@ need: `vms` (every non-template VM), `error_answers` (method, path, status and m
 answer with status >= 400 the server gave, so a test can prove that no request failed PVE's
 parameter validation) and `auto_agent` (every VM's guest agent answers from then on, including
 clones made later: a daemon under test cannot be told "now set the agent" between its own steps).
+
+With `--guest-image IMAGE --guest-dir DIR --gateway ADDR/LEN ...` the VMs cloned from the template are
+real qemu guests booting overlays of IMAGE in a network namespace of their own (see fakepve_guests.py);
+the hello line then also names the namespace (`netns`), the accelerator (`accel`) and the serial log
+directory (`serial_dir`), and the `guests` command describes every qemu process. On exit (stdin
+closed, SIGTERM or SIGINT) the qemu processes, the namespace and the overlays are removed; the serial
+logs stay in DIR/serial.
 """
 
 import argparse
 import asyncio
 import hashlib
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 try:
     from fakepve import FakePve
@@ -58,9 +68,19 @@ def record_error_answers():
     FakePve._answer = answer
 
 
-def build(host, nodes):
+def build(host, nodes, node=None):
     record_error_answers()
-    pve = FakePve(user='root@pam', password='secret', host=host, port=8006)
+    cls = FakePve
+    if node is not None:
+        from fakepve_guests import real_guest_pve
+        cls = real_guest_pve(FakePve)
+    pve = cls(user='root@pam', password='secret', host=host, port=8006)
+    template_bytes = 3 * 1024 ** 3
+    if node is not None:
+        from fakepve_guests import image_size
+        pve.guest_node = node
+        node.pve = pve
+        template_bytes = image_size(node.image)
     pve.time_scale = 0
     pve.apitokens[TOKEN_ID] = TOKEN_SECRET
     pve.error_answers = []
@@ -68,10 +88,10 @@ def build(host, nodes):
     for node in nodes:
         pve.add_node(node)
     pve.storages['local-lvm'].setdefault('volumes', {})['base-9001-disk-0'] = {
-        'content': 'images', 'format': 'raw', 'size': 3 * 1024 ** 3, 'vmid': TEMPLATE, 'ctime': 0}
+        'content': 'images', 'format': 'raw', 'size': template_bytes, 'vmid': TEMPLATE, 'ctime': 0}
     pve.add_vm(TEMPLATE, 'debian-12-template', node='pve1', template=True, config={
         'cores': 1, 'memory': 1024, 'ostype': 'l26', 'scsihw': 'virtio-scsi-single', 'agent': 'enabled=1',
-        'scsi0': 'local-lvm:base-9001-disk-0,size=3G', 'ide2': 'local-lvm:vm-9001-cloudinit,media=cdrom',
+        'scsi0': 'local-lvm:base-9001-disk-0,size={0}M'.format(template_bytes >> 20), 'ide2': 'local-lvm:vm-9001-cloudinit,media=cdrom',
         'net0': 'virtio=BC:24:11:00:90:01,bridge=vmbr0', 'boot': 'order=scsi0', 'template': 1})
     return pve
 
@@ -128,6 +148,11 @@ async def command(pve, cmd):
     if op == 'auto_agent':
         pve.auto_agent = True
         return None
+    if op == 'guests':
+        node = getattr(pve, 'guest_node', None)
+        return node.describe() if node else []
+    if op == 'standalone_boot':
+        return await pve.guest_node.standalone_boot(cmd['address'], cmd['gateway'], memory=cmd.get('memory', 1024))
     if op == 'lose_quorum':
         pve.lose_quorum()
         return None
@@ -160,7 +185,22 @@ async def answer_agents(pve):
 
 
 async def serve(args):
-    pve = build(args.host, args.node)
+    node = None
+    if args.guest_image:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from fakepve_guests import GuestNode, choose_accel
+        accel = await choose_accel(args.accel, args.guest_image, args.guest_dir)
+        node = GuestNode(args.guest_image, args.guest_dir, args.gateway, accel=accel)
+        node.setup()
+    try:
+        await serve_pve(args, node)
+    finally:
+        if node is not None:
+            await node.teardown()
+
+
+async def serve_pve(args, node):
+    pve = build(args.host, args.node, node)
     tmp = tempfile.mkdtemp(prefix='blockhost-fakepve-')
     try:
         certfile, keyfile, der = make_cert(tmp, hosts=(args.host,))
@@ -169,19 +209,36 @@ async def serve(args):
         shutil.rmtree(tmp, ignore_errors=True)
     digest = hashlib.sha256(der).hexdigest().upper()
     fingerprint = ':'.join(digest[i:i + 2] for i in range(0, len(digest), 2))
-    print(json.dumps({'url': pve.url, 'fingerprint': fingerprint}), flush=True)
+    hello = {'url': pve.url, 'fingerprint': fingerprint}
     loop = asyncio.get_running_loop()
+    sampler = None
+    if node is not None:
+        hello.update(netns=node.netns, accel=node.accel, serial_dir=node.log_dir)
+        sampler = asyncio.create_task(node.sample_forever())
+    print(json.dumps(hello), flush=True)
     agents = asyncio.create_task(answer_agents(pve))
+    lines = asyncio.Queue()
+
+    def read_stdin():
+        # A daemon thread: a signal can end the server while it still waits for a line.
+        for text in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, text)
+        loop.call_soon_threadsafe(lines.put_nowait, '')
+    threading.Thread(target=read_stdin, daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lines.put_nowait, '')
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        line = await lines.get()
         if not line:
-            break  # the test went away
+            break  # the test went away, or a signal
         try:
             reply = {'ok': True, 'result': await command(pve, json.loads(line))}
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the test as text
             reply = {'ok': False, 'error': '{0}: {1}'.format(type(exc).__name__, exc)}
         print(json.dumps(reply, default=str), flush=True)
     agents.cancel()
+    if sampler is not None:
+        sampler.cancel()
     await pve.stop()
 
 
@@ -189,7 +246,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('host')
     parser.add_argument('--node', action='append', default=[], help='an extra node besides pve1')
-    asyncio.run(serve(parser.parse_args()))
+    parser.add_argument('--guest-image', help='qcow2 image of the template: clones boot it in qemu')
+    parser.add_argument('--guest-dir', help='work directory of the real guests (overlays, sockets, serial logs)')
+    parser.add_argument('--gateway', action='append', default=[],
+                        help="an address/len the bridge carries (the network section's gateways)")
+    parser.add_argument('--accel', default='auto', choices=('auto', 'tcg', 'kvm'),
+                        help='auto: KVM if a probe boot under /dev/kvm works, else TCG')
+    args = parser.parse_args()
+    if args.guest_image and not args.guest_dir:
+        parser.error('--guest-image needs --guest-dir')
+    asyncio.run(serve(args))
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -22,12 +23,17 @@ pub const TOKEN_SECRET: &str = "s3cret-token";
 #[derive(Debug)]
 pub struct FakePveProcess {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     /// `https://127.0.X.n:8006`.
     pub url: String,
     /// The certificate's SHA-256 fingerprint, as PVE shows it (`AB:CD:…`).
     pub fingerprint: String,
+    /// The whole hello line (real-guest mode adds `netns`, `accel`, `serial_dir`).
+    pub hello: Value,
+    /// On drop, close stdin and let the server clean up (qemu processes, the
+    /// namespace) before it is killed; set for the real-guest mode.
+    pub graceful: bool,
 }
 
 impl FakePveProcess {
@@ -40,8 +46,24 @@ impl FakePveProcess {
         extra_nodes: &[&str],
         stderr: fn() -> Stdio,
     ) -> Self {
+        let extra: Vec<String> = extra_nodes
+            .iter()
+            .flat_map(|n| ["--node".to_owned(), (*n).to_owned()])
+            .collect();
+        Self::start_args(repo_root, subnet, next, &extra, stderr)
+    }
+
+    /// Like [`FakePveProcess::start`], with any extra command-line arguments of
+    /// the script (`--node NAME`, the real-guest options).
+    pub fn start_args(
+        repo_root: &Path,
+        subnet: &str,
+        next: &AtomicU32,
+        extra: &[String],
+        stderr: fn() -> Stdio,
+    ) -> Self {
         let script = repo_root.join("controller/pve/tests/fakepve_server.py");
-        Self::start_script(repo_root, &script, subnet, next, extra_nodes, stderr)
+        Self::start_with(repo_root, &script, subnet, next, extra, stderr)
     }
 
     /// As [`FakePveProcess::start`], with another server script that speaks the
@@ -52,6 +74,21 @@ impl FakePveProcess {
         subnet: &str,
         next: &AtomicU32,
         extra_nodes: &[&str],
+        stderr: fn() -> Stdio,
+    ) -> Self {
+        let extra: Vec<String> = extra_nodes
+            .iter()
+            .flat_map(|n| ["--node".to_owned(), (*n).to_owned()])
+            .collect();
+        Self::start_with(repo_root, script, subnet, next, &extra, stderr)
+    }
+
+    fn start_with(
+        repo_root: &Path,
+        script: &Path,
+        subnet: &str,
+        next: &AtomicU32,
+        extra: &[String],
         stderr: fn() -> Stdio,
     ) -> Self {
         let py = repo_root.join(".venv/bin/python");
@@ -68,10 +105,7 @@ impl FakePveProcess {
             assert!(n < 250, "ran out of {subnet}.x test addresses");
             let host = format!("{subnet}.{n}");
             let mut cmd = Command::new(&py);
-            cmd.arg(script).arg(&host);
-            for node in extra_nodes {
-                cmd.arg("--node").arg(node);
-            }
+            cmd.arg(script).arg(&host).args(extra);
             let mut child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -92,8 +126,10 @@ impl FakePveProcess {
                 return Self {
                     url: url.to_owned(),
                     fingerprint: fp.to_owned(),
+                    graceful: hello.get("netns").is_some(),
+                    hello: hello.clone(),
                     child,
-                    stdin,
+                    stdin: Some(stdin),
                     stdout,
                 };
             }
@@ -106,8 +142,9 @@ impl FakePveProcess {
 
     /// Sends a control command; returns its result, panics on an error answer.
     pub fn cmd(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("stdin open until drop");
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let reply: Value = serde_json::from_str(&line)
@@ -138,6 +175,17 @@ impl FakePveProcess {
 
 impl Drop for FakePveProcess {
     fn drop(&mut self) {
+        if self.graceful {
+            // EOF on stdin: the server stops its guests and removes its namespace.
+            drop(self.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,239 @@
+//! Whole-system tests on real guests: anvil + the Proxmox stand-in in its
+//! real-guest mode (qemu VMs booted from the guest image) + blockhostd; the
+//! buyer acts with foundry's `cast` and npm `eciesjs` only, and logs in over
+//! SSH at the address their NFT names by signing the PAM module's message
+//! with `cast wallet sign` (see `guests_support.rs`).
+//!
+//! - `purchase_to_wallet_login_and_back`: purchase → the VM boots → the
+//!   access file arrives through the real guest agent → `bhctl nft decrypt` →
+//!   wallet SSH login at the NFT's hostname, `id` and `hostname` from inside →
+//!   NFT transfer: the old holder is refused, the new one logs in → expiry
+//!   shuts the VM down with its disk kept → renewal boots the same disk (a
+//!   file written before is still there) → the grace period ends: VM and
+//!   overlay gone from the stand-in.
+//! - `sigkill_while_three_provision`: three purchases, blockhostd SIGKILLed
+//!   while they provision, restarted: exactly three VMs boot (each logs in)
+//!   and three NFTs are minted.
+//!
+//! Run: `cargo test -p blockhost-controller --test e2e_guests` (part of the
+//! README's test command) with `BLOCKHOST_GUEST_IMAGE` naming the guest image.
+//! As root (namespaces, taps). Under TCG each boot takes about a minute on an
+//! idle machine, several while the cores are busy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../controller/tests/chain_support/mod.rs"]
+mod chain_support;
+#[path = "../controller/tests/common/mod.rs"]
+mod common;
+#[path = "../controller/chain/tests/support/eciesjs.rs"]
+mod eciesjs;
+mod guests_support;
+#[path = "../controller/tests/proxmox_support/mod.rs"]
+mod proxmox_support;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use guests_support::*;
+use serde_json::json;
+use support::*;
+
+const DAY: u64 = 86_400;
+/// A boot under TCG on busy shared cores, plus cloud-init and sshd.
+const BOOT_SECS: u64 = 900;
+
+/// The VM's address, port and user as the NFT carries them (decrypted by the holder).
+fn nft_details(g: &GuestRig, who: &str, token: u64) -> (String, String) {
+    let d = g.decrypt(who, token).unwrap();
+    assert_eq!(d["port"], json!(22), "{d}");
+    (
+        d["hostname"].as_str().unwrap().to_owned(),
+        d["username"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_to_wallet_login_and_back() {
+    if !guest_tools_available() {
+        return;
+    }
+    let g = GuestRig::start("lifecycle", 18690, 1024).await;
+    assert_eq!(g.create_plan("basic", 150), 1);
+    g.wait(30, "plan-1 mirrored", || {
+        g.item("plans", "plan-1").ok_or_else(|| "absent".to_owned())
+    });
+
+    // The buyer: stablecoin, approval, purchase with an eciesjs payload (cast).
+    g.fund(USER);
+    g.buy(USER, 30);
+
+    // The VM boots from the template's image in qemu; blockhostd sees it Running
+    // once the real guest agent took the access file.
+    let vm = g.wait(
+        BOOT_SECS,
+        "blockhost-001 Running (booted, access file written)",
+        || match g.item("vms", "blockhost-001") {
+            Some(v) if v["status"]["phase"] == json!("Running") => Ok(v),
+            Some(v) => Err(format!(
+                "phase {} lastError {}",
+                v["status"]["phase"], v["status"]["lastError"]
+            )),
+            None => Err("absent".into()),
+        },
+    );
+    let token = g.wait_token_for("blockhost-001", 120);
+    assert_eq!(g.owner_of(token), USER);
+    let guests = g.guests();
+    assert_eq!(guests.len(), 1, "{guests:?}");
+    assert_eq!(guests[0]["running"], json!(true), "{guests:?}");
+    let vmid = guests[0]["vmid"].as_u64().unwrap();
+    let pve = g.pve_vm("blockhost-001").unwrap();
+    assert_eq!(pve["status"], json!("running"));
+    assert_eq!(pve["vmid"].as_u64(), Some(vmid));
+
+    // The buyer decrypts the NFT and logs in at its hostname with a wallet signature.
+    let (host, user) = nft_details(&g, USER, token);
+    assert_eq!(vm["status"]["addresses"]["ipv6"], json!(host));
+    let out = g.wait_login(
+        BOOT_SECS,
+        USER_INDEX,
+        &user,
+        &host,
+        "id -un; hostname; cat /etc/blockhost/access.toml; echo kept-across-boots > ~/marker",
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(user.as_str()), "{out}");
+    assert_eq!(lines.next(), Some("blockhost-001"), "{out}");
+    // The access file came through the guest agent and names the holder and token.
+    assert!(out.contains(USER), "{out}");
+    assert!(out.contains(&format!("nft_token_id = {token}")), "{out}");
+    // IPv4 reaches the same VM.
+    let v4 = vm["status"]["addresses"]["ipv4"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(g.sshd_listens(&v4), "sshd not reachable at {v4}");
+
+    // Transfer: within the confirmations plus one resync the friend logs in and
+    // the old holder is refused.
+    g.send(
+        USER,
+        &g.c.nft.clone(),
+        "transferFrom(address,address,uint256)",
+        &[USER, FRIEND, &token.to_string()],
+    );
+    let (host2, user2) = nft_details(&g, FRIEND, token);
+    assert_eq!(
+        (host2.as_str(), user2.as_str()),
+        (host.as_str(), user.as_str())
+    );
+    g.wait_login(60, FRIEND_INDEX, &user, &host, "id -un");
+    let refused = g.ssh(USER_INDEX, &user, &host, "id -un");
+    assert!(!refused.status.success(), "the old holder still logs in");
+
+    // Expiry: ACPI shutdown, disk kept.
+    g.travel(31 * DAY);
+    g.wait(300, "blockhost-001 Suspended and stopped", || {
+        let v = g.item("vms", "blockhost-001").unwrap();
+        let p = g.pve_vm("blockhost-001").unwrap();
+        (v["status"]["phase"] == json!("Suspended") && p["status"] == json!("stopped"))
+            .then_some(())
+            .ok_or_else(|| format!("phase {} pve {}", v["status"]["phase"], p["status"]))
+    });
+    let guests = g.guests();
+    assert_eq!(guests[0]["running"], json!(false), "{guests:?}");
+    let overlays = guests[0]["overlay_files"].as_array().unwrap().clone();
+    assert!(!overlays.is_empty(), "the stopped VM lost its disk");
+    let events = guests[0]["events"].to_string();
+    assert!(events.contains("acpi-powerdown"), "{events}");
+
+    // Renewal (by the new holder): the same disk boots again.
+    g.fund(FRIEND);
+    g.send(
+        FRIEND,
+        &g.c.subs.clone(),
+        "extendSubscription(uint256,uint256,uint256)",
+        &["1", "30", "1"],
+    );
+    let out = g.wait_login(BOOT_SECS, FRIEND_INDEX, &user, &host, "cat ~/marker");
+    assert_eq!(out.trim(), "kept-across-boots");
+    assert_eq!(g.guests()[0]["overlay_files"], json!(overlays));
+
+    // Expiry again, and the grace period (1 day) ends: VM and disk gone.
+    g.travel(31 * DAY);
+    g.wait(300, "blockhost-001 Suspended", || {
+        let v = g.item("vms", "blockhost-001").unwrap();
+        (v["status"]["phase"] == json!("Suspended"))
+            .then_some(())
+            .ok_or_else(|| format!("phase {}", v["status"]["phase"]))
+    });
+    g.travel(2 * DAY);
+    g.wait(300, "blockhost-001 and its disk deleted", || {
+        let gs = g.guests();
+        let files = gs[0]["overlay_files"].as_array().unwrap().len();
+        match (
+            g.item("vms", "blockhost-001"),
+            g.pve_vm("blockhost-001"),
+            files,
+        ) {
+            (None, None, 0) => Ok(()),
+            (a, b, n) => Err(format!(
+                "bhctl {:?} pve {:?} overlay files {n}",
+                a.map(|v| v["status"]["phase"].clone()),
+                b.map(|v| v["status"].clone())
+            )),
+        }
+    });
+    g.assert_pve_accepted_everything();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_three_provision() {
+    if !guest_tools_available() {
+        return;
+    }
+    let mut g = GuestRig::start("sigkill", 18691, 768).await;
+    assert_eq!(g.create_plan("basic", 150), 1);
+    g.wait(30, "plan-1 mirrored", || {
+        g.item("plans", "plan-1").ok_or_else(|| "absent".to_owned())
+    });
+    g.fund(USER);
+    for _ in 0..3 {
+        g.buy(USER, 30);
+    }
+    // Killed while cloning, configuring, starting (qemu processes come up).
+    g.wait(120, "a VM in the stand-in", || {
+        (!g.pve_vms().is_empty())
+            .then_some(())
+            .ok_or_else(|| "none yet".to_owned())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    g.kill();
+    g.restart();
+
+    let names: Vec<String> = (1..=3).map(|i| format!("blockhost-{i:03}")).collect();
+    let mut tokens = BTreeSet::new();
+    let mut by_name = Vec::new();
+    for n in &names {
+        let t = g.wait_token_for(n, BOOT_SECS);
+        assert_eq!(g.owner_of(t), USER);
+        assert!(tokens.insert(t), "token {t} given twice");
+        by_name.push((n, t));
+    }
+    assert_eq!(g.total_supply(), 3, "one NFT per subscription");
+    // Every VM boots and lets the buyer in (they boot at the same time).
+    for (n, t) in by_name {
+        let (host, user) = nft_details(&g, USER, t);
+        let out = g.wait_login(BOOT_SECS, USER_INDEX, &user, &host, "hostname");
+        assert_eq!(out.trim(), n.as_str());
+    }
+    let guests = g.guests();
+    assert_eq!(guests.len(), 3, "exactly three qemu guests: {guests:?}");
+    assert!(
+        guests.iter().all(|x| x["running"] == json!(true)),
+        "{guests:?}"
+    );
+    assert_eq!(g.pve_vms().len(), 3);
+    g.assert_pve_accepted_everything();
+}
