@@ -54,6 +54,7 @@ fn nft_details(g: &GuestRig, who: &str, token: u64) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a VM suite (TCG boots, minutes each): not yet run green end to end; run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
 async fn purchase_to_wallet_login_and_back() {
     if !guest_tools_available() {
         return;
@@ -189,6 +190,7 @@ async fn purchase_to_wallet_login_and_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a VM suite (TCG boots, minutes each): not yet run green end to end; run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
 async fn sigkill_while_three_provision() {
     if !guest_tools_available() {
         return;

@@ -72,10 +72,9 @@ async fn code_sessions_csrf_and_sign_in() {
     assert_eq!(s, 401);
 
     // Ten wrong tries: the first nine say how many remain, the tenth locks.
-    let wrong = if code.starts_with('A') {
-        format!("B{}", &code[1..])
-    } else {
-        format!("A{}", &code[1..])
+    let wrong = match code.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &code[1..]),
     };
     for i in 1..10u32 {
         let (s, v) = c.post("/api/code", json!({"code": wrong})).await;

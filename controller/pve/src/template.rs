@@ -77,6 +77,8 @@ pub trait TemplateApi: Pve {
 
     /// `POST /nodes/{node}/storage/{storage}/upload` (multipart; the file in field
     /// `filename`, with its SHA-256 for PVE to verify). Answers with the copy task.
+    // One call of PVE's upload endpoint: every argument is one of its fields.
+    #[allow(clippy::too_many_arguments)]
     fn upload(
         &self,
         node: &str,
@@ -134,6 +136,8 @@ impl TemplateApi for PveClient {
         .await
     }
 
+    // One call of PVE's upload endpoint: every argument is one of its fields.
+    #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
         node: &str,

@@ -91,7 +91,7 @@ pub enum InstallError {
     Io(#[from] std::io::Error),
 }
 
-fn pve(what: impl Into<String>) -> impl FnOnce(blockhost_pve::Error) -> InstallError {
+fn pve_err(what: impl Into<String>) -> impl FnOnce(blockhost_pve::Error) -> InstallError {
     let what = what.into();
     move |source| InstallError::Pve { what, source }
 }
@@ -324,10 +324,6 @@ async fn only_online_node<P: Pve>(pve: &P) -> Result<String, InstallError> {
             online.len()
         ))),
     }
-}
-
-fn pve_err(what: &str) -> impl FnOnce(blockhost_pve::Error) -> InstallError {
-    pve(what.to_owned())
 }
 
 /// The oldest PVE whose API can upload disk images as `import` content.
