@@ -3,13 +3,13 @@
 # HTTPS) and blockhostd start; the operator deploys the contracts and creates a
 # plan with bhctl; a user buys a subscription with cast (their signature
 # ECIES-encrypted to the server by npm eciesjs); blockhostd provisions the VM
-# and mints the access NFT; the user decrypts it with bhctl. By default the VM is
+# and mints the access NFT; the user decrypts it with bhctl. With --real the VM is
 # real: the stand-in boots it in qemu from the guest image on a bridge in a
 # network namespace, and the demo ends with the buyer's wallet login (the PAM
 # module's message signed by `cast wallet sign`) printing `uname -a` and `id`
-# from inside the VM.
-#   scripts/demo.sh          run the flow with a real VM, show the result, stop
-#   scripts/demo.sh --fake   the fast run: VMs are rows in fakepve, nothing boots
+# from inside the VM (this mode has not yet run green end to end).
+#   scripts/demo.sh          the fast run: VMs are rows in fakepve, nothing boots
+#   scripts/demo.sh --real   run the flow with a real VM (needs BLOCKHOST_GUEST_IMAGE)
 #   scripts/demo.sh --keep   leave everything running until Ctrl-C
 # The real VM needs root (namespace, tap), qemu (scripts/setup.sh) and the guest
 # image: BLOCKHOST_GUEST_IMAGE=path/to/image.qcow2. qemu uses KVM when a probe
@@ -19,19 +19,20 @@
 # Keys: anvil's well-known dev keys only (never use them on a real chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KEEP=0; REAL=1
+KEEP=0; REAL=0
 for a in "$@"; do
   case "$a" in
     --keep) KEEP=1 ;;
     --fake) REAL=0 ;;
-    *) echo "usage: scripts/demo.sh [--fake] [--keep]" >&2; exit 2 ;;
+    --real) REAL=1 ;;
+    *) echo "usage: scripts/demo.sh [--real] [--keep]" >&2; exit 2 ;;
   esac
 done
 GUEST_IMAGE=${BLOCKHOST_GUEST_IMAGE:-}
 if [ "$REAL" -eq 1 ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "the real VM needs root (network namespace, tap); or run scripts/demo.sh --fake" >&2; exit 1; }
+  [ "$(id -u)" -eq 0 ] || { echo "the real VM needs root (network namespace, tap); or run scripts/demo.sh without --real" >&2; exit 1; }
   [ -n "$GUEST_IMAGE" ] && [ -f "$GUEST_IMAGE" ] || {
-    echo "no guest image: set BLOCKHOST_GUEST_IMAGE to the template image (qcow2), or run scripts/demo.sh --fake" >&2; exit 1; }
+    echo "no guest image: set BLOCKHOST_GUEST_IMAGE to the template image (qcow2), or run scripts/demo.sh without --real" >&2; exit 1; }
 fi
 bash scripts/setup.sh
 # shellcheck source=env.sh

@@ -83,7 +83,8 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
     for path in [
         "./usr/sbin/blockhostd",
         "./usr/bin/bhctl",
-        "./usr/lib/systemd/system/blockhostd.service",
+        // dh_installsystemd puts it in /lib on Debian 12's debhelper, /usr/lib on 13's.
+        "/lib/systemd/system/blockhostd.service",
         "./usr/lib/sysusers.d/blockhost.conf",
         "./etc/blockhost/blockhost.yaml",
         "./usr/share/bash-completion/completions/bhctl",
