@@ -158,7 +158,8 @@ if [ "$check" = 1 ]; then
     exit 1
   }
   for pkg in "${packages[@]}"; do
-    for unit in "$work/$pkg/debian/$pkg"/usr/lib/systemd/system/*.service; do
+    # /lib on Debian 12's debhelper, /usr/lib on 13's.
+    for unit in "$work/$pkg/debian/$pkg"/{,usr/}lib/systemd/system/*.service; do
       [ -f "$unit" ] || continue
       # --threshold=20: exit 1 above an exposure of 2.0.
       score="$(systemd-analyze security --offline=true --threshold=20 "$unit" 2>&1 | tail -1)" || {

@@ -92,8 +92,11 @@ fn template_install_creates_once_then_is_unchanged() {
     assert_eq!(conf["scsihw"], json!("virtio-scsi-pci"));
     assert_eq!(conf["boot"], json!("order=scsi0"));
     assert!(conf["agent"].to_string().contains('1'), "{conf:#}");
+    // PVE names the cloud-init volume `vm-<id>-cloudinit`; fakepve 0.5.0 allocates
+    // it like a disk (`vm-<id>-disk-N`), both as a CD-ROM on ide2.
+    let ide2 = conf["ide2"].as_str().unwrap();
     assert!(
-        conf["ide2"].as_str().unwrap().contains("cloudinit"),
+        ide2.contains("cloudinit") || ide2.ends_with(",media=cdrom"),
         "{conf:#}"
     );
     assert!(
