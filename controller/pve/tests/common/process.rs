@@ -46,11 +46,7 @@ impl FakePveProcess {
         extra_nodes: &[&str],
         stderr: fn() -> Stdio,
     ) -> Self {
-        let extra: Vec<String> = extra_nodes
-            .iter()
-            .flat_map(|n| ["--node".to_owned(), (*n).to_owned()])
-            .collect();
-        Self::start_args(repo_root, subnet, next, &extra, stderr)
+        Self::start_args(repo_root, subnet, next, &node_args(extra_nodes), stderr)
     }
 
     /// Like [`FakePveProcess::start`], with any extra command-line arguments of
@@ -76,11 +72,14 @@ impl FakePveProcess {
         extra_nodes: &[&str],
         stderr: fn() -> Stdio,
     ) -> Self {
-        let extra: Vec<String> = extra_nodes
-            .iter()
-            .flat_map(|n| ["--node".to_owned(), (*n).to_owned()])
-            .collect();
-        Self::start_with(repo_root, script, subnet, next, &extra, stderr)
+        Self::start_with(
+            repo_root,
+            script,
+            subnet,
+            next,
+            &node_args(extra_nodes),
+            stderr,
+        )
     }
 
     fn start_with(
@@ -189,4 +188,12 @@ impl Drop for FakePveProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The script's `--node NAME` arguments for each extra node.
+fn node_args(extra_nodes: &[&str]) -> Vec<String> {
+    extra_nodes
+        .iter()
+        .flat_map(|n| ["--node".to_owned(), (*n).to_owned()])
+        .collect()
 }
