@@ -101,7 +101,7 @@ async fn purchase_to_wallet_login_and_back() {
         USER_INDEX,
         &user,
         &host,
-        "id -un; hostname; cat /etc/blockhost/access.toml; echo kept-across-boots > ~/marker",
+        "id -un; hostname; cat /etc/blockhost/access.json; echo kept-across-boots > ~/marker",
     );
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some(user.as_str()), "{out}");

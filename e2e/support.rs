@@ -492,7 +492,7 @@ fn decode_file_write(args: &Value) -> String {
 
 /// Runs `bhctl --config CFG …` (operator commands that talk to the chain).
 pub fn bhctl_config(cfg: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhctl"));
+    let mut cmd = Command::new(crate::common::bhctl_bin());
     cmd.args(args)
         .arg("--config")
         .arg(cfg)

@@ -61,7 +61,7 @@ if [ "$build" = 1 ]; then
   wanted=()
   for p in "${packages[@]}"; do
     case "$p" in
-      blockhost) wanted+=(-p blockhost-controller --bin blockhostd --bin bhctl) ;;
+      blockhost) wanted+=(-p blockhost-controller --bin blockhostd -p bhctl --bin bhctl) ;;
       blockhost-guest) wanted+=(-p blockhost-pam -p blockhost-login --bin blockhost-signer --bin blockhost-login --lib) ;;
     esac
   done

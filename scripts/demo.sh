@@ -37,7 +37,7 @@ fi
 bash scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
-cargo build -q --release -p blockhost-controller --bins
+cargo build -q --release -p blockhost-controller -p bhctl --bins
 BIN=$PWD/target/release
 DIR=$(mktemp -d /tmp/blockhost-demo.XXXXXX)
 ANVIL_PORT=${DEMO_ANVIL_PORT:-18545}

@@ -14,26 +14,16 @@ use blockhost_crd::DaemonConfig;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::server::{AppState, metrics_router, router};
 use crate::metrics::Metrics;
+use crate::server::{AppState, metrics_router, router};
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::yaml::YamlError;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The configuration file could not be read.
-    #[error("cannot read the configuration file {}", path.display())]
-    ConfigRead {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration file is invalid.
-    #[error("invalid configuration: {0}")]
-    ConfigInvalid(#[source] YamlError),
+    /// The configuration could not be loaded.
+    #[error(transparent)]
+    Config(#[from] blockhost_api::config::ConfigError),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -75,7 +65,7 @@ pub enum DaemonError {
     Reconciler(#[source] crate::reconcile::vm::setup::SetupError),
     /// The chain watcher cannot start (server key, RPC client).
     #[error("cannot start the chain watcher")]
-    Chain(#[from] crate::chain::ChainError),
+    Chain(#[from] crate::watcher::ChainError),
     /// The signup page cannot be served (listen address, certificate, server key).
     #[error("cannot start the signup page")]
     Signup(#[from] crate::signup::SignupError),
@@ -85,36 +75,6 @@ pub enum DaemonError {
     /// The connection caps cannot fit under the open-file limit.
     #[error("cannot size the listeners")]
     Descriptors(#[from] blockhost_listen::budget::TooFewDescriptors),
-}
-
-/// Loads the configuration. A missing file at the default path means local
-/// defaults; a missing file that was asked for explicitly is an error.
-pub fn load_config(path: &Path, explicit: bool) -> Result<DaemonConfig, DaemonError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let file = path.display().to_string();
-            let cfg: DaemonConfig =
-                crate::yaml::from_single(&file, &text).map_err(DaemonError::ConfigInvalid)?;
-            cfg.validate().map_err(|message| {
-                DaemonError::ConfigInvalid(YamlError {
-                    file,
-                    line: None,
-                    column: None,
-                    path: None,
-                    message,
-                })
-            })?;
-            Ok(cfg)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            tracing::info!(path = %path.display(), "no configuration file; running on local defaults (nothing is driven)");
-            Ok(DaemonConfig::default())
-        }
-        Err(source) => Err(DaemonError::ConfigRead {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -157,7 +117,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
 
     // Chain watcher (events -> Subscription/VirtualMachine/Plan specs) and minter.
     if let Some(chain) = &cfg.chain {
-        tasks.spawn(crate::chain::task(
+        tasks.spawn(crate::watcher::task(
             chain,
             store.clone(),
             metrics.clone(),

@@ -1,52 +1,38 @@
-//! `blockhostd`, BlockHost's operator daemon, and `bhctl`, its command line.
+//! `blockhostd`, BlockHost's operator daemon (its command line, `bhctl`, is its own crate).
 //!
 //! Module map:
 //! - [`store`]: the redb database; owns every transaction, the change feed and the
 //!   event log.
-//! - [`api`]: the HTTP API on a Unix socket — [`api::server`] (axum, in the daemon)
-//!   and [`api::client`] (hyper, in `bhctl`).
+//! - [`server`]: the HTTP API on a Unix socket (axum); its wire types and client
+//!   are in `blockhost-api`, shared with `bhctl`.
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
 //! - [`listeners`]: every listener's connection limits, fitted under the
 //!   open-file limit.
-//! - [`chain`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
-//!   and failover, turning subscription events into specs.
+//! - [`watcher`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
+//!   and failover, turning subscription events into specs. The chain client it
+//!   reads through is `blockhost-chain`'s.
 //! - [`signup`]: the public signup page and its rate-limited status endpoint.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`reconcile`]: the reconcile runtime (keyed queue, backoff, resync) and the
 //!   reconcilers that drive Proxmox.
-//! - [`yaml`] and [`manifest`]: located YAML parsing; the files `bhctl apply` reads.
-//! - [`cli`]: `bhctl`'s commands and output formats.
 //! - [`watch_sink`]: the bounded per-watch buffer; slow watchers are dropped
 //!   with a resumable error.
 
-pub mod api;
-pub mod chain;
-pub mod cli;
+/// The minter (being moved under the reconcile runtime).
+pub mod chain {
+    pub mod mint;
+}
 pub mod daemon;
 pub mod listeners;
-pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
+pub mod server;
 pub mod signup;
 pub mod store;
 pub mod watch_sink;
-pub mod yaml;
+pub mod watcher;
 
-/// Formats an error with all its sources: `outer: inner: root cause`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // Some errors repeat their source's text; print each piece once.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
+pub use blockhost_crd::error_chain;
 
 /// Caps glibc's malloc arenas at two. By default glibc creates up to eight arenas
 /// per core, one per thread that contends; after a burst of work (thousands of VMs

@@ -249,3 +249,16 @@ impl Metrics {
         out
     }
 }
+
+/// The new-head follower counts into the daemon's registry.
+impl blockhost_chain::heads::HeadEvents for Metrics {
+    fn head(&self) {
+        self.chain_new_heads.inc();
+    }
+
+    fn failure(&self) {
+        self.chain_errors
+            .get_or_create(&vec![("kind".into(), "new_heads".into())])
+            .inc();
+    }
+}

@@ -20,11 +20,11 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    API_PREFIX, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES, VersionInfo,
-};
 use crate::metrics::Metrics;
 use crate::store::{ChangeKind, Store, StoreError};
+use blockhost_api::{
+    API_PREFIX, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES, VersionInfo,
+};
 
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]

@@ -354,7 +354,7 @@ async fn refused_ranges_adapt_and_a_dead_endpoint_fails_over() {
 /// polling working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_heads_wake_the_watcher_and_polling_stays_the_fallback() {
-    use blockhost_controller::chain::heads;
+    use blockhost_chain::heads;
     use std::sync::Arc;
 
     if !tools_available() {

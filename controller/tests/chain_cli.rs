@@ -55,7 +55,7 @@ fn tools() -> bool {
 }
 
 fn bhctl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhctl"));
+    let mut cmd = Command::new(common::bhctl_bin());
     cmd.args(args)
         .env_remove("BLOCKHOST_CONFIG")
         .env_remove("RUST_LOG");
@@ -163,7 +163,7 @@ fn deploy_then_plan_then_cast_buys_through_the_original_signatures() {
     }
     let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
-    let loaded = blockhost_controller::daemon::load_config(&cfg, true).unwrap();
+    let loaded = blockhost_api::config::load(&cfg, true).unwrap();
     let c = loaded.chain.unwrap().contracts().unwrap();
     assert_eq!(c.subscriptions.to_checksum(), subs);
     assert_eq!(c.nft.to_checksum(), nft);

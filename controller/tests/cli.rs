@@ -241,7 +241,7 @@ fn watch_prints_changes_as_json_lines() {
             .status
             .success()
     );
-    let mut w = std::process::Command::new(env!("CARGO_BIN_EXE_bhctl"))
+    let mut w = std::process::Command::new(common::bhctl_bin())
         .args(["get", "vms", "-w", "-o", "json"])
         .env("BLOCKHOST_SOCKET", &d.socket)
         .stdout(std::process::Stdio::piped())

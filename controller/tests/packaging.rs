@@ -13,15 +13,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
+use common::repo_root;
 
 fn tools_present() -> bool {
     let missing: Vec<&str> = [
@@ -55,7 +52,9 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_bhctl")).parent().unwrap();
+    // blockhostd and bhctl (its own crate) share the target directory.
+    let bhctl = common::bhctl_bin();
+    let bin_dir = bhctl.parent().unwrap();
     let run = Command::new("bash")
         .arg(repo_root().join("packaging/build-debs.sh"))
         .args(["--no-build", "--bin-dir"])
@@ -156,7 +155,7 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
 #[test]
 fn the_example_configuration_is_valid() {
     let path = repo_root().join("packaging/blockhost/blockhost.yaml");
-    let cfg = blockhost_controller::daemon::load_config(&path, true)
+    let cfg = blockhost_api::config::load(&path, true)
         .unwrap_or_else(|e| panic!("{}", blockhost_controller::error_chain(&e)));
     assert_eq!(cfg.store, Path::new("/var/lib/blockhost/state.redb"));
     assert_eq!(cfg.api.socket, Path::new("/run/blockhost/api.sock"));

@@ -99,7 +99,7 @@ fn apply_creates_a_configured_running_vm_then_suspend_resume_delete_converge() {
         .collect();
     assert_eq!(writes.len(), 1, "one access-file write: {agent:#}");
     let text = writes[0].to_string();
-    assert!(text.contains("/etc/blockhost/access.toml"), "{text}");
+    assert!(text.contains("/etc/blockhost/access.json"), "{text}");
 
     // Suspend: shut down, disk kept.
     apply(&d, &vm_manifest("web", "  powerState: Suspended\n"));

@@ -368,7 +368,7 @@ async fn bench_fake_only_rss() {
         pve.set_vm_config("pve1", vmid, &cfg).await.unwrap();
         let upid = pve.start_vm("pve1", vmid).await.unwrap();
         pve.wait_task(&upid, wait).await.unwrap();
-        pve.agent_file_write("pve1", vmid, "/etc/blockhost/access.toml", access)
+        pve.agent_file_write("pve1", vmid, "/etc/blockhost/access.json", access)
             .await
             .unwrap();
     }

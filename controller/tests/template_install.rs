@@ -21,7 +21,7 @@ use proxmox_support::*;
 use serde_json::json;
 
 fn install(cfg: &std::path::Path, image: &std::path::Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bhctl"))
+    Command::new(common::bhctl_bin())
         .args(["template", "install", "--image"])
         .arg(image)
         .arg("--config")

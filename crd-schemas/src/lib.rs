@@ -19,24 +19,23 @@
 //! Validation lives in the types' `Deserialize` impls, so a bad value is rejected by
 //! the parser itself, with its position and field path, wherever it comes from.
 
-pub mod access;
 pub mod bounded;
 pub mod config;
-pub mod eip191;
 pub mod meta;
 pub mod net;
 pub mod plan;
 pub mod resource;
-pub mod sanitize;
 pub mod schema;
 pub mod subscription;
-pub mod validate;
 pub mod vm;
-pub mod wallet;
 
+// The login side's types live in blockhost-access (what the PAM module links);
+// re-exported so every other crate reads them from here.
 pub use access::AccessFile;
+pub use blockhost_access::{access, eip191, errors, sanitize, validate, wallet};
 pub use bounded::{Cores, DiskGib, MemoryMib, Name, UnixUser, Vmid};
 pub use config::DaemonConfig;
+pub use errors::error_chain;
 pub use meta::{API_VERSION, Condition, ConditionStatus, Event, EventType, ObjectMeta};
 pub use plan::{Plan, PlanSpec, PlanStatus};
 pub use resource::{AnyObject, Resource, TypeMeta};

@@ -10,8 +10,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use blockhost_crd::AccessFile;
-use blockhost_crd::eip191::{self, Signature};
+use blockhost_access::AccessFile;
+use blockhost_access::eip191::{self, Signature};
 use k256::ecdsa::SigningKey;
 use pam_blockhost::login::challenge;
 
@@ -69,9 +69,9 @@ fn main() {
         let sig: Signature = black_box(&sig_hex).parse().unwrap();
         eip191::verify(black_box(msg.as_bytes()), &sig, &wallet).unwrap();
     });
-    let access_text = access.to_toml().unwrap();
+    let access_text = access.to_json().unwrap();
     let parse_access = measure(2000, || {
-        black_box(AccessFile::from_toml(black_box(&access_text)).unwrap());
+        black_box(AccessFile::from_json(black_box(&access_text)).unwrap());
     });
     println!(
         "challenge build (nonce + EIP-4361 text): {:>8.1} µs CPU",

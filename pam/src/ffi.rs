@@ -239,7 +239,7 @@ fn authenticate_entry(pamh: *mut PamHandle, argc: c_int, argv: *const *const c_c
                 _ => (PAM_AUTH_ERR, Level::Notice),
             };
             let wallet = match &e {
-                LoginError::BadSignature(blockhost_crd::eip191::Eip191Error::WrongSigner {
+                LoginError::BadSignature(blockhost_access::eip191::Eip191Error::WrongSigner {
                     recovered,
                 }) => {
                     format!(" signer={}", recovered.to_lower_hex())

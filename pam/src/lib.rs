@@ -13,7 +13,7 @@
 //! - `log`: audit lines to syslog's auth facility.
 //!
 //! Signature rules (65 bytes, v, low-s, constant-time compare) live in
-//! [`blockhost_crd::eip191`], shared with the controller.
+//! [`blockhost_access::eip191`], shared with the controller.
 
 pub mod handoff;
 pub mod login;

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use blockhost_crd::access::{ACCESS_FILE_MAX_BYTES, AccessFileError};
-use blockhost_crd::eip191::{self, Eip191Error, Signature};
-use blockhost_crd::{AccessFile, WalletAddress};
+use blockhost_access::access::{ACCESS_FILE_MAX_BYTES, AccessFileError};
+use blockhost_access::eip191::{self, Eip191Error, Signature};
+use blockhost_access::{AccessFile, WalletAddress};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
 use crate::handoff::{Handoff, HandoffError, Register, new_session_id, random_128};
@@ -130,14 +130,17 @@ pub fn load_access_file(path: &Path) -> Result<AccessFile, AccessFileLoadError> 
     file.take(ACCESS_FILE_MAX_BYTES as u64 + 1)
         .read_to_string(&mut text)
         .map_err(io)?;
-    AccessFile::from_toml(&text).map_err(AccessFileLoadError::Parse)
+    AccessFile::from_json(&text).map_err(AccessFileLoadError::Parse)
 }
 
 /// The prompt line naming the signing page. The URL comes from the access
 /// file: it is shown escaped, so no control character in it reaches the
 /// user's terminal.
 fn signing_page_line(url: &str) -> String {
-    format!("Signing page: {}\n", blockhost_crd::sanitize::Escaped(url))
+    format!(
+        "Signing page: {}\n",
+        blockhost_access::sanitize::Escaped(url)
+    )
 }
 
 /// Builds the challenge message for `user` on `access.machine`, valid for `ttl`
@@ -296,7 +299,7 @@ mod tests {
     #[test]
     fn a_fifo_at_the_access_file_path_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("access.toml");
+        let fifo = dir.path().join("access.json");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo reads a NUL-terminated path we own.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
@@ -324,7 +327,7 @@ mod tests {
             !line
                 .trim_end_matches('\n')
                 .chars()
-                .any(blockhost_crd::sanitize::is_hostile)
+                .any(blockhost_access::sanitize::is_hostile)
         );
         assert!(line.contains("\\u{1b}]0;owned"), "{line}");
     }

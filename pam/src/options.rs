@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use blockhost_crd::access::ACCESS_FILE_PATH;
+use blockhost_access::access::ACCESS_FILE_PATH;
 
 use crate::handoff::DEFAULT_SOCKET;
 
@@ -18,7 +18,7 @@ pub const WAIT_MAX_SECS: u64 = 600;
 /// Parsed module options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// `access_file=PATH`: the VM access file (default `/etc/blockhost/access.toml`).
+    /// `access_file=PATH`: the VM access file (default `/etc/blockhost/access.json`).
     pub access_file: PathBuf,
     /// `ttl=SECONDS`: how long a challenge stays valid (default 300, 1..=3600).
     pub ttl: Duration,

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use blockhost_crd::WalletAddress;
+use blockhost_access::WalletAddress;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// The line that follows the domain in every SIWE message.
@@ -65,7 +65,7 @@ pub enum SiweError {
     },
     /// The address line is not a valid EIP-55 address.
     #[error("invalid address")]
-    Address(#[source] blockhost_crd::WalletError),
+    Address(#[source] blockhost_access::WalletError),
     /// A field value is unusable.
     #[error("invalid {field}: {reason}")]
     Field {

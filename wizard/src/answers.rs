@@ -400,9 +400,7 @@ pub fn check_chain(a: &ChainAnswers, r: &mut Report) {
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, p) in a.plans.iter().enumerate() {
-        if let Err(e) =
-            blockhost_controller::cli::chain::validate_plan(&p.name, p.price_per_day_cents)
-        {
+        if let Err(e) = bhctl::chain::validate_plan(&p.name, p.price_per_day_cents) {
             r.error(&format!("plans.{i}"), e);
         }
         if !seen.insert(p.name.trim().to_owned()) {

@@ -31,4 +31,4 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 
-pub use blockhost_controller::error_chain;
+pub use blockhost_crd::error_chain;

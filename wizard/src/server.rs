@@ -556,15 +556,11 @@ async fn get_balance(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         Ok(k) => k,
         Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let rpc = match blockhost_controller::chain::rpc::RpcClient::new(a.chain.rpc_urls.clone()) {
+    let rpc = match blockhost_chain::rpc::RpcClient::new(a.chain.rpc_urls.clone()) {
         Ok(r) => r,
         Err(e) => return problem(StatusCode::BAD_REQUEST, error_chain(&e)),
     };
-    let w = blockhost_controller::chain::wallet::ServerWallet::new(
-        &key,
-        a.chain.chain_id,
-        Arc::new(rpc),
-    );
+    let w = blockhost_chain::wallet::ServerWallet::new(&key, a.chain.chain_id, Arc::new(rpc));
     match w.balance().await {
         Ok(b) => {
             axum::Json(json!({"address": w.address().to_checksum(), "balanceWei": b.to_string()}))

@@ -133,8 +133,7 @@ async fn killed_during_finalization_resumes_without_duplicates() {
     Wizard::assert_does_not_serve(&env);
 
     // The configuration: schema-valid (blockhostd's loader), keys private.
-    let cfg =
-        blockhost_controller::daemon::load_config(&env.etc().join("blockhost.yaml"), true).unwrap();
+    let cfg = blockhost_api::config::load(&env.etc().join("blockhost.yaml"), true).unwrap();
     let chain = cfg.chain.unwrap();
     assert_eq!(
         chain.subscriptions_contract.unwrap().to_lower_hex(),

@@ -1,4 +1,7 @@
-//! The local HTTP API between `blockhostd` and its clients (`bhctl`, scripts).
+//! `blockhost-api`: what `blockhostd` and its clients (`bhctl`, scripts, tests)
+//! share, and nothing of the daemon's insides: the wire types of the local HTTP
+//! API, its client ([`client`]), the configuration loader ([`config`]) and
+//! located YAML parsing ([`yaml`]). The server is in the daemon's crate.
 //!
 //! Served on a Unix socket so that file permissions (0660, a chosen group) are the
 //! access control: no TCP port, no tokens. Paths follow Kubernetes' shape:
@@ -15,11 +18,12 @@
 //! | GET | `{API_PREFIX}/events?kind=&name=&limit=` | event log |
 
 pub mod client;
-pub mod server;
+pub mod config;
+#[cfg(feature = "man")]
+pub mod manpages;
+pub mod yaml;
 
 use serde::{Deserialize, Serialize};
-
-use crate::store::{ApplyResult, DeleteOutcome};
 
 /// Prefix of the object API.
 pub const API_PREFIX: &str = "/apis/blockhost.io/v1alpha1";
@@ -83,4 +87,40 @@ pub struct VersionInfo {
     pub version: String,
     /// The store's schema version.
     pub schema_version: u64,
+}
+
+/// What an apply did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    /// It did not exist.
+    Created,
+    /// Its spec or labels changed.
+    Configured,
+    /// Nothing changed; nothing was written.
+    Unchanged,
+}
+
+/// One line of an apply's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    /// Kind of the object.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// What happened.
+    pub outcome: ApplyOutcome,
+    /// Its generation after the apply.
+    pub generation: u64,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteOutcome {
+    /// The object is gone.
+    Deleted,
+    /// Marked for deletion; controllers clean up first (finalizers remain).
+    Terminating,
 }

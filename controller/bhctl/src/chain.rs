@@ -9,7 +9,7 @@
 //! than a node's generic "execution reverted".
 //!
 //! `chain deploy` then writes the new addresses and the deployment block into
-//! the configuration file in place ([`super::config_edit`]), so blockhostd
+//! the configuration file in place ([`crate::config_edit`]), so blockhostd
 //! starts watching them at its next start.
 
 use std::io::{IsTerminal, Write};
@@ -25,12 +25,12 @@ use blockhost_crd::config::{ChainConfig, DEFAULT_CONFIG_PATH};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::config_edit::{self, EditError};
-use crate::chain::ChainError;
-use crate::chain::node::NodeError;
-use crate::chain::rpc::RpcClient;
-use crate::chain::wallet::{Receipt, ServerWallet, WalletError};
-use crate::daemon::DaemonError;
+use crate::config_edit::{self, EditError};
+use blockhost_api::config::ConfigError;
+use blockhost_chain::key::KeyError;
+use blockhost_chain::node::NodeError;
+use blockhost_chain::rpc::RpcClient;
+use blockhost_chain::wallet::{Receipt, ServerWallet, WalletError};
 
 /// Longest plan name accepted (the contract takes any string; signup pages and
 /// tables do not).
@@ -105,7 +105,7 @@ pub enum PlanCommand {
 pub enum ChainCliError {
     /// The configuration file could not be loaded.
     #[error(transparent)]
-    Config(#[from] DaemonError),
+    Config(#[from] ConfigError),
     /// It has no `chain` section.
     #[error(
         "{} has no `chain` section; add one with chainId, rpcUrls and serverKeyFile (see README.md, Configuration)",
@@ -115,9 +115,15 @@ pub enum ChainCliError {
         /// The file.
         path: PathBuf,
     },
-    /// The server key or RPC client could not be set up.
+    /// The server key cannot be used.
     #[error(transparent)]
-    Setup(#[from] ChainError),
+    Key(#[from] KeyError),
+    /// The HTTP client for the RPC endpoints could not be built.
+    #[error("cannot set up the RPC client")]
+    Http(#[source] reqwest::Error),
+    /// The configuration was written before deploying: no contracts.
+    #[error(transparent)]
+    NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
     /// No endpoint answered.
     #[error("cannot reach the chain at {urls}; check chain.rpcUrls and that the node is running")]
     Unreachable {
@@ -206,7 +212,7 @@ pub enum ChainCliError {
 
 /// Loads the configuration's `chain` section.
 pub fn load_chain(path: &Path) -> Result<ChainConfig, ChainCliError> {
-    let cfg = crate::daemon::load_config(path, true)?;
+    let cfg = blockhost_api::config::load(path, true)?;
     cfg.chain.ok_or_else(|| ChainCliError::NoChainSection {
         path: path.to_owned(),
     })
@@ -215,8 +221,8 @@ pub fn load_chain(path: &Path) -> Result<ChainConfig, ChainCliError> {
 /// The server wallet on the configured chain, after checking that the node
 /// answers and serves that chain.
 pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCliError> {
-    let key = crate::chain::load_server_key(&chain.server_key_file)?;
-    let rpc = RpcClient::new(chain.rpc_urls.clone()).map_err(ChainError::Http)?;
+    let key = blockhost_chain::key::load_server_key(&chain.server_key_file)?;
+    let rpc = RpcClient::new(chain.rpc_urls.clone()).map_err(ChainCliError::Http)?;
     let wallet = ServerWallet::new(&key, chain.chain_id, Arc::new(rpc));
     match wallet.check_chain().await {
         Ok(()) => Ok(wallet),
@@ -226,7 +232,7 @@ pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCli
                 urls: chain
                     .rpc_urls
                     .iter()
-                    .map(|u| crate::chain::rpc::redact(u))
+                    .map(|u| blockhost_chain::rpc::redact(u))
                     .collect::<Vec<_>>()
                     .join(", "),
                 source,
@@ -236,7 +242,7 @@ pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCli
     }
 }
 
-pub use crate::chain::wallet::{decode_revert, revert_data};
+pub use blockhost_chain::wallet::{decode_revert, revert_data};
 
 fn revert_hint(name: &str, wallet: &ServerWallet) -> String {
     match name {
@@ -564,7 +570,7 @@ fn update_config(
         ],
     )?;
     let parsed: Option<blockhost_crd::DaemonConfig> =
-        crate::yaml::from_single(&path.display().to_string(), &edited).ok();
+        blockhost_api::yaml::from_single(&path.display().to_string(), &edited).ok();
     let chain = parsed.and_then(|c| c.chain);
     let ok = chain.is_some_and(|c| {
         c.subscriptions_contract == Some(subs)
@@ -645,7 +651,7 @@ pub async fn plan(out: &mut impl Write, cmd: PlanCommand) -> Result<(), ChainCli
     } = cmd;
     validate_plan(&name, cents_per_day).map_err(ChainCliError::Invalid)?;
     let chain = load_chain(&config.config)?;
-    let subs = chain.contracts().map_err(ChainError::from)?.subscriptions;
+    let subs = chain.contracts()?.subscriptions;
     let wallet = server_wallet(&chain).await?;
     let (r, created) = create_plan(
         &wallet,

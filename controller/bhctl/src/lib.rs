@@ -1,13 +1,13 @@
 //! `bhctl`, BlockHost's kubectl: argument parsing and command dispatch.
 //!
-//! The object commands talk to the daemon through [`crate::api::client::Client`];
+//! The object commands talk to the daemon through [`blockhost_api::client::Client`];
 //! `chain`, `plan` and `nft` talk to the chain directly ([`chain`], [`nft`]).
 //! Output for people goes to stdout as tables; `-o json|yaml|name` is for scripts.
 //! Errors go to stderr and the exit code is 1.
 
 pub mod chain;
 pub mod config_edit;
-pub mod manpages;
+pub mod manifest;
 pub mod nft;
 pub mod output;
 pub mod template;
@@ -20,9 +20,9 @@ use blockhost_crd::{Event, Plan, Subscription, VirtualMachine};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 
-use crate::api::client::{Client, ClientError};
-use crate::api::{API_PREFIX, ApplyRequest, ApplyResponse, DeleteResponse};
-use crate::store::ApplyOutcome;
+use blockhost_api::ApplyOutcome;
+use blockhost_api::client::{Client, ClientError};
+use blockhost_api::{API_PREFIX, ApplyRequest, ApplyResponse, DeleteResponse};
 use output::Format;
 
 /// Default socket path.
@@ -180,7 +180,7 @@ pub enum CliError {
     Client(#[from] ClientError),
     /// Manifests are invalid; one line per problem.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Manifests(Vec<crate::yaml::YamlError>),
+    Manifests(Vec<blockhost_api::yaml::YamlError>),
     /// The daemon sent something we cannot decode.
     #[error("unexpected answer from blockhostd")]
     Decode(#[from] serde_json::Error),
@@ -225,7 +225,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Template { command } => template::run(&mut out, command).await.map_err(Into::into),
         Command::GenerateMan { dir } => {
-            manpages::write_all(<Cli as clap::CommandFactory>::command(), &dir, "1")
+            blockhost_api::manpages::write_all(<Cli as clap::CommandFactory>::command(), &dir, "1")
                 .map(drop)
                 .map_err(Into::into)
         }
@@ -447,7 +447,7 @@ async fn apply(
     dry_run: bool,
     format: Format,
 ) -> Result<(), CliError> {
-    let manifests = crate::manifest::load(files, recursive).map_err(CliError::Manifests)?;
+    let manifests = manifest::load(files, recursive).map_err(CliError::Manifests)?;
     if manifests.is_empty() {
         eprintln!("bhctl: no objects found in the given files");
         return Ok(());
@@ -505,8 +505,8 @@ async fn delete(
             .await?;
         let resp: DeleteResponse = serde_json::from_slice(&body)?;
         let note = match resp.outcome {
-            crate::store::DeleteOutcome::Deleted => "deleted",
-            crate::store::DeleteOutcome::Terminating => "terminating (cleaning up in Proxmox)",
+            blockhost_api::DeleteOutcome::Deleted => "deleted",
+            blockhost_api::DeleteOutcome::Terminating => "terminating (cleaning up in Proxmox)",
         };
         writeln!(out, "{}/{} {note}", resp.kind.to_lowercase(), resp.name)?;
     }

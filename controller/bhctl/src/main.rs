@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use blockhost_controller::cli::{self, Cli, CliError};
-use blockhost_controller::error_chain;
+use bhctl::{self as cli, Cli, CliError};
+use blockhost_crd::error_chain;
 use blockhost_crd::sanitize::Escaped;
 use clap::Parser;
 
@@ -44,10 +44,8 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-        Err(CliError::Client(blockhost_controller::api::client::ClientError::Api {
-            message,
-            details,
-            ..
+        Err(CliError::Client(blockhost_api::client::ClientError::Api {
+            message, details, ..
         })) => {
             // The daemon's words may quote stored text: escaped like all output.
             eprintln!("error: {}", Escaped(&message));

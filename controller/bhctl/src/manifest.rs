@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use blockhost_crd::resource::{AnyObject, TypeMeta};
 
-use crate::yaml::{self, Doc, YamlError};
+use blockhost_api::yaml::{self, Doc, YamlError};
 
 /// A parsed object and where it came from.
 #[derive(Debug, Clone)]

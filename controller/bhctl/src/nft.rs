@@ -25,9 +25,9 @@ use clap::{ArgGroup, Subcommand};
 use k256::ecdsa::SigningKey;
 use serde_json::json;
 
-use super::chain::{ChainCliError, Output, decode_revert, load_chain, revert_data};
-use crate::chain::node::NodeError;
-use crate::chain::rpc::RpcClient;
+use crate::chain::{ChainCliError, Output, decode_revert, load_chain, revert_data};
+use blockhost_chain::node::NodeError;
+use blockhost_chain::rpc::RpcClient;
 
 /// The public secret the original signs when the operator set none.
 pub const DEFAULT_PUBLIC_SECRET: &str = "blockhost-access";
@@ -155,7 +155,7 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
         (None, true) => Some(load_chain(Path::new(DEFAULT_CONFIG_PATH)).map_err(|e| {
             ChainCliError::Invalid(format!(
                 "give --rpc-url and --nft-contract ({})",
-                crate::error_chain(&e)
+                blockhost_crd::error_chain(&e)
             ))
         })?),
         (None, false) => None,
@@ -198,7 +198,7 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
     // so this is only used to warn about ownership.
     let signer = eip191::recover(secret.as_bytes(), &sig).ok();
 
-    let rpc = RpcClient::new(urls.clone()).map_err(crate::chain::ChainError::Http)?;
+    let rpc = RpcClient::new(urls.clone()).map_err(ChainCliError::Http)?;
     let id = U256::from(token_id);
     let payload = match eth_call(
         &rpc,
@@ -269,7 +269,7 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
         Err(e) => {
             return Err(ChainCliError::Invalid(format!(
                 "token {token_id}: {}",
-                crate::error_chain(&e)
+                blockhost_crd::error_chain(&e)
             )));
         }
     };

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 use serde_json::Value;
 
-use super::GetType;
+use crate::GetType;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,7 +5,7 @@
 //!   progress display: Debian from Debian's registry, blockhost-guest, no machine
 //!   identity; the image, its manifest and SHA-256 land next to `--output`.
 //! - `install` puts an image into Proxmox VE through its API only
-//!   ([`crate::cli::template_install`]).
+//!   ([`crate::template_install`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub enum TemplateCommand {
         mirror: Option<String>,
     },
     /// Put an image into Proxmox VE as a VM template, through the API only.
-    Install(super::template_install::InstallArgs),
+    Install(crate::template_install::InstallArgs),
 }
 
 /// Errors of `bhctl template`.
@@ -59,7 +59,7 @@ pub enum TemplateError {
     Build(#[from] BuildError),
     /// Installing into Proxmox failed.
     #[error(transparent)]
-    Install(#[from] super::template_install::InstallError),
+    Install(#[from] crate::template_install::InstallError),
     /// Writing output failed.
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
@@ -87,7 +87,7 @@ pub async fn run(out: &mut impl std::io::Write, cmd: TemplateCommand) -> Result<
             writeln!(out, "built in {} s", img.seconds)?;
             Ok(())
         }
-        TemplateCommand::Install(args) => super::template_install::install(out, args)
+        TemplateCommand::Install(args) => crate::template_install::install(out, args)
             .await
             .map_err(Into::into),
     }

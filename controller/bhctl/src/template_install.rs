@@ -199,8 +199,8 @@ pub fn sha256_file(path: &std::path::Path) -> Result<String, InstallError> {
 
 /// `bhctl template install`.
 pub async fn install(out: &mut impl std::io::Write, args: InstallArgs) -> Result<(), InstallError> {
-    let cfg = crate::daemon::load_config(&args.config, true)
-        .map_err(|e| InstallError::Config(crate::error_chain(&e)))?;
+    let cfg = blockhost_api::config::load(&args.config, true)
+        .map_err(|e| InstallError::Config(blockhost_crd::error_chain(&e)))?;
     let Some(px) = cfg.proxmox.as_ref() else {
         return Err(InstallError::Config(format!(
             "{} has no proxmox section: add url, tokenId and tokenSecretFile (README, Configuration)",

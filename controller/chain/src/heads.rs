@@ -21,8 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::rpc::redact;
-use crate::metrics::Metrics;
+use crate::rpc::redact;
 
 /// Largest WebSocket message accepted (a head notification is ~1 KiB).
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -43,8 +42,8 @@ enum HeadsError {
     Closed,
     #[error("no answer to eth_subscribe within 10 s")]
     NoAnswer,
-    #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    #[error("cannot set up TLS")]
+    Tls(#[source] rustls::Error),
 }
 
 fn tls() -> Result<Arc<rustls::ClientConfig>, HeadsError> {
@@ -56,17 +55,26 @@ fn tls() -> Result<Arc<rustls::ClientConfig>, HeadsError> {
     }
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| HeadsError::Tls(e.to_string()))?
+        .map_err(HeadsError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+/// What the caller counts (the daemon's metrics): kept as a trait so this crate
+/// needs no metrics registry.
+pub trait HeadEvents: Send + Sync + 'static {
+    /// A new head arrived.
+    fn head(&self);
+    /// A subscription failed (connect, refusal, drop).
+    fn failure(&self);
 }
 
 /// Follows new heads on `urls` until `shutdown`, waking `wake` for each.
 pub async fn run(
     urls: Vec<String>,
     wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn HeadEvents>,
     shutdown: CancellationToken,
 ) {
     if urls.is_empty() {
@@ -76,7 +84,7 @@ pub async fn run(
     let tls = match tls() {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot set up TLS for new-head subscriptions; polling only");
+            tracing::warn!(error = %blockhost_crd::error_chain(&e), "cannot set up TLS for new-head subscriptions; polling only");
             return;
         }
     };
@@ -87,7 +95,7 @@ pub async fn run(
         let url = &urls[i % urls.len()];
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = subscribe(url, &tls, &wake, &metrics, &mut established) => r,
+            r = subscribe(url, &tls, &wake, metrics.as_ref(), &mut established) => r,
         };
         if let Err(e) = result {
             // A subscription that worked before it dropped starts the backoff over.
@@ -98,11 +106,8 @@ pub async fn run(
             };
             let delay = Duration::from_secs(1 << failures.min(5).saturating_sub(1))
                 .min(Duration::from_secs(30));
-            metrics
-                .chain_errors
-                .get_or_create(&vec![("kind".into(), "new_heads".into())])
-                .inc();
-            tracing::warn!(endpoint = %redact(url), error = %crate::error_chain(&e), retry_in_s = delay.as_secs(), "new-head subscription failed; polling meanwhile");
+            metrics.failure();
+            tracing::warn!(endpoint = %redact(url), error = %blockhost_crd::error_chain(&e), retry_in_s = delay.as_secs(), "new-head subscription failed; polling meanwhile");
             i += 1;
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -118,7 +123,7 @@ async fn subscribe(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
     wake: &Notify,
-    metrics: &Metrics,
+    metrics: &dyn HeadEvents,
     established: &mut bool,
 ) -> Result<(), HeadsError> {
     let mut config = WebSocketConfig::default();
@@ -167,7 +172,7 @@ async fn subscribe(
         match msg.map_err(HeadsError::Socket)? {
             // Only notifications wake the watcher; the content is not used.
             Message::Text(text) if text.as_str().contains("eth_subscription") => {
-                metrics.chain_new_heads.inc();
+                metrics.head();
                 let now = tokio::time::Instant::now();
                 if now.duration_since(last) < MIN_WAKE_INTERVAL {
                     // Merge: wake once the interval has passed.

@@ -13,11 +13,25 @@
 //! - [`nft_payload`]: the connection details stored in the access NFT, encrypted
 //!   under a key only the holder's wallet can re-derive.
 //!
-//! Nothing here talks to a node; the watcher, the minter and `bhctl` build on it.
+//!
+//! And the chain client, shared by the daemon and `bhctl chain …`:
+//! - [`node`]: the node operations the watcher needs, as a trait (fakes in tests).
+//! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
+//! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
+//!   broadcast, receipts (minting and `bhctl chain deploy`).
+//! - [`key`]: the server key file and its permission rule.
+//! - [`heads`] (feature `heads`, the daemon only): `eth_subscribe("newHeads")`
+//!   over WebSocket, waking the watcher as each block arrives.
 
 pub mod admin;
 pub mod bindings;
 pub mod ecies;
+#[cfg(feature = "heads")]
+pub mod heads;
+pub mod key;
 pub mod nft_payload;
+pub mod node;
+pub mod rpc;
 pub mod tx;
 pub mod user_encrypted;
+pub mod wallet;

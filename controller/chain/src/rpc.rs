@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::node::{Node, NodeError, RawLog};
+use crate::node::{Node, NodeError, RawLog};
 
 /// Largest answer accepted from a node.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -173,7 +173,7 @@ impl RpcClient {
                     ));
                 }
                 Err(e) => {
-                    tracing::debug!(error = %crate::error_chain(&e), "RPC endpoint failed");
+                    tracing::debug!(error = %blockhost_crd::error_chain(&e), "RPC endpoint failed");
                     last = Some(e);
                 }
             }
@@ -197,7 +197,7 @@ impl RpcClient {
 
 /// Scheme, host and port of a URL, without path or credentials (URLs of
 /// hosted nodes carry API keys).
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
         .map(|u| {
@@ -411,7 +411,7 @@ mod tests {
             .call("eth_chainId", json!([]))
             .await
             .expect_err("nothing listens on port 9");
-        let text = format!("{} {e:?}", crate::error_chain(&e));
+        let text = format!("{} {e:?}", blockhost_crd::error_chain(&e));
         assert!(
             !text.contains("SECRETKEY") && !text.contains("hunter2"),
             "{text}"

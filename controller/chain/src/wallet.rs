@@ -14,16 +14,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bindings::{AccessCredentialNFT, BlockhostSubscriptions};
+use crate::tx::{Eip1559Tx, SignedTx, address_of};
 use alloy_primitives::U256;
-use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions};
-use blockhost_chain::tx::{Eip1559Tx, SignedTx, address_of};
 use blockhost_crd::WalletAddress;
 use k256::SecretKey;
 use k256::ecdsa::SigningKey;
 use serde_json::{Value, json};
 
-use super::node::{NodeError, RawLog};
-use super::rpc::{RpcClient, parse_log, quantity};
+use crate::node::{NodeError, RawLog};
+use crate::rpc::{RpcClient, parse_log, quantity};
 
 /// Tip used when the node cannot suggest one (`eth_maxPriorityFeePerGas` is not
 /// universal): 1 gwei, enough on mainnet-like chains outside congestion.
@@ -91,7 +91,7 @@ pub enum WalletError {
     Send(#[from] SendError),
     /// Signing failed.
     #[error("cannot sign the transaction")]
-    Sign(#[from] blockhost_chain::tx::TxError),
+    Sign(#[from] crate::tx::TxError),
     /// The balance does not cover gas at the offered fee.
     #[error(
         "the server wallet {address} holds {balance} wei but the transaction may cost up to {needed} wei; send it funds"
@@ -406,7 +406,7 @@ impl ServerWallet {
     }
 
     /// Signs with the server key.
-    pub fn sign(&self, tx: &Eip1559Tx) -> Result<SignedTx, blockhost_chain::tx::TxError> {
+    pub fn sign(&self, tx: &Eip1559Tx) -> Result<SignedTx, crate::tx::TxError> {
         tx.sign(&self.key)
     }
 

@@ -352,7 +352,7 @@ async fn guest_agent_ping_exec_and_file_write() {
     pve.cmd(json!({"op": "set", "vmid": 100, "attr": "agent", "value": {}}));
     c.agent_ping("pve1", 100).await.unwrap();
     let access = "owner = \"0xabc\"\nnft = 7\n";
-    c.agent_file_write("pve1", 100, "/etc/blockhost/access.toml", access)
+    c.agent_file_write("pve1", 100, "/etc/blockhost/access.json", access)
         .await
         .unwrap();
     let argv = vec![
@@ -372,7 +372,7 @@ async fn guest_agent_ping_exec_and_file_write() {
         .iter()
         .find(|r| r[0] == "file-write")
         .expect("file-write");
-    assert_eq!(write[1]["file"], "/etc/blockhost/access.toml");
+    assert_eq!(write[1]["file"], "/etc/blockhost/access.json");
     assert_eq!(write[1]["content"], access);
     let exec = seen.iter().find(|r| r[0] == "exec").expect("exec");
     assert_eq!(exec[1]["command"], json!(argv));

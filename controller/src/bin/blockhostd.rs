@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.generate_man {
         let cmd = <Args as clap::CommandFactory>::command().name("blockhostd");
-        return match blockhost_controller::cli::manpages::write_all(cmd, dir, "8") {
+        return match blockhost_api::manpages::write_all(cmd, dir, "8") {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     }
     let explicit = args.config.is_some();
     let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
-    let mut cfg = match daemon::load_config(&path, explicit) {
+    let mut cfg = match blockhost_api::config::load(&path, explicit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("blockhostd: {}", error_chain(&e));

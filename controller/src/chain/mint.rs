@@ -41,12 +41,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::node::NodeError;
-use super::wallet::{Receipt, SendError, ServerWallet, WalletError};
 use crate::metrics::Metrics;
 use crate::reconcile::runtime::Trigger;
 use crate::store::mint::{MintAttempt, MintRecord, MintState};
 use crate::store::{ChangeKind, Store, StoreError};
+use blockhost_chain::node::NodeError;
+use blockhost_chain::wallet::{Receipt, SendError, ServerWallet, WalletError};
 
 /// The condition type the minter owns on `Subscription` objects.
 pub const CONDITION: &str = "NftMinted";
@@ -858,7 +858,7 @@ fn decode_own_tx(raw: &[u8]) -> Option<Eip1559Tx> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::chain::node::RawLog;
+    use blockhost_chain::node::RawLog;
     use k256::ecdsa::SigningKey;
 
     #[test]

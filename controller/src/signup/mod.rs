@@ -58,7 +58,7 @@ pub enum SignupError {
     NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
     /// The server key could not be read (needed for its public half).
     #[error("cannot read the server key for the signup page")]
-    Key(#[source] crate::chain::ChainError),
+    Key(#[source] blockhost_chain::key::KeyError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr} for the signup page (signup.listen); is another service using it?"
@@ -366,7 +366,8 @@ pub async fn task(
     };
     let chain = cfg.chain.as_ref().ok_or(SignupError::NoChain)?;
     let contracts = chain.contracts()?;
-    let key = crate::chain::load_server_key(&chain.server_key_file).map_err(SignupError::Key)?;
+    let key =
+        blockhost_chain::key::load_server_key(&chain.server_key_file).map_err(SignupError::Key)?;
     let page = PageConfig::new(chain, contracts, signup, &key.public_key());
     let mut state = SignupState::new(
         store,
@@ -403,7 +404,7 @@ pub async fn task(
     tracing::info!(
         %addr,
         tls = tls.is_some(),
-        rpc_url = %crate::chain::rpc::redact(&page.rpc_url),
+        rpc_url = %blockhost_chain::rpc::redact(&page.rpc_url),
         max_connections = limits.max_connections,
         "signup page listening"
     );

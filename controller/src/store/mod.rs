@@ -29,7 +29,6 @@ use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
-use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub mod chain;
@@ -133,41 +132,8 @@ from_redb!(
     redb::CommitError
 );
 
-/// What an apply did to one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApplyOutcome {
-    /// It did not exist.
-    Created,
-    /// Its spec or labels changed.
-    Configured,
-    /// Nothing changed; nothing was written.
-    Unchanged,
-}
-
-/// One line of an apply's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyResult {
-    /// Kind of the object.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// What happened.
-    pub outcome: ApplyOutcome,
-    /// Its generation after the apply.
-    pub generation: u64,
-}
-
-/// What a delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeleteOutcome {
-    /// The object is gone.
-    Deleted,
-    /// Marked for deletion; controllers clean up first (finalizers remain).
-    Terminating,
-}
+// The outcomes are part of the API's wire types; the store returns them as they are.
+pub use blockhost_api::{ApplyOutcome, ApplyResult, DeleteOutcome};
 
 /// How an object changed, as published to subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use alloy_sol_types::SolEvent;
 use blockhost_chain::bindings::{AccessCredentialNFT as Nft, BlockhostSubscriptions as Subs};
 use chrono::{DateTime, Utc};
 
-use super::node::RawLog;
+use blockhost_chain::node::RawLog;
 
 /// The latest instant accepted as an expiry: 9999-12-31T23:59:59Z. Later values
 /// (absurd purchases of billions of days) are clamped to it.

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{ChainEvent, decode};
 use super::mapping::Mapper;
-use super::node::{Node, NodeError, RawLog};
 use crate::metrics::Metrics;
 use crate::store::chain::{BlockEvents, BlockRef};
 use crate::store::{ChangeKind, Store, StoreError};
+use blockhost_chain::node::{Node, NodeError, RawLog};
 use blockhost_crd::{Plan, Resource, Subscription, VirtualMachine, WalletAddress};
 
 /// What the loop needs to know about the chain.
@@ -102,7 +102,7 @@ pub struct Watcher<N: Node> {
     metrics: Arc<Metrics>,
     range: u64,
     successes: u32,
-    /// Woken by new-head notifications (see `super::heads`).
+    /// Woken by new-head notifications (see `blockhost_chain::heads`).
     wake: Option<Arc<tokio::sync::Notify>>,
 }
 

@@ -1,46 +1,36 @@
-//! The chain watcher: turns `BlockhostSubscriptions` and `AccessCredentialNFT`
-//! events into `Subscription`, `VirtualMachine` and `Plan` specs.
+//! The chain watcher: the desired-state writer for everything bought on chain. It
+//! turns `BlockhostSubscriptions` and `AccessCredentialNFT` events into
+//! `Subscription`, `VirtualMachine` and `Plan` specs, and does nothing else (the
+//! minter, an actuator, is a reconciler; the chain client is `blockhost-chain`).
 //!
 //! Module map:
-//! - [`node`]: the node operations the watcher needs, as a trait (fakes in tests).
-//! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
-//! - [`heads`]: `eth_subscribe("newHeads")` over WebSocket, waking the
-//!   watcher as each block arrives (polling stays the fallback).
 //! - [`events`]: raw logs → typed events, every number range-checked.
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
-//! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
-//!   broadcast, receipts (minting and `bhctl chain deploy`).
-//! - [`mint`]: the minter — access NFTs for running VMs, every signed
-//!   transaction stored before broadcast.
-//! - [`watcher`]: the loop — confirmations, chunked `eth_getLogs` with range
-//!   adaptation, reorg detection and undo, resync.
+//! - [`follow`]: the loop — confirmations, chunked `eth_getLogs` with range
+//!   adaptation, reorg detection and undo, resync; woken early by
+//!   `blockhost_chain::heads`.
 //!
 //! The store side (cursor, undo records, applied-event ids, buyer signatures) is
 //! `crate::store::chain`: one transaction per batch holds the specs and the
 //! cursor, so a crash can never separate them.
 
 pub mod events;
-pub mod heads;
+pub mod follow;
 pub mod mapping;
-pub mod mint;
-pub mod node;
-pub mod rpc;
-pub mod wallet;
-pub mod watcher;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blockhost_chain::key::KeyError;
+use blockhost_chain::{heads, rpc, wallet};
 use blockhost_crd::WalletAddress;
 use blockhost_crd::config::{ChainConfig, Contracts};
-use k256::SecretKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use follow::{WatchConfig, Watcher};
 use mapping::Mapper;
-use watcher::{WatchConfig, Watcher};
 
 /// Undo records are kept for this many blocks at least (a reorg deeper than this
 /// cannot be undone; Ethereum mainnet finalizes in 64–96 blocks).
@@ -49,62 +39,15 @@ pub const MIN_REORG_WINDOW: u64 = 4096;
 /// Why the watcher cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    /// The server key file cannot be read.
-    #[error("cannot read the server key file {}", path.display())]
-    KeyRead {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The key file is readable by others.
-    #[error("the server key file {} has mode {mode:o}; make it readable by its owner only (chmod 600)", path.display())]
-    KeyPermissions {
-        /// The file.
-        path: PathBuf,
-        /// Its mode bits.
-        mode: u32,
-    },
-    /// The key file does not hold a secp256k1 key in hex.
-    #[error("the server key file {} does not hold a secp256k1 secret key as 64 hex digits", path.display())]
-    KeyInvalid {
-        /// The file.
-        path: PathBuf,
-    },
+    /// The server key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The HTTP client could not be built.
     #[error("cannot set up the RPC client")]
     Http(#[source] reqwest::Error),
     /// The configuration was written before deploying: no contracts to watch.
     #[error(transparent)]
     NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
-}
-
-/// Reads the server's secret key: hex (with or without `0x`, surrounding
-/// whitespace allowed) in a file no one but its owner may read. The key is never
-/// logged and error messages never quote the file's content.
-pub fn load_server_key(path: &Path) -> Result<SecretKey, ChainError> {
-    use std::os::unix::fs::PermissionsExt;
-    let read = |source| ChainError::KeyRead {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ChainError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(read)?;
-    let invalid = || ChainError::KeyInvalid {
-        path: path.to_owned(),
-    };
-    let digits = text.trim();
-    let digits = digits.strip_prefix("0x").unwrap_or(digits);
-    let bytes = hex::decode(digits).map_err(|_| invalid())?;
-    SecretKey::from_slice(&bytes).map_err(|_| invalid())
 }
 
 /// The store scope of a chain and contract set.
@@ -147,7 +90,7 @@ pub fn task(
 ) -> Result<impl Future<Output = ()> + Send + 'static, ChainError> {
     // Checked first: without contracts nothing else matters.
     let wc = watch_config(cfg)?;
-    let server_key = load_server_key(&cfg.server_key_file)?;
+    let server_key = blockhost_chain::key::load_server_key(&cfg.server_key_file)?;
     let node = rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?;
     let wallet = wallet::ServerWallet::new(
         &server_key,
@@ -169,10 +112,10 @@ pub fn task(
         server_wallet = %wallet.address(),
         "chain watcher starting"
     );
-    let minter = mint::Minter::new(
+    let minter = crate::chain::mint::Minter::new(
         wallet,
         store.clone(),
-        mint::MintConfig::new(wc.scope.clone(), wc.nft, wc.confirmations, wc.poll),
+        crate::chain::mint::MintConfig::new(wc.scope.clone(), wc.nft, wc.confirmations, wc.poll),
         metrics.clone(),
         nudge,
     );
@@ -180,7 +123,7 @@ pub fn task(
     let heads = heads::run(
         cfg.ws_urls.clone(),
         wake.clone(),
-        metrics.clone(),
+        metrics.clone() as Arc<dyn heads::HeadEvents>,
         shutdown.clone(),
     );
     let w = Watcher::new(node, store, mapper, wc, metrics).with_wake(wake);

@@ -15,11 +15,11 @@ use blockhost_crd::{AnyObject, Plan, Subscription, SubscriptionState, VirtualMac
 use k256::SecretKey;
 use k256::ecdsa::SigningKey;
 
+use super::follow::{Progress, WatchConfig, Watcher};
 use super::mapping::Mapper;
-use super::node::{Node, NodeError, RawLog};
-use super::watcher::{Progress, WatchConfig, Watcher};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
+use blockhost_chain::node::{Node, NodeError, RawLog};
 
 const SUBS: [u8; 20] = [0x51; 20];
 const NFT: [u8; 20] = [0x4e; 20];
@@ -643,34 +643,6 @@ async fn watcher_vms_get_addresses_and_give_them_back() {
             .is_none()
     );
     assert_eq!(store.address_owner(&ip).unwrap(), None);
-}
-
-#[test]
-fn server_key_file_must_be_private_and_hex() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.key");
-    std::fs::write(&path, format!("0x{SERVER}\n")).unwrap();
-    for mode in [0o644, 0o640, 0o604] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let e = super::load_server_key(&path).unwrap_err();
-        assert!(
-            matches!(e, super::ChainError::KeyPermissions { .. }),
-            "{mode:o}: {e}"
-        );
-    }
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(
-        super::load_server_key(&path).unwrap().to_bytes(),
-        server().to_bytes()
-    );
-    std::fs::write(&path, "not a key but secret-looking text").unwrap();
-    let e = super::load_server_key(&path).unwrap_err();
-    assert!(
-        !crate::error_chain(&e).contains("secret-looking"),
-        "content never quoted"
-    );
-    assert!(super::load_server_key(&dir.path().join("missing")).is_err());
 }
 
 /// The watcher's own cost of a catch-up (mapping, ECIES, store commits), with an

@@ -120,9 +120,42 @@ impl Drop for Daemon {
     }
 }
 
+/// bhctl's binary. It is its own crate (`bhctl`), so cargo gives these tests no
+/// path to it: it is found beside blockhostd in the same target directory, where
+/// `cargo test --workspace` (scripts/test.sh) or `cargo build -p bhctl` puts it.
+/// A missing or stale binary stops the test with what to run, rather than
+/// testing yesterday's bhctl.
+pub fn bhctl_bin() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_blockhostd")).with_file_name("bhctl");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build -p bhctl` (cargo test --workspace builds it)",
+                bin.display()
+            )
+        });
+    let root = repo_root();
+    for dir in ["controller/bhctl/src", "controller/api/src"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("read bhctl's sources") {
+            let path = entry.expect("source entry").path();
+            let changed = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("source mtime");
+            assert!(
+                changed <= built,
+                "{} is older than {}: run `cargo build -p bhctl` first",
+                bin.display(),
+                path.display()
+            );
+        }
+    }
+    bin
+}
+
 /// Runs bhctl with a socket and optional standard input.
 pub fn bhctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhctl"));
+    let mut cmd = Command::new(bhctl_bin());
     cmd.args(args)
         .env("BLOCKHOST_SOCKET", socket)
         .env_remove("RUST_LOG")

@@ -458,13 +458,13 @@ fn guest_image_boots_and_logs_a_wallet_in() {
     }
 
     // The access file, written the way PVE's agent/file-write writes it.
-    let access = access_toml("clone-a", &[WALLET0], &[USER], None);
+    let access = access_json("clone-a", &[WALLET0], &[USER], None);
     a.agent
-        .file_write("/etc/blockhost/access.toml", access.as_bytes())
+        .file_write("/etc/blockhost/access.json", access.as_bytes())
         .unwrap_or_else(|e| panic!("file-write: {}", blockhost_image::error_chain(&e)));
-    let st = a.sh("stat -c '%U %a' /etc/blockhost/access.toml");
+    let st = a.sh("stat -c '%U %a' /etc/blockhost/access.json");
     assert!(st.starts_with("root "), "access file owner: {st}");
-    assert_eq!(a.sh("cat /etc/blockhost/access.toml"), access);
+    assert_eq!(a.sh("cat /etc/blockhost/access.json"), access);
     let sshd_t = a.sh("sshd -T -C user=alice,host=client,addr=10.0.2.2");
     for want in [
         "pamservicename blockhost-sshd",

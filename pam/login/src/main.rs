@@ -20,8 +20,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blockhost_crd::WalletAddress;
-use blockhost_crd::eip191::{self, Signature};
+use blockhost_access::WalletAddress;
+use blockhost_access::eip191::{self, Signature};
 use clap::{Parser, Subcommand};
 use k256::ecdsa::SigningKey;
 use pam_blockhost::siwe::{self, MESSAGE_MAX, SiweMessage};

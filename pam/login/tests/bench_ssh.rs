@@ -30,7 +30,7 @@ fn summary(name: &str, mut t: Vec<Duration>) {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn ssh_login_wall_time() {
-    let access = access_toml("blockhost-007", &[WALLET0], &["bhbench"], None);
+    let access = access_json("blockhost-007", &[WALLET0], &["bhbench"], None);
     let sshd = Sshd::start("sshd-blockhost-test-bench", "bhbench", &access, "");
     for (mode, n) in [("cli", 20), ("cast", 10), ("baseline", 20)] {
         if mode == "baseline" {

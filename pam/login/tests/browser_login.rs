@@ -30,7 +30,7 @@ fn wallet_login_through_the_signing_page_in_chromium() {
 
     let signer_port = free_port();
     let url = format!("https://127.0.0.1:{signer_port}/");
-    let access = access_toml("blockhost-007", &[WALLET0], &["bhweb"], Some(&url));
+    let access = access_json("blockhost-007", &[WALLET0], &["bhweb"], Some(&url));
     let sshd = Sshd::start("sshd-blockhost-test-web", "bhweb", &access, "wait=90");
 
     let state_dir = in_dir(&sshd, "signer-state");

@@ -37,7 +37,7 @@ impl Setup {
         let mnemonic = mnemonic_file(dir.path());
         let s = Self { dir, mnemonic };
         s.write_access(
-            &access_toml("blockhost-007", wallets, &["alice"], signing_url),
+            &access_json("blockhost-007", wallets, &["alice"], signing_url),
             0o644,
         );
         s.write_service(options);
@@ -45,7 +45,7 @@ impl Setup {
     }
 
     fn access(&self) -> PathBuf {
-        self.dir.path().join("access.toml")
+        self.dir.path().join("access.json")
     }
 
     fn socket(&self) -> PathBuf {
@@ -323,7 +323,7 @@ fn misconfiguration_fails_closed() {
     assert_eq!(s.login("alice", |_| String::new()).0, PAM_SERVICE_ERR);
     s.write_service("");
     s.write_access(
-        &access_toml("blockhost-007", &[WALLET0], &["alice"], None),
+        &access_json("blockhost-007", &[WALLET0], &["alice"], None),
         0o666,
     );
     assert_eq!(

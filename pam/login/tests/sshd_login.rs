@@ -20,7 +20,7 @@ use support::*;
 
 #[test]
 fn wallet_login_through_real_sshd() {
-    let access = access_toml("blockhost-007", &[WALLET0], &["bhssh"], None);
+    let access = access_json("blockhost-007", &[WALLET0], &["bhssh"], None);
     let mut sshd = Sshd::start("sshd-blockhost-test", "bhssh", &access, "");
 
     let ok = sshd.ssh("cast");

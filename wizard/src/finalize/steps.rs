@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::U256;
 use alloy_sol_types::{SolCall, SolConstructor, SolEvent};
-use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions, MockERC20};
-use blockhost_chain::nft_payload::{self, ConnectionDetails};
-use blockhost_controller::api::client::Client as DaemonClient;
-use blockhost_controller::chain::rpc::RpcClient;
-use blockhost_controller::chain::wallet::ServerWallet;
-use blockhost_controller::cli::chain::{
+use bhctl::chain::{
     DEV_TOKEN_DECIMALS, DEV_TOKEN_NAME, DEV_TOKEN_SYMBOL, create_plan, deploy_code, has_code,
     send_call,
 };
+use blockhost_api::client::Client as DaemonClient;
+use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions, MockERC20};
+use blockhost_chain::nft_payload::{self, ConnectionDetails};
+use blockhost_chain::rpc::RpcClient;
+use blockhost_chain::wallet::ServerWallet;
 use blockhost_crd::config::{
     ChainConfig, Ipv4Pool, Ipv6Pool, NetworkConfig, PlanDefaults, ProxmoxConfig,
 };
@@ -155,8 +155,7 @@ pub fn ensure_server_key(settings: &Settings) -> Result<SecretKey, String> {
             .map_err(|e| fail("cannot hand the server key to blockhostd's user", &e))?;
         tracing::info!(path = %path.display(), "generated the server key");
     }
-    blockhost_controller::chain::load_server_key(&path)
-        .map_err(|e| fail("the server key is unusable", &e))
+    blockhost_chain::key::load_server_key(&path).map_err(|e| fail("the server key is unusable", &e))
 }
 
 fn server_key(ctx: &mut Ctx<'_>) -> StepResult {
@@ -692,7 +691,7 @@ fn config(ctx: &mut Ctx<'_>) -> StepResult {
         .map_err(|e| fail("cannot write the configuration", &e))?;
     // Schema-valid: blockhostd's own loader (every field's validation) reads it
     // back to exactly what was meant.
-    let parsed = blockhost_controller::daemon::load_config(&path, true)
+    let parsed = blockhost_api::config::load(&path, true)
         .map_err(|e| fail("the written configuration does not load", &e))?;
     if parsed != cfg {
         return Err("the written configuration reads back differently; this is a bug".into());
@@ -800,7 +799,7 @@ async fn plan_resources(ctx: &mut Ctx<'_>) -> StepResult {
     client
         .request(
             hyper::Method::POST,
-            &format!("{}/apply", blockhost_controller::api::API_PREFIX),
+            &format!("{}/apply", blockhost_api::API_PREFIX),
             Some(body),
         )
         .await

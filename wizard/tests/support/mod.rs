@@ -595,8 +595,8 @@ pub async fn purchase_is_served(env: &Env, anvil: &Anvil, pve: &mut FakePve, out
     use alloy_primitives::{Address, U256};
     use alloy_sol_types::SolCall;
     use blockhost_chain::bindings::{BlockhostSubscriptions, MockERC20};
-    let api = blockhost_controller::api::client::Client::new(env.daemon_socket());
-    let prefix = blockhost_controller::api::API_PREFIX;
+    let api = blockhost_api::client::Client::new(env.daemon_socket());
+    let prefix = blockhost_api::API_PREFIX;
     // Plans, as bhctl shows them.
     let out = Command::new(sibling_bin("bhctl"))
         .args(["get", "plans", "-o", "json"])

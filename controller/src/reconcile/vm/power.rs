@@ -57,7 +57,7 @@ fn access_file<P: Pve + 'static>(
         signing_url: None,
     };
     let text = file
-        .to_toml()
+        .to_json()
         .map_err(|e| VmError::AccessFile(crate::error_chain(&e)))?;
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
     Ok((text, digest))

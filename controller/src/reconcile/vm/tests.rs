@@ -182,8 +182,8 @@ async fn creates_configures_starts_and_writes_the_access_file_within_the_request
             .contains("VirtualMachine/web")
     );
     let (path, content) = pve.agent_files.last().unwrap();
-    assert_eq!(path, "/etc/blockhost/access.toml");
-    let access = blockhost_crd::AccessFile::from_toml(content).unwrap();
+    assert_eq!(path, "/etc/blockhost/access.json");
+    let access = blockhost_crd::AccessFile::from_json(content).unwrap();
     assert_eq!(access.wallets[0].to_lower_hex(), OWNER);
     assert_eq!(
         (
@@ -378,7 +378,7 @@ async fn owner_change_rewrites_the_access_file() {
     t.settle("web").await;
     let files = t.r.pve.vm(vmid).unwrap().agent_files;
     assert_eq!(files.len(), 2);
-    let access = blockhost_crd::AccessFile::from_toml(&files[1].1).unwrap();
+    let access = blockhost_crd::AccessFile::from_json(&files[1].1).unwrap();
     assert_eq!(access.wallets.len(), 1);
     assert_eq!(
         access.wallets[0].to_lower_hex(),

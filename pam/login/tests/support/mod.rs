@@ -120,32 +120,26 @@ pub fn cast_sign(mnemonic: &Path, index: u32, message: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// An access file for `machine` naming `wallets` and `users`.
-pub fn access_toml(
+/// An access file for `machine` naming `wallets` and `users`, as the controller
+/// writes it (JSON).
+pub fn access_json(
     machine: &str,
     wallets: &[&str],
     users: &[&str],
     signing_url: Option<&str>,
 ) -> String {
-    let q = |v: &[&str]| {
-        v.iter()
-            .map(|s| format!("{:?}", s.to_lowercase()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut t = format!(
-        "version = 1\nmachine = {machine:?}\nchain_id = 31337\nnft_token_id = 7\nwallets = [{}]\nusers = [{}]\n",
-        q(wallets),
-        users
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let mut v = serde_json::json!({
+        "version": 1,
+        "machine": machine,
+        "chain_id": 31337,
+        "nft_token_id": 7,
+        "wallets": wallets.iter().map(|w| w.to_lowercase()).collect::<Vec<_>>(),
+        "users": users,
+    });
     if let Some(u) = signing_url {
-        t.push_str(&format!("signing_url = {u:?}\n"));
+        v["signing_url"] = u.into();
     }
-    t
+    serde_json::to_string_pretty(&v).unwrap()
 }
 
 /// A child process killed (and reaped) when dropped.

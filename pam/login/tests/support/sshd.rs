@@ -122,7 +122,7 @@ impl Sshd {
             created_user,
         };
         let d = s.dir.path().to_path_buf();
-        write_file(&d.join("access.toml"), access, 0o644);
+        write_file(&d.join("access.json"), access, 0o644);
         s.write_pam(options);
         let ok = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -185,7 +185,7 @@ impl Sshd {
                  auth required {} access_file={} socket={} {options}\n\
                  account required pam_unix.so\nsession required pam_permit.so\n",
                 module_path().display(),
-                d.join("access.toml").display(),
+                d.join("access.json").display(),
                 d.join("signer.sock").display()
             ),
             0o644,

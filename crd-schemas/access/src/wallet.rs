@@ -8,7 +8,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha3::{Digest, Keccak256};
 
@@ -127,7 +126,8 @@ impl<'de> Deserialize<'de> for WalletAddress {
     }
 }
 
-impl JsonSchema for WalletAddress {
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for WalletAddress {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "WalletAddress".into()
     }

@@ -1,17 +1,19 @@
-//! The VM access file, `/etc/blockhost/access.toml`.
+//! The VM access file, `/etc/blockhost/access.json`.
 //!
 //! The controller writes it into each VM through the guest agent; the PAM module
 //! inside the VM reads it at every login. It is the only channel through which a VM
 //! learns who may log in, so its type is defined once, here, and shared by both ends:
 //! a field added on one side cannot be silently missing on the other.
+//!
+//! It is JSON: `pam_blockhost.so` runs inside sshd, and JSON needs no parser
+//! there beyond the one the module already links for the signing page's answers.
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::WalletAddress;
 
 /// Where the controller writes the access file inside a VM.
-pub const ACCESS_FILE_PATH: &str = "/etc/blockhost/access.toml";
+pub const ACCESS_FILE_PATH: &str = "/etc/blockhost/access.json";
 
 /// Current format version; readers refuse other versions rather than guess.
 pub const ACCESS_FILE_VERSION: u32 = 1;
@@ -21,7 +23,8 @@ pub const ACCESS_FILE_VERSION: u32 = 1;
 pub const ACCESS_FILE_MAX_BYTES: usize = 64 * 1024;
 
 /// Contents of the access file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AccessFile {
     /// Format version, [`ACCESS_FILE_VERSION`].
@@ -49,9 +52,9 @@ pub enum AccessFileError {
     /// Larger than [`ACCESS_FILE_MAX_BYTES`].
     #[error("access file is {0} bytes, more than the {ACCESS_FILE_MAX_BYTES} allowed")]
     TooLarge(usize),
-    /// Not valid TOML of this shape.
+    /// Not valid JSON of this shape.
     #[error("access file is malformed")]
-    Malformed(#[source] toml::de::Error),
+    Malformed(#[source] serde_json::Error),
     /// A version this code does not understand.
     #[error("access file version {found} is not supported (expected {ACCESS_FILE_VERSION})")]
     UnsupportedVersion {
@@ -64,12 +67,12 @@ pub enum AccessFileError {
 }
 
 impl AccessFile {
-    /// Parses and validates the TOML text of an access file.
-    pub fn from_toml(text: &str) -> Result<Self, AccessFileError> {
+    /// Parses and validates the JSON text of an access file.
+    pub fn from_json(text: &str) -> Result<Self, AccessFileError> {
         if text.len() > ACCESS_FILE_MAX_BYTES {
             return Err(AccessFileError::TooLarge(text.len()));
         }
-        let file: AccessFile = toml::from_str(text).map_err(AccessFileError::Malformed)?;
+        let file: AccessFile = serde_json::from_str(text).map_err(AccessFileError::Malformed)?;
         if file.version != ACCESS_FILE_VERSION {
             return Err(AccessFileError::UnsupportedVersion {
                 found: file.version,
@@ -79,10 +82,13 @@ impl AccessFile {
         Ok(file)
     }
 
-    /// Renders the TOML text written into the VM.
-    pub fn to_toml(&self) -> Result<String, AccessFileError> {
+    /// Renders the JSON text written into the VM (pretty, one field a line, so
+    /// an operator reading it inside the VM sees who may log in).
+    pub fn to_json(&self) -> Result<String, AccessFileError> {
         self.validate()?;
-        toml::to_string(self).map_err(|e| AccessFileError::Invalid(e.to_string()))
+        let mut text = serde_json::to_string_pretty(self).map_err(AccessFileError::Malformed)?;
+        text.push('\n');
+        Ok(text)
     }
 
     fn validate(&self) -> Result<(), AccessFileError> {
@@ -134,32 +140,38 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_toml() {
-        let text = sample().to_toml().unwrap();
-        assert!(text.contains("machine = \"blockhost-007\""));
-        assert_eq!(AccessFile::from_toml(&text).unwrap(), sample());
+    fn round_trips_through_json() {
+        let text = sample().to_json().unwrap();
+        assert!(text.contains("\"machine\": \"blockhost-007\""), "{text}");
+        assert_eq!(AccessFile::from_json(&text).unwrap(), sample());
     }
 
     #[test]
     fn rejects_unknown_fields_versions_and_empty_lists() {
-        let text = sample().to_toml().unwrap();
+        let text = sample().to_json().unwrap();
+        let extra = text.replacen('{', "{\"extra\": 1,", 1);
         assert!(matches!(
-            AccessFile::from_toml(&format!("{text}\nextra = 1\n")),
+            AccessFile::from_json(&extra),
             Err(AccessFileError::Malformed(_))
         ));
-        let v2 = text.replace("version = 1", "version = 2");
         assert!(matches!(
-            AccessFile::from_toml(&v2),
+            AccessFile::from_json(&format!("{text} trailing")),
+            Err(AccessFileError::Malformed(_))
+        ));
+        let v2 = text.replace("\"version\": 1", "\"version\": 2");
+        assert_ne!(v2, text);
+        assert!(matches!(
+            AccessFile::from_json(&v2),
             Err(AccessFileError::UnsupportedVersion { found: 2 })
         ));
         let mut empty = sample();
         empty.wallets.clear();
-        assert!(empty.to_toml().is_err());
+        assert!(empty.to_json().is_err());
         let mut bad_user = sample();
         bad_user.users = vec!["root;rm".into()];
-        assert!(bad_user.to_toml().is_err());
+        assert!(bad_user.to_json().is_err());
         assert!(matches!(
-            AccessFile::from_toml(&" ".repeat(ACCESS_FILE_MAX_BYTES + 1)),
+            AccessFile::from_json(&" ".repeat(ACCESS_FILE_MAX_BYTES + 1)),
             Err(AccessFileError::TooLarge(_))
         ));
     }

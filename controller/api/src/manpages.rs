@@ -1,5 +1,5 @@
 //! Manual pages generated from the clap definitions (clap_mangen), for the Debian
-//! package: one page for the program and one per subcommand (`bhctl-get.1`, …),
+//! package (feature `man`; used by both `bhctl` and `blockhostd`): one page for the program and one per subcommand (`bhctl-get.1`, …),
 //! so `man bhctl-template-install` works like git's pages do.
 
 use std::path::{Path, PathBuf};
@@ -54,12 +54,11 @@ mod tests {
     #[test]
     fn a_page_per_command() {
         let d = tempfile::tempdir().unwrap();
-        let files = write_all(
-            <crate::cli::Cli as clap::CommandFactory>::command(),
-            d.path(),
-            "1",
-        )
-        .unwrap();
+        let cmd = clap::Command::new("bhctl")
+            .subcommand(clap::Command::new("get"))
+            .subcommand(clap::Command::new("template").subcommand(clap::Command::new("install")))
+            .subcommand(clap::Command::new("generate-man").hide(true));
+        let files = write_all(cmd, d.path(), "1").unwrap();
         let names: Vec<String> = files
             .iter()
             .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
