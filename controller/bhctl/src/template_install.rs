@@ -64,7 +64,10 @@ pub struct InstallArgs {
 /// Why the install failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// The configuration could not be used.
+    /// The configuration file could not be loaded.
+    #[error(transparent)]
+    LoadConfig(#[from] blockhost_api::config::ConfigError),
+    /// The configuration cannot drive an install; the message says what to add.
     #[error("{0}")]
     Config(String),
     /// The image could not be read.
@@ -199,8 +202,7 @@ pub fn sha256_file(path: &std::path::Path) -> Result<String, InstallError> {
 
 /// `bhctl template install`.
 pub async fn install(out: &mut impl std::io::Write, args: InstallArgs) -> Result<(), InstallError> {
-    let cfg = blockhost_api::config::load(&args.config, true)
-        .map_err(|e| InstallError::Config(blockhost_crd::error_chain(&e)))?;
+    let cfg = blockhost_api::config::load(&args.config, true)?;
     let Some(px) = cfg.proxmox.as_ref() else {
         return Err(InstallError::Config(format!(
             "{} has no proxmox section: add url, tokenId and tokenSecretFile (README, Configuration)",

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::propstring::DiskSize;
 use crate::types::{
-    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, ExecStatus, NodeStatus, NodeSummary,
-    ShutdownOptions, TaskExit, TaskLogLine, TaskStatus, Version, VmConfig, VmId, VmStatus,
+    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, NodeSummary, ShutdownOptions, TaskExit,
+    TaskLogLine, TaskStatus, Version, VmConfig, VmId, VmStatus,
 };
 use crate::upid::Upid;
 
@@ -49,14 +49,8 @@ pub trait Pve: Send + Sync {
     /// `GET /nodes`: every node with its load and memory.
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeSummary>>> + Send;
 
-    /// `GET /nodes/{node}/status`.
-    fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus>> + Send;
-
     /// `GET /cluster/resources?type=vm`: every guest of the cluster in one request.
     fn cluster_vms(&self) -> impl Future<Output = Result<Vec<ClusterVm>>> + Send;
-
-    /// `GET /cluster/nextid`: a free id now; not reserved (concurrent clones may race for it).
-    fn next_id(&self) -> impl Future<Output = Result<VmId>> + Send;
 
     /// `POST /nodes/{node}/qemu/{vmid}/clone`: clone `source` (a template) into `req.newid`.
     fn clone_vm(
@@ -76,14 +70,6 @@ pub trait Pve: Send + Sync {
         vmid: VmId,
         update: &ConfigUpdate,
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// `POST .../config`: apply in a task (needed for changes that allocate disks).
-    fn set_vm_config_async(
-        &self,
-        node: &str,
-        vmid: VmId,
-        update: &ConfigUpdate,
-    ) -> impl Future<Output = Result<Upid>> + Send;
 
     /// `PUT .../resize`. PVE 8+ answers with a task; older versions resize synchronously (`None`).
     fn resize_disk(
@@ -111,12 +97,6 @@ pub trait Pve: Send + Sync {
     /// `POST .../status/stop`: pull the plug.
     fn stop_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send;
 
-    /// `POST .../status/suspend`: pause the guest (RAM kept).
-    fn suspend_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send;
-
-    /// `POST .../status/resume`.
-    fn resume_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send;
-
     /// `DELETE /nodes/{node}/qemu/{vmid}`.
     fn delete_vm(
         &self,
@@ -127,23 +107,6 @@ pub trait Pve: Send + Sync {
 
     /// `POST .../agent/ping`: Ok once the guest agent answers.
     fn agent_ping(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<()>> + Send;
-
-    /// `POST .../agent/exec`: start `command` (argv) in the guest; returns its pid.
-    fn agent_exec(
-        &self,
-        node: &str,
-        vmid: VmId,
-        command: &[String],
-        input: Option<&str>,
-    ) -> impl Future<Output = Result<u64>> + Send;
-
-    /// `GET .../agent/exec-status?pid=`.
-    fn agent_exec_status(
-        &self,
-        node: &str,
-        vmid: VmId,
-        pid: u64,
-    ) -> impl Future<Output = Result<ExecStatus>> + Send;
 
     /// `POST .../agent/file-write`: write `content` (text) to `path` inside the guest.
     fn agent_file_write(
@@ -234,14 +197,8 @@ impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeSummary>>> + Send {
         (**self).nodes()
     }
-    fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus>> + Send {
-        (**self).node_status(node)
-    }
     fn cluster_vms(&self) -> impl Future<Output = Result<Vec<ClusterVm>>> + Send {
         (**self).cluster_vms()
-    }
-    fn next_id(&self) -> impl Future<Output = Result<VmId>> + Send {
-        (**self).next_id()
     }
     fn clone_vm(
         &self,
@@ -261,14 +218,6 @@ impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
         update: &ConfigUpdate,
     ) -> impl Future<Output = Result<()>> + Send {
         (**self).set_vm_config(node, vmid, update)
-    }
-    fn set_vm_config_async(
-        &self,
-        node: &str,
-        vmid: VmId,
-        update: &ConfigUpdate,
-    ) -> impl Future<Output = Result<Upid>> + Send {
-        (**self).set_vm_config_async(node, vmid, update)
     }
     fn resize_disk(
         &self,
@@ -296,12 +245,6 @@ impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
     fn stop_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
         (**self).stop_vm(node, vmid)
     }
-    fn suspend_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
-        (**self).suspend_vm(node, vmid)
-    }
-    fn resume_vm(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<Upid>> + Send {
-        (**self).resume_vm(node, vmid)
-    }
     fn delete_vm(
         &self,
         node: &str,
@@ -312,23 +255,6 @@ impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
     }
     fn agent_ping(&self, node: &str, vmid: VmId) -> impl Future<Output = Result<()>> + Send {
         (**self).agent_ping(node, vmid)
-    }
-    fn agent_exec(
-        &self,
-        node: &str,
-        vmid: VmId,
-        command: &[String],
-        input: Option<&str>,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        (**self).agent_exec(node, vmid, command, input)
-    }
-    fn agent_exec_status(
-        &self,
-        node: &str,
-        vmid: VmId,
-        pid: u64,
-    ) -> impl Future<Output = Result<ExecStatus>> + Send {
-        (**self).agent_exec_status(node, vmid, pid)
     }
     fn agent_file_write(
         &self,

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::propstring::DiskSize;
 use crate::tls::{self, TlsMode};
 use crate::types::{
-    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, ExecStarted, ExecStatus, NodeStatus,
-    NodeSummary, ShutdownOptions, TaskLogLine, TaskStatus, Version, VmConfig, VmId, VmStatus,
+    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, NodeSummary, ShutdownOptions,
+    TaskLogLine, TaskStatus, Version, VmConfig, VmId, VmStatus,
 };
 use crate::upid::Upid;
 
@@ -105,9 +105,6 @@ pub struct PveClient {
 struct Envelope<T> {
     data: T,
 }
-
-#[derive(Deserialize)]
-struct IntData(#[serde(deserialize_with = "de::int")] u32);
 
 #[derive(Deserialize)]
 struct LoginData {
@@ -465,11 +462,6 @@ impl Pve for PveClient {
         self.call(Method::GET, &["nodes"], &[], None).await
     }
 
-    async fn node_status(&self, node: &str) -> Result<NodeStatus> {
-        self.call(Method::GET, &["nodes", node, "status"], &[], None)
-            .await
-    }
-
     async fn cluster_vms(&self) -> Result<Vec<ClusterVm>> {
         self.call(
             Method::GET,
@@ -478,13 +470,6 @@ impl Pve for PveClient {
             None,
         )
         .await
-    }
-
-    async fn next_id(&self) -> Result<VmId> {
-        let id: IntData = self
-            .call(Method::GET, &["cluster", "nextid"], &[], None)
-            .await?;
-        Ok(id.0)
     }
 
     async fn clone_vm(&self, node: &str, source: VmId, req: &CloneRequest) -> Result<Upid> {
@@ -520,22 +505,6 @@ impl Pve for PveClient {
             )
             .await?;
         Ok(())
-    }
-
-    async fn set_vm_config_async(
-        &self,
-        node: &str,
-        vmid: VmId,
-        update: &ConfigUpdate,
-    ) -> Result<Upid> {
-        let vmid = vmid.to_string();
-        self.call(
-            Method::POST,
-            &["nodes", node, "qemu", &vmid, "config"],
-            &[],
-            Some(&update.to_form()),
-        )
-        .await
     }
 
     async fn resize_disk(
@@ -581,14 +550,6 @@ impl Pve for PveClient {
         self.power(node, vmid, "stop", Vec::new()).await
     }
 
-    async fn suspend_vm(&self, node: &str, vmid: VmId) -> Result<Upid> {
-        self.power(node, vmid, "suspend", Vec::new()).await
-    }
-
-    async fn resume_vm(&self, node: &str, vmid: VmId) -> Result<Upid> {
-        self.power(node, vmid, "resume", Vec::new()).await
-    }
-
     async fn delete_vm(&self, node: &str, vmid: VmId, opts: DeleteOptions) -> Result<Upid> {
         let vmid = vmid.to_string();
         self.call(
@@ -611,41 +572,6 @@ impl Pve for PveClient {
             )
             .await?;
         Ok(())
-    }
-
-    async fn agent_exec(
-        &self,
-        node: &str,
-        vmid: VmId,
-        command: &[String],
-        input: Option<&str>,
-    ) -> Result<u64> {
-        let vmid = vmid.to_string();
-        // `command` is an array parameter: one form pair per argument.
-        let mut form: Params = command.iter().map(|a| p("command", a)).collect();
-        if let Some(input) = input {
-            form.push(p("input-data", input));
-        }
-        let started: ExecStarted = self
-            .call(
-                Method::POST,
-                &["nodes", node, "qemu", &vmid, "agent", "exec"],
-                &[],
-                Some(&form),
-            )
-            .await?;
-        Ok(started.pid)
-    }
-
-    async fn agent_exec_status(&self, node: &str, vmid: VmId, pid: u64) -> Result<ExecStatus> {
-        let vmid = vmid.to_string();
-        self.call(
-            Method::GET,
-            &["nodes", node, "qemu", &vmid, "agent", "exec-status"],
-            &[p("pid", pid)],
-            None,
-        )
-        .await
     }
 
     async fn agent_file_write(

@@ -20,9 +20,9 @@ use crate::de::parse_bool;
 use crate::error::{Error, Result};
 use crate::propstring::{DiskSize, PropertyString, parse_size, parse_tags};
 use crate::types::{
-    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, ExecStatus, GuestKind, NodeCpuInfo,
-    NodeMemory, NodeState, NodeStatus, NodeSummary, RunState, ShutdownOptions, TaskLogLine,
-    TaskState, TaskStatus, Version, VmConfig, VmId, VmStatus,
+    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, GuestKind, NodeState, NodeSummary,
+    RunState, ShutdownOptions, TaskLogLine, TaskState, TaskStatus, Version, VmConfig, VmId,
+    VmStatus,
 };
 use crate::upid::Upid;
 
@@ -38,24 +38,17 @@ const USER: &str = "root@pam!blockhost";
 pub enum Op {
     Version,
     Nodes,
-    NodeStatus,
     ClusterVms,
-    NextId,
     Clone,
     GetConfig,
     SetConfig,
-    SetConfigAsync,
     Resize,
     Status,
     Start,
     Shutdown,
     Stop,
-    Suspend,
-    Resume,
     Delete,
     AgentPing,
-    AgentExec,
-    AgentExecStatus,
     AgentFileWrite,
     TaskStatus,
     TaskLog,
@@ -131,8 +124,6 @@ pub struct FakeVm {
     pub agent_ready: bool,
     /// `file-write`s received, oldest first: (path, content).
     pub agent_files: Vec<(String, String)>,
-    /// `exec`s received, oldest first.
-    pub agent_execs: Vec<Vec<String>>,
     /// Simulated seconds the guest takes to power off after ACPI.
     pub shutdown_secs: u64,
     /// The guest handles ACPI (if not, a shutdown always times out).
@@ -153,7 +144,6 @@ impl FakeVm {
             lock: None,
             agent_ready: false,
             agent_files: Vec::new(),
-            agent_execs: Vec::new(),
             shutdown_secs: 0,
             acpi: true,
             start_error: None,
@@ -681,37 +671,6 @@ impl Pve for FakeCluster {
         })
     }
 
-    async fn node_status(&self, node: &str) -> Result<NodeStatus> {
-        self.plain(Op::NodeStatus, None, |st| {
-            Self::check_node(st, node)?;
-            let n = st
-                .nodes
-                .get(node)
-                .cloned()
-                .ok_or_else(|| api(500, "no node"))?;
-            let used: u64 = st
-                .vms
-                .values()
-                .filter(|v| v.node == node && v.status == RunState::Running)
-                .map(FakeVm::memory_bytes)
-                .sum();
-            Ok(NodeStatus {
-                cpu: 0.0,
-                memory: NodeMemory {
-                    total: n.maxmem,
-                    used,
-                    free: n.maxmem.saturating_sub(used),
-                },
-                cpuinfo: NodeCpuInfo {
-                    cpus: n.maxcpu,
-                    sockets: 1,
-                    model: "fake".into(),
-                },
-                uptime: 3600,
-            })
-        })
-    }
-
     async fn cluster_vms(&self) -> Result<Vec<ClusterVm>> {
         self.plain(Op::ClusterVms, None, |st| {
             Ok(st
@@ -746,14 +705,6 @@ impl Pve for FakeCluster {
                     }
                 })
                 .collect())
-        })
-    }
-
-    async fn next_id(&self) -> Result<VmId> {
-        self.plain(Op::NextId, None, |st| {
-            (100..=999_999_999)
-                .find(|id| !st.vms.contains_key(id))
-                .ok_or_else(|| api(500, "unable to get any free VMID"))
         })
     }
 
@@ -819,24 +770,6 @@ impl Pve for FakeCluster {
         self.plain(Op::SetConfig, Some(vmid), |st| {
             let vm = Self::find(st, node, vmid)?;
             Self::apply(vm, update)
-        })
-    }
-
-    async fn set_vm_config_async(
-        &self,
-        node: &str,
-        vmid: VmId,
-        update: &ConfigUpdate,
-    ) -> Result<Upid> {
-        self.task(Op::SetConfigAsync, node, vmid, "qmconfig", |st| {
-            Self::validate(update)?;
-            let vm = Self::find(st, node, vmid)?;
-            // In PVE the async form checks the lock inside the worker: a task error.
-            Ok(match Self::apply(vm, update) {
-                Ok(()) => TaskResult::Ok(None),
-                Err(Error::Api { message, .. }) => TaskResult::Failed(message),
-                Err(e) => return Err(e),
-            })
         })
     }
 
@@ -975,25 +908,6 @@ impl Pve for FakeCluster {
         })
     }
 
-    async fn suspend_vm(&self, node: &str, vmid: VmId) -> Result<Upid> {
-        self.task(Op::Suspend, node, vmid, "qmsuspend", |st| {
-            let vm = Self::find(st, node, vmid)?;
-            Self::need_running(vm)?;
-            Self::check_lock(vm)?;
-            vm.paused = true;
-            Ok(TaskResult::Ok(None))
-        })
-    }
-
-    async fn resume_vm(&self, node: &str, vmid: VmId) -> Result<Upid> {
-        self.task(Op::Resume, node, vmid, "qmresume", |st| {
-            let vm = Self::find(st, node, vmid)?;
-            Self::need_running(vm)?;
-            vm.paused = false;
-            Ok(TaskResult::Ok(None))
-        })
-    }
-
     async fn delete_vm(&self, node: &str, vmid: VmId, opts: DeleteOptions) -> Result<Upid> {
         self.task(Op::Delete, node, vmid, "qmdestroy", |st| {
             let vm = Self::find(st, node, vmid)?;
@@ -1024,39 +938,6 @@ impl Pve for FakeCluster {
     async fn agent_ping(&self, node: &str, vmid: VmId) -> Result<()> {
         self.plain(Op::AgentPing, Some(vmid), |st| {
             Self::agent(st, node, vmid).map(|_| ())
-        })
-    }
-
-    async fn agent_exec(
-        &self,
-        node: &str,
-        vmid: VmId,
-        command: &[String],
-        _input: Option<&str>,
-    ) -> Result<u64> {
-        self.plain(Op::AgentExec, Some(vmid), |st| {
-            let vm = Self::agent(st, node, vmid)?;
-            vm.agent_execs.push(command.to_vec());
-            Ok(u64::try_from(vm.agent_execs.len()).unwrap_or(u64::MAX) + 1000)
-        })
-    }
-
-    async fn agent_exec_status(&self, node: &str, vmid: VmId, pid: u64) -> Result<ExecStatus> {
-        self.plain(Op::AgentExecStatus, Some(vmid), |st| {
-            let vm = Self::agent(st, node, vmid)?;
-            let known = pid
-                .checked_sub(1001)
-                .and_then(|i| usize::try_from(i).ok())
-                .is_some_and(|i| i < vm.agent_execs.len());
-            if !known {
-                return Err(api(500, format!("Agent error: PID {pid} does not exist")));
-            }
-            Ok(ExecStatus {
-                exited: true,
-                exitcode: Some(0),
-                out_data: Some(String::new()),
-                ..ExecStatus::default()
-            })
         })
     }
 
@@ -1130,8 +1011,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn clone_configure_start_stop_delete() {
         let c = FakeCluster::standard();
-        let id = c.next_id().await.unwrap();
-        assert_eq!(id, 100);
+        let id = 100;
         done(
             &c,
             c.clone_vm("pve1", 9001, &CloneRequest::full(id).name("vm100"))
@@ -1335,26 +1215,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn suspend_resume_and_agent() {
+    async fn agent_answers_only_once_ready() {
         let c = FakeCluster::standard();
         c.set_agent_on_start(false);
         done(&c, c.clone_vm("pve1", 9001, &CloneRequest::full(100)).await)
             .await
             .unwrap();
-        assert!(c.suspend_vm("pve1", 100).await.is_err());
         done(&c, c.start_vm("pve1", 100).await).await.unwrap();
         assert!(c.agent_ping("pve1", 100).await.is_err());
         c.modify_vm(100, |vm| vm.agent_ready = true);
         c.agent_ping("pve1", 100).await.unwrap();
-        let pid = c
-            .agent_exec("pve1", 100, &["true".into()], None)
-            .await
-            .unwrap();
-        assert!(c.agent_exec_status("pve1", 100, pid).await.unwrap().exited);
-        done(&c, c.suspend_vm("pve1", 100).await).await.unwrap();
-        assert!(c.vm_status("pve1", 100).await.unwrap().is_paused());
-        done(&c, c.resume_vm("pve1", 100).await).await.unwrap();
-        assert!(!c.vm_status("pve1", 100).await.unwrap().is_paused());
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,8 +72,8 @@ pub use propstring::{
 };
 pub use tls::{Fingerprint, TlsMode};
 pub use types::{
-    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, ExecStatus, GuestKind, NodeState,
-    NodeStatus, NodeSummary, RunState, ShutdownOptions, TaskExit, TaskLogLine, TaskState,
-    TaskStatus, Version, VmConfig, VmId, VmStatus,
+    CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, GuestKind, NodeState, NodeSummary,
+    RunState, ShutdownOptions, TaskExit, TaskLogLine, TaskState, TaskStatus, Version, VmConfig,
+    VmId, VmStatus,
 };
 pub use upid::Upid;

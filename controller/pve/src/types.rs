@@ -76,51 +76,6 @@ impl NodeSummary {
     }
 }
 
-/// Memory figures of `GET /nodes/{node}/status`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct NodeMemory {
-    /// Total bytes.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub total: u64,
-    /// Used bytes.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub used: u64,
-    /// Free bytes.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub free: u64,
-}
-
-/// CPU description of `GET /nodes/{node}/status`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct NodeCpuInfo {
-    /// Logical CPUs.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub cpus: u32,
-    /// Sockets.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub sockets: u32,
-    /// CPU model name.
-    #[serde(default)]
-    pub model: String,
-}
-
-/// `GET /nodes/{node}/status` (the fields used for placement).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct NodeStatus {
-    /// CPU load, 0.0–1.0.
-    #[serde(default, deserialize_with = "de::float")]
-    pub cpu: f64,
-    /// Memory.
-    #[serde(default)]
-    pub memory: NodeMemory,
-    /// CPUs.
-    #[serde(default)]
-    pub cpuinfo: NodeCpuInfo,
-    /// Uptime, seconds.
-    #[serde(default, deserialize_with = "de::int_or_default")]
-    pub uptime: u64,
-}
-
 /// Power state as `status` reports it (`paused` shows in `qmpstatus`, not here).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -789,38 +744,6 @@ pub struct TaskLogLine {
     /// Text.
     #[serde(default)]
     pub t: String,
-}
-
-/// `GET .../agent/exec-status`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct ExecStatus {
-    /// The process has ended.
-    #[serde(deserialize_with = "de::bool")]
-    pub exited: bool,
-    /// Exit code, once exited.
-    #[serde(default, deserialize_with = "de::opt_int")]
-    pub exitcode: Option<i64>,
-    /// Signal that killed it, if any.
-    #[serde(default, deserialize_with = "de::opt_int")]
-    pub signal: Option<i64>,
-    /// Captured stdout.
-    #[serde(default, rename = "out-data")]
-    pub out_data: Option<String>,
-    /// Captured stderr.
-    #[serde(default, rename = "err-data")]
-    pub err_data: Option<String>,
-    /// stdout was cut.
-    #[serde(default, rename = "out-truncated", deserialize_with = "de::bool")]
-    pub out_truncated: bool,
-    /// stderr was cut.
-    #[serde(default, rename = "err-truncated", deserialize_with = "de::bool")]
-    pub err_truncated: bool,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ExecStarted {
-    #[serde(deserialize_with = "de::int")]
-    pub pid: u64,
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ async fn run(c: &PveClient, upid: blockhost_pve::Result<blockhost_pve::Upid>) ->
 }
 
 #[tokio::test]
-async fn version_nodes_and_node_status() {
+async fn version_and_nodes() {
     let pve = FakePve::start(&["pve2"]);
     let c = pve.client();
     let v = c.version().await.unwrap();
@@ -59,16 +59,13 @@ async fn version_nodes_and_node_status() {
     assert_eq!(names, ["pve1", "pve2"]);
     assert!(nodes[0].free_mem() > 0);
     assert_eq!(nodes[0].maxcpu, Some(4));
-    c.node_status("pve1").await.unwrap();
-    // nextid arrives as a string: the quirk layer makes it a number.
-    assert_eq!(c.next_id().await.unwrap(), 100);
 }
 
 #[tokio::test]
 async fn clone_configure_resize_and_power_lifecycle() {
     let pve = FakePve::start(&[]);
     let c = pve.client();
-    let id = c.next_id().await.unwrap();
+    let id = 100;
     clone(&c, id).await;
 
     let vms = c.cluster_vms().await.unwrap();
@@ -120,16 +117,6 @@ async fn clone_configure_resize_and_power_lifecycle() {
     assert!(cfg.digest().is_some());
     assert_eq!(cfg.disk_size("scsi0"), Some(3 << 30));
 
-    // The async form of config set returns a task.
-    let upid = c
-        .set_vm_config_async("pve1", id, &ConfigUpdate::new().set("onboot", "1"))
-        .await;
-    assert_eq!(run(&c, upid).await, TaskExit::Ok);
-    assert_eq!(
-        c.vm_config("pve1", id).await.unwrap().get("onboot"),
-        Some("1")
-    );
-
     let resized = c
         .resize_disk("pve1", id, "scsi0", DiskSize::grow_gib(2))
         .await
@@ -142,11 +129,6 @@ async fn clone_configure_resize_and_power_lifecycle() {
     let st = c.vm_status("pve1", id).await.unwrap();
     assert_eq!(st.status, RunState::Running);
     assert!(!st.is_paused());
-
-    run(&c, c.suspend_vm("pve1", id).await).await;
-    assert!(c.vm_status("pve1", id).await.unwrap().is_paused());
-    run(&c, c.resume_vm("pve1", id).await).await;
-    assert!(!c.vm_status("pve1", id).await.unwrap().is_paused());
 
     let opts = ShutdownOptions {
         timeout: Some(Duration::from_secs(30)),
@@ -355,16 +337,6 @@ async fn guest_agent_ping_exec_and_file_write() {
     c.agent_file_write("pve1", 100, "/etc/blockhost/access.json", access)
         .await
         .unwrap();
-    let argv = vec![
-        "usermod".to_owned(),
-        "-c".to_owned(),
-        "wallet=0xabc,nft=7".to_owned(),
-        "admin".to_owned(),
-    ];
-    let pid = c.agent_exec("pve1", 100, &argv, None).await.unwrap();
-    let st = c.agent_exec_status("pve1", 100, pid).await.unwrap();
-    assert!(st.exited);
-    assert_eq!(st.exitcode, Some(0));
 
     let seen = pve.cmd(json!({"op": "agent_requests", "vmid": 100}));
     let seen = seen.as_array().unwrap();
@@ -374,8 +346,6 @@ async fn guest_agent_ping_exec_and_file_write() {
         .expect("file-write");
     assert_eq!(write[1]["file"], "/etc/blockhost/access.json");
     assert_eq!(write[1]["content"], access);
-    let exec = seen.iter().find(|r| r[0] == "exec").expect("exec");
-    assert_eq!(exec[1]["command"], json!(argv));
 }
 
 #[tokio::test]
