@@ -67,6 +67,17 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+/// Registers `metric` under `name` and hands it back for the struct to keep.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -76,146 +87,138 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("blockhost");
-        let http_requests = Family::<Labels, Counter>::default();
-        registry.register(
-            "api_requests",
-            "API requests served, by route and status",
-            http_requests.clone(),
+        let mut r = Registry::with_prefix("blockhost");
+        let info = reg(
+            &mut r,
+            "build_info",
+            "Version of the running daemon",
+            Family::<Labels, Gauge>::default(),
         );
-        let applied_objects = Family::<Labels, Counter>::default();
-        registry.register(
-            "applied_objects",
-            "Objects applied, by kind and outcome",
-            applied_objects.clone(),
-        );
-        let watch_streams = Gauge::default();
-        registry.register("watch_streams", "Open watch streams", watch_streams.clone());
-        let objects = Family::<Labels, Gauge>::default();
-        registry.register("objects", "Objects in the store, by kind", objects.clone());
-        let reconcile_queue_depth = Family::<Labels, Gauge>::default();
-        registry.register(
-            "reconcile_queue_depth",
-            "Keys waiting in a reconciler's queue",
-            reconcile_queue_depth.clone(),
-        );
-        let reconciles = Family::<Labels, Counter>::default();
-        registry.register(
-            "reconciles",
-            "Reconciles finished, by controller and result",
-            reconciles.clone(),
-        );
-        let reconcile_failures = Family::<Labels, Counter>::default();
-        registry.register(
-            "reconcile_failures",
-            "Failed reconciles, by controller and reason",
-            reconcile_failures.clone(),
-        );
-        let reconcile_last_success = Family::<Labels, Gauge>::default();
-        registry.register(
-            "reconcile_last_success_timestamp_seconds",
-            "Unix time of each object's last successful reconcile",
-            reconcile_last_success.clone(),
-        );
-        let reconcile_duration: Family<Labels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of reconciles",
-            reconcile_duration.clone(),
-        );
-        let chain_head_block = Gauge::default();
-        registry.register(
-            "chain_head_block",
-            "Chain head the watcher last saw",
-            chain_head_block.clone(),
-        );
-        let chain_cursor_block = Gauge::default();
-        registry.register(
-            "chain_cursor_block",
-            "Last block the chain watcher committed",
-            chain_cursor_block.clone(),
-        );
-        let chain_events = Family::<Labels, Counter>::default();
-        registry.register(
-            "chain_events",
-            "Chain events, by outcome",
-            chain_events.clone(),
-        );
-        let chain_reorgs = Counter::default();
-        registry.register(
-            "chain_reorgs",
-            "Chain reorganisations undone",
-            chain_reorgs.clone(),
-        );
-        let chain_range_refusals = Counter::default();
-        registry.register(
-            "chain_range_refusals",
-            "eth_getLogs ranges a node refused",
-            chain_range_refusals.clone(),
-        );
-        let chain_get_logs_range = Gauge::default();
-        registry.register(
-            "chain_get_logs_range",
-            "Current eth_getLogs block range",
-            chain_get_logs_range.clone(),
-        );
-        let chain_errors = Family::<Labels, Counter>::default();
-        registry.register(
-            "chain_errors",
-            "Failed chain watcher steps, by kind",
-            chain_errors.clone(),
-        );
-        let chain_new_heads = Counter::default();
-        registry.register(
-            "chain_new_heads",
-            "New-head notifications received over WebSocket",
-            chain_new_heads.clone(),
-        );
-        let chain_mints = Family::<Labels, Counter>::default();
-        registry.register(
-            "chain_mints",
-            "Access NFT mint steps, by outcome",
-            chain_mints.clone(),
-        );
-        let chain_mints_pending = Gauge::default();
-        registry.register(
-            "chain_mints_pending",
-            "Access NFT mints awaiting a receipt",
-            chain_mints_pending.clone(),
-        );
-        let signup_api_requests = Family::<Labels, Counter>::default();
-        registry.register(
-            "signup_api_requests",
-            "Signup page status and NFT lookups, by result",
-            signup_api_requests.clone(),
-        );
-        let info = Family::<Labels, Gauge>::default();
-        registry.register("build_info", "Version of the running daemon", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
             .set(1);
+        // Fields are evaluated in order, so the registry is moved in last.
         Self {
-            registry,
-            http_requests,
-            applied_objects,
-            watch_streams,
-            reconcile_queue_depth,
-            reconciles,
-            reconcile_failures,
-            reconcile_last_success,
-            reconcile_duration,
-            chain_head_block,
-            chain_cursor_block,
-            chain_events,
-            chain_reorgs,
-            chain_range_refusals,
-            chain_get_logs_range,
-            chain_errors,
-            chain_new_heads,
-            chain_mints,
-            chain_mints_pending,
-            signup_api_requests,
-            objects,
+            http_requests: reg(
+                &mut r,
+                "api_requests",
+                "API requests served, by route and status",
+                Family::<Labels, Counter>::default(),
+            ),
+            applied_objects: reg(
+                &mut r,
+                "applied_objects",
+                "Objects applied, by kind and outcome",
+                Family::<Labels, Counter>::default(),
+            ),
+            watch_streams: reg(
+                &mut r,
+                "watch_streams",
+                "Open watch streams",
+                Gauge::default(),
+            ),
+            reconcile_queue_depth: reg(
+                &mut r,
+                "reconcile_queue_depth",
+                "Keys waiting in a reconciler's queue",
+                Family::<Labels, Gauge>::default(),
+            ),
+            reconciles: reg(
+                &mut r,
+                "reconciles",
+                "Reconciles finished, by controller and result",
+                Family::<Labels, Counter>::default(),
+            ),
+            reconcile_failures: reg(
+                &mut r,
+                "reconcile_failures",
+                "Failed reconciles, by controller and reason",
+                Family::<Labels, Counter>::default(),
+            ),
+            reconcile_last_success: reg(
+                &mut r,
+                "reconcile_last_success_timestamp_seconds",
+                "Unix time of each object's last successful reconcile",
+                Family::<Labels, Gauge>::default(),
+            ),
+            reconcile_duration: reg(
+                &mut r,
+                "reconcile_duration_seconds",
+                "Duration of reconciles",
+                Family::new_with_constructor(duration_histogram),
+            ),
+            chain_head_block: reg(
+                &mut r,
+                "chain_head_block",
+                "Chain head the watcher last saw",
+                Gauge::default(),
+            ),
+            chain_cursor_block: reg(
+                &mut r,
+                "chain_cursor_block",
+                "Last block the chain watcher committed",
+                Gauge::default(),
+            ),
+            chain_events: reg(
+                &mut r,
+                "chain_events",
+                "Chain events, by outcome",
+                Family::<Labels, Counter>::default(),
+            ),
+            chain_reorgs: reg(
+                &mut r,
+                "chain_reorgs",
+                "Chain reorganisations undone",
+                Counter::default(),
+            ),
+            chain_range_refusals: reg(
+                &mut r,
+                "chain_range_refusals",
+                "eth_getLogs ranges a node refused",
+                Counter::default(),
+            ),
+            chain_get_logs_range: reg(
+                &mut r,
+                "chain_get_logs_range",
+                "Current eth_getLogs block range",
+                Gauge::default(),
+            ),
+            chain_errors: reg(
+                &mut r,
+                "chain_errors",
+                "Failed chain watcher steps, by kind",
+                Family::<Labels, Counter>::default(),
+            ),
+            chain_new_heads: reg(
+                &mut r,
+                "chain_new_heads",
+                "New-head notifications received over WebSocket",
+                Counter::default(),
+            ),
+            chain_mints: reg(
+                &mut r,
+                "chain_mints",
+                "Access NFT mint steps, by outcome",
+                Family::<Labels, Counter>::default(),
+            ),
+            chain_mints_pending: reg(
+                &mut r,
+                "chain_mints_pending",
+                "Access NFT mints awaiting a receipt",
+                Gauge::default(),
+            ),
+            signup_api_requests: reg(
+                &mut r,
+                "signup_api_requests",
+                "Signup page status and NFT lookups, by result",
+                Family::<Labels, Counter>::default(),
+            ),
+            objects: reg(
+                &mut r,
+                "objects",
+                "Objects in the store, by kind",
+                Family::<Labels, Gauge>::default(),
+            ),
+            registry: r,
         }
     }
 

@@ -245,7 +245,26 @@ pub fn check(
             "the nonce must be 1-128 characters".into(),
         ));
     }
-    let ports = match &cmd.params.ports {
+    let ports = knock_ports(policy, cmd.params.ports.as_deref())?;
+    let duration = cmd
+        .params
+        .duration
+        .unwrap_or(policy.default_duration)
+        .clamp(1, MAX_KNOCK_SECS);
+    let source = knock_source(cmd.params.source.as_deref())?;
+    Ok(Knock {
+        nonce: cmd.nonce,
+        ports,
+        duration_secs: u32::try_from(duration).unwrap_or(3600),
+        source,
+        timestamp: cmd.timestamp,
+    })
+}
+
+/// The ports a knock opens: the policy's defaults, or the requested ones when
+/// each is allowed (duplicates folded).
+fn knock_ports(policy: &Policy, requested: Option<&[u64]>) -> Result<Vec<u16>, Refusal> {
+    let ports = match requested {
         None => policy.default_ports.clone(),
         Some(ps) => {
             let mut out = Vec::new();
@@ -269,13 +288,14 @@ pub fn check(
     if ports.is_empty() {
         return Err(Refusal::BadParams("no port to open".into()));
     }
-    let duration = cmd
-        .params
-        .duration
-        .unwrap_or(policy.default_duration)
-        .clamp(1, MAX_KNOCK_SECS);
-    let source = match cmd.params.source.as_deref() {
-        None | Some("") => None,
+    Ok(ports)
+}
+
+/// The client address a knock is limited to, if it names one: never an address
+/// that cannot be a client (unspecified, multicast, loopback).
+fn knock_source(source: Option<&str>) -> Result<Option<IpAddr>, Refusal> {
+    match source {
+        None | Some("") => Ok(None),
         Some(s) => {
             let a: IpAddr = s
                 .parse()
@@ -286,16 +306,9 @@ pub fn check(
                     "source {a} cannot be a client address"
                 )));
             }
-            Some(a)
+            Ok(Some(a))
         }
-    };
-    Ok(Knock {
-        nonce: cmd.nonce,
-        ports,
-        duration_secs: u32::try_from(duration).unwrap_or(3600),
-        source,
-        timestamp: cmd.timestamp,
-    })
+    }
 }
 
 #[cfg(test)]
