@@ -1,7 +1,7 @@
 //! `blockhostd`, BlockHost's operator daemon, and `bhctl`, its command line.
 //!
 //! Module map:
-//! - [`store`]: the redb database; owns every transaction, the change feed and the
+//! - [`store`]: the `blockhost-store` crate, re-exported: the redb database; owns every transaction, the change feed and the
 //!   event log.
 //! - [`api`]: the HTTP API on a Unix socket — [`api::server`] (axum, in the daemon)
 //!   and [`api::client`] (hyper, in `bhctl`).
@@ -28,7 +28,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
 pub mod signup;
-pub mod store;
+pub use blockhost_store as store;
 pub mod watch_sink;
 pub mod yaml;
 

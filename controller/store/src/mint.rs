@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use crate::{Store, StoreError};
 
 const MINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chain_mints");
 
@@ -175,7 +175,7 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::StoreOptions;
+    use crate::StoreOptions;
 
     fn record(id: u64) -> MintRecord {
         MintRecord {

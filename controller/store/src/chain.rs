@@ -39,7 +39,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
+use crate::{
     Change, ChangeKind, DeleteOutcome, EVENTS, META, META_EVENT_SEQ, META_RV, OBJECTS, Store,
     StoreError, insert_event, key, remove_events,
 };
@@ -133,7 +133,7 @@ pub struct ChainTxn<'t> {
     undo: Vec<UndoOp>,
     touched: HashSet<String>,
     changes: Vec<Change>,
-    pools: &'t super::alloc::Pools,
+    pools: &'t crate::alloc::Pools,
 }
 
 impl std::fmt::Debug for ChainTxn<'_> {
@@ -273,7 +273,7 @@ impl<'t> ChainTxn<'t> {
             let mut vm: VirtualMachine =
                 serde_json::from_value(value).map_err(|e| corrupt(&k, e))?;
             let st = &mut vm.status;
-            super::alloc::sync_addresses(
+            crate::alloc::sync_addresses(
                 self.txn,
                 self.pools,
                 &k,
@@ -360,7 +360,7 @@ impl<'t> ChainTxn<'t> {
         } else {
             self.txn.open_table(OBJECTS)?.remove(k.as_str())?;
             remove_events(self.txn, &k)?;
-            super::alloc::release_all(self.txn, &k, &value)?;
+            crate::alloc::release_all(self.txn, &k, &value)?;
             self.changes.push(Change {
                 kind,
                 name: name.into(),
@@ -788,7 +788,7 @@ fn undo_one(
                         table.remove(k.as_str())?;
                         drop(table);
                         remove_events(txn, k)?;
-                        super::alloc::release_all(txn, k, &v)?;
+                        crate::alloc::release_all(txn, k, &v)?;
                         changes.push(Change {
                             kind,
                             name: name.into(),

@@ -20,7 +20,7 @@ use blockhost_crd::vm::{Addresses, NetworkSpec};
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::StoreError;
+use crate::StoreError;
 
 pub(super) const VMIDS: TableDefinition<u32, &str> = TableDefinition::new("vmids");
 pub(super) const IPV4: TableDefinition<u32, &str> = TableDefinition::new("ipv4");
@@ -283,7 +283,7 @@ mod tests {
     use blockhost_crd::{ConditionStatus, VirtualMachine};
 
     use super::*;
-    use crate::store::{Store, StoreOptions};
+    use crate::{Store, StoreOptions};
 
     fn pools(v4: &str, v6: &str) -> Pools {
         let v4: blockhost_crd::net::Ipv4Cidr = v4.parse().unwrap();
