@@ -263,10 +263,14 @@ async fn running_vm_gets_one_nft_the_buyer_can_decrypt() {
     stop.cancel();
     task.await.unwrap();
     rig.store
-        .update_status::<Subscription>("blockhost-001", |s| {
-            s.status.nft_token_id = None;
-            true
-        })
+        .update_status_as::<Subscription>(
+            blockhost_controller::store::Writer::Minter,
+            "blockhost-001",
+            |s| {
+                s.status.nft_token_id = None;
+                true
+            },
+        )
         .unwrap();
     let (stop, task) = rig.minter(rig.config());
     assert_eq!(rig.token_recorded("blockhost-001").await, token);

@@ -121,7 +121,7 @@ impl Mapper {
                             &mut sub.status.conditions,
                             condition("PayloadValid", false, reason, &message, tx.now()),
                         );
-                        tx.put(&sub, true)?;
+                        tx.put(&sub)?;
                         tx.event(
                             Subscription::KIND,
                             sub.metadata.name.as_str(),
@@ -147,10 +147,10 @@ impl Mapper {
                     return Ok(false);
                 };
                 sub.spec.expires_at = *new_expires_at;
-                tx.put(&sub, true)?;
+                tx.put(&sub)?;
                 if let Some(mut vm) = self.own_vm(tx, &sub)? {
                     vm.spec.expires_at = Some(*new_expires_at);
-                    tx.put(&vm, false)?;
+                    tx.put(&vm)?;
                 }
                 tx.event(
                     Subscription::KIND,
@@ -174,7 +174,7 @@ impl Mapper {
                 if self.own_vm(tx, &sub)?.is_some() {
                     tx.delete(VirtualMachine::KIND, name.as_str())?;
                 }
-                tx.put(&sub, true)?;
+                tx.put(&sub)?;
                 tx.event(
                     Subscription::KIND,
                     name.as_str(),
@@ -196,7 +196,7 @@ impl Mapper {
                     let owner = WalletAddress::from_bytes(*to);
                     if vm.spec.owner != owner {
                         vm.spec.owner = owner;
-                        tx.put(&vm, false)?;
+                        tx.put(&vm)?;
                         tx.event(
                             VirtualMachine::KIND,
                             vm.metadata.name.as_str(),
@@ -272,7 +272,7 @@ impl Mapper {
                 &mut sub.status.conditions,
                 condition("PlanKnown", false, "PlanUnknown", &msg, now),
             );
-            tx.put(&*sub, true)?;
+            tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
@@ -306,7 +306,7 @@ impl Mapper {
                 condition("VmWritten", false, "NameTaken", &msg, now),
             );
             sub.status.state = SubscriptionState::Pending;
-            tx.put(&*sub, true)?;
+            tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
@@ -341,10 +341,10 @@ impl Mapper {
                 ssh_keys: Vec::new(),
             },
         );
-        tx.put(&vm, false)?;
+        tx.put(&vm)?;
         sub.status.state = SubscriptionState::Active;
         sub.status.vm = Some(name);
-        tx.put(&*sub, true)?;
+        tx.put(&*sub)?;
         Ok(())
     }
 
@@ -392,7 +392,7 @@ impl Mapper {
         plan.spec.display_name = display;
         plan.spec.price_per_day_usd_cents = price;
         plan.spec.active = active;
-        tx.put(&plan, false)?;
+        tx.put(&plan)?;
         Ok(())
     }
 
@@ -420,7 +420,7 @@ impl Mapper {
                 let owner = WalletAddress::from_bytes(holder);
                 if vm.spec.owner != owner {
                     vm.spec.owner = owner;
-                    tx.put(&vm, false)?;
+                    tx.put(&vm)?;
                     n += 1;
                 }
             }

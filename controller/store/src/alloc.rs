@@ -22,9 +22,9 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::StoreError;
 
-pub(super) const VMIDS: TableDefinition<u32, &str> = TableDefinition::new("vmids");
-pub(super) const IPV4: TableDefinition<u32, &str> = TableDefinition::new("ipv4");
-pub(super) const IPV6: TableDefinition<u128, &str> = TableDefinition::new("ipv6");
+pub(crate) const VMIDS: TableDefinition<u32, &str> = TableDefinition::new("vmids");
+pub(crate) const IPV4: TableDefinition<u32, &str> = TableDefinition::new("ipv4");
+pub(crate) const IPV6: TableDefinition<u128, &str> = TableDefinition::new("ipv6");
 const HINTS: TableDefinition<&str, u128> = TableDefinition::new("alloc_hints");
 
 /// Owner recorded for a VMID found taken in Proxmox by something that is not ours:
@@ -44,7 +44,7 @@ pub struct Pools {
 }
 
 /// Creates the allocation tables (so readers never meet a missing table).
-pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(VMIDS)?;
     txn.open_table(IPV4)?;
     txn.open_table(IPV6)?;
@@ -82,7 +82,7 @@ fn find_free(
 /// updating `addrs` and the object's conditions. An exhausted pool is not an
 /// error: the object is stored with a condition saying so, and allocation is
 /// retried when the object is applied again or reconciled.
-pub(super) fn sync_addresses(
+fn sync_addresses(
     txn: &WriteTransaction,
     pools: &Pools,
     key: &str,
@@ -176,46 +176,76 @@ pub(super) fn sync_addresses(
     Ok(())
 }
 
-/// Releases everything the object (its stored JSON) holds.
-pub(super) fn release_all(
-    txn: &WriteTransaction,
-    key: &str,
-    object: &serde_json::Value,
-) -> Result<(), StoreError> {
-    let status = &object["status"];
-    if let Some(v) = status["vmid"].as_u64().and_then(|v| u32::try_from(v).ok()) {
-        let mut t = txn.open_table(VMIDS)?;
-        let ours = t.get(v)?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(v)?;
-        }
+/// The allocator's view of one write: the transaction, the pools, the object
+/// (`"Kind/name"`) allocations are made for, and the time conditions carry.
+pub struct Alloc<'t> {
+    pub(crate) txn: &'t WriteTransaction,
+    pub(crate) pools: &'t Pools,
+    pub(crate) key: &'t str,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Alloc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alloc")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
-    if let Some(ip) = status["addresses"]["ipv4"]
-        .as_str()
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-    {
-        let mut t = txn.open_table(IPV4)?;
-        let ours = t.get(u32::from(ip))?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(u32::from(ip))?;
-        }
+}
+
+impl Alloc<'_> {
+    /// [`sync_addresses`] for this object.
+    pub(crate) fn sync_addresses(
+        &mut self,
+        want: &NetworkSpec,
+        addrs: &mut Addresses,
+        conditions: &mut Vec<Condition>,
+    ) -> Result<(), StoreError> {
+        sync_addresses(
+            self.txn, self.pools, self.key, want, addrs, conditions, self.now,
+        )
     }
-    if let Some(ip) = status["addresses"]["ipv6"]
-        .as_str()
-        .and_then(|a| a.parse::<Ipv6Addr>().ok())
-    {
-        let mut t = txn.open_table(IPV6)?;
-        let ours = t.get(u128::from(ip))?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(u128::from(ip))?;
+
+    /// Releases the VMID and addresses this object holds (those recorded as its).
+    pub(crate) fn release(
+        &mut self,
+        vmid: Option<u32>,
+        addrs: &Addresses,
+    ) -> Result<(), StoreError> {
+        let key = self.key;
+        if let Some(v) = vmid {
+            let mut t = self.txn.open_table(VMIDS)?;
+            if t.get(v)?.is_some_and(|g| g.value() == key) {
+                t.remove(v)?;
+            }
         }
+        if let Some(ip) = addrs
+            .ipv4
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        {
+            let mut t = self.txn.open_table(IPV4)?;
+            if t.get(u32::from(ip))?.is_some_and(|g| g.value() == key) {
+                t.remove(u32::from(ip))?;
+            }
+        }
+        if let Some(ip) = addrs
+            .ipv6
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv6Addr>().ok())
+        {
+            let mut t = self.txn.open_table(IPV6)?;
+            if t.get(u128::from(ip))?.is_some_and(|g| g.value() == key) {
+                t.remove(u128::from(ip))?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Reserves a free VMID in `[first, last]` for `key`, skipping ids `taken` in
 /// Proxmox. Returns it.
-pub(super) fn reserve_vmid(
+pub(crate) fn reserve_vmid(
     txn: &WriteTransaction,
     key: &str,
     first: u32,
@@ -239,13 +269,13 @@ pub(super) fn reserve_vmid(
 
 /// Marks a VMID as used by something that is not ours (never handed out again)
 /// and drops it from `key`.
-pub(super) fn mark_foreign(txn: &WriteTransaction, vmid: u32) -> Result<(), StoreError> {
+pub(crate) fn mark_foreign(txn: &WriteTransaction, vmid: u32) -> Result<(), StoreError> {
     txn.open_table(VMIDS)?.insert(vmid, FOREIGN)?;
     Ok(())
 }
 
 /// Who holds a VMID, if anyone.
-pub(super) fn vmid_owner(
+pub(crate) fn vmid_owner(
     txn: &redb::ReadTransaction,
     vmid: u32,
 ) -> Result<Option<String>, StoreError> {
@@ -256,7 +286,7 @@ pub(super) fn vmid_owner(
 }
 
 /// Who holds an IPv4 or IPv6 address, if anyone.
-pub(super) fn address_owner(
+pub(crate) fn address_owner(
     txn: &redb::ReadTransaction,
     addr: &str,
 ) -> Result<Option<String>, StoreError> {
