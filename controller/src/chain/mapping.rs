@@ -12,14 +12,15 @@ use blockhost_crd::meta::{Condition, ConditionStatus, set_condition};
 use blockhost_crd::subscription::vm_name_for;
 use blockhost_crd::vm::NetworkSpec;
 use blockhost_crd::{
-    EventType, Name, Plan, PlanSpec, PowerState, Resource, Subscription, SubscriptionSpec,
-    SubscriptionState, UnixUser, VirtualMachine, VirtualMachineSpec, VmSource, WalletAddress,
+    Name, Plan, PlanSpec, PowerState, Resource, Subscription, SubscriptionSpec, SubscriptionState,
+    UnixUser, VirtualMachine, VirtualMachineSpec, VmSource, WalletAddress,
 };
 use k256::SecretKey;
 
 use super::events::ChainEvent;
 use crate::store::StoreError;
 use crate::store::chain::ChainTxn;
+use crate::store::write::Note;
 
 /// `userEncrypted` longer than this is refused before any decryption: the real
 /// payload is 97 + 132 = 229 bytes, and a purchase cannot make us spend time on
@@ -125,9 +126,7 @@ impl Mapper {
                         tx.event(
                             Subscription::KIND,
                             sub.metadata.name.as_str(),
-                            EventType::Warning,
-                            reason,
-                            &format!("no VM: {message}"),
+                            Note::warning(reason, &format!("no VM: {message}")),
                         )?;
                         tracing::warn!(
                             subscription = id,
@@ -155,9 +154,10 @@ impl Mapper {
                 tx.event(
                     Subscription::KIND,
                     name.as_str(),
-                    EventType::Normal,
-                    "Extended",
-                    &format!("expires at {}", new_expires_at.to_rfc3339()),
+                    Note::normal(
+                        "Extended",
+                        &format!("expires at {}", new_expires_at.to_rfc3339()),
+                    ),
                 )?;
             }
             ChainEvent::Cancelled { id } => {
@@ -178,9 +178,7 @@ impl Mapper {
                 tx.event(
                     Subscription::KIND,
                     name.as_str(),
-                    EventType::Normal,
-                    "Cancelled",
-                    "cancelled on chain; its VM is deleted",
+                    Note::normal("Cancelled", "cancelled on chain; its VM is deleted"),
                 )?;
             }
             ChainEvent::Transfer { from, to, token } => {
@@ -200,9 +198,10 @@ impl Mapper {
                         tx.event(
                             VirtualMachine::KIND,
                             vm.metadata.name.as_str(),
-                            EventType::Normal,
-                            "OwnerChanged",
-                            &format!("access NFT {token} transferred to {owner}"),
+                            Note::normal(
+                                "OwnerChanged",
+                                &format!("access NFT {token} transferred to {owner}"),
+                            ),
                         )?;
                     }
                 }
@@ -276,9 +275,7 @@ impl Mapper {
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                EventType::Warning,
-                "PlanUnknown",
-                &msg,
+                Note::warning("PlanUnknown", &msg),
             )?;
             return Ok(());
         };
@@ -310,9 +307,7 @@ impl Mapper {
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                EventType::Warning,
-                "NameTaken",
-                &msg,
+                Note::warning("NameTaken", &msg),
             )?;
             return Ok(());
         }

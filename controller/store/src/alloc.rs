@@ -93,87 +93,114 @@ fn sync_addresses(
 ) -> Result<(), StoreError> {
     let mut problems = Vec::new();
     {
-        let mut t4 = txn.open_table(IPV4)?;
         let mut hints = txn.open_table(HINTS)?;
-        match (&pools.ipv4, want.ipv4, addrs.ipv4.as_deref()) {
-            (Some(pool), true, None) => {
-                let (lo, hi) = pool.range();
-                let gw = u32::from(pool.gateway);
-                let hint = hints.get("ipv4")?.map(|g| g.value());
-                let found = find_free(u128::from(lo), u128::from(hi), hint, |v| {
-                    let v = u32::try_from(v).unwrap_or(gw);
-                    Ok(v != gw && t4.get(v)?.is_none())
-                })?;
-                match found.and_then(|v| u32::try_from(v).ok()) {
-                    Some(v) => {
-                        t4.insert(v, key)?;
-                        hints.insert("ipv4", u128::from(v))?;
-                        addrs.ipv4 = Some(Ipv4Addr::from(v).to_string());
-                    }
-                    None => problems.push(format!("the IPv4 pool {} is exhausted", pool.cidr)),
-                }
-            }
-            (_, false, Some(a)) => {
-                if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                    t4.remove(u32::from(ip))?;
-                }
-                addrs.ipv4 = None;
-            }
-            _ => {}
+        let mut t4 = txn.open_table(IPV4)?;
+        if let Some(problem) = sync_ipv4(&mut t4, &mut hints, pools, key, want.ipv4, addrs)? {
+            problems.push(problem);
         }
         let mut t6 = txn.open_table(IPV6)?;
-        match (&pools.ipv6, want.ipv6, addrs.ipv6.as_deref()) {
-            (Some(pool), true, None) => {
-                let (lo, hi) = pool.range();
-                let gw = u128::from(pool.gateway);
-                let hint = hints.get("ipv6")?.map(|g| g.value());
-                let found = find_free(lo, hi, hint, |v| Ok(v != gw && t6.get(v)?.is_none()))?;
-                match found {
-                    Some(v) => {
-                        t6.insert(v, key)?;
-                        hints.insert("ipv6", v)?;
-                        addrs.ipv6 = Some(Ipv6Addr::from(v).to_string());
-                    }
-                    None => problems.push(format!("the IPv6 prefix {} is exhausted", pool.prefix)),
-                }
-            }
-            (_, false, Some(a)) => {
-                if let Ok(ip) = a.parse::<Ipv6Addr>() {
-                    t6.remove(u128::from(ip))?;
-                }
-                addrs.ipv6 = None;
-            }
-            _ => {}
+        if let Some(problem) = sync_ipv6(&mut t6, &mut hints, pools, key, want.ipv6, addrs)? {
+            problems.push(problem);
         }
     }
     let had = conditions.iter().any(|c| c.type_ == ADDRESSES_CONDITION);
-    if !problems.is_empty() {
-        set_condition(
-            conditions,
-            Condition {
-                type_: ADDRESSES_CONDITION.into(),
-                status: ConditionStatus::False,
-                reason: "PoolExhausted".into(),
-                message: format!(
-                    "{}; free addresses or widen the pool, then it is retried",
-                    problems.join("; ")
-                ),
-                last_transition_time: now,
-            },
+    let (status, reason, message) = if !problems.is_empty() {
+        let msg = format!(
+            "{}; free addresses or widen the pool, then it is retried",
+            problems.join("; ")
         );
+        (ConditionStatus::False, "PoolExhausted", msg)
     } else if had {
-        set_condition(
-            conditions,
-            Condition {
-                type_: ADDRESSES_CONDITION.into(),
-                status: ConditionStatus::True,
-                reason: "Allocated".into(),
-                message: "every wanted address is allocated".into(),
-                last_transition_time: now,
-            },
-        );
-    }
+        let msg = "every wanted address is allocated".to_owned();
+        (ConditionStatus::True, "Allocated", msg)
+    } else {
+        return Ok(());
+    };
+    set_condition(
+        conditions,
+        Condition {
+            type_: ADDRESSES_CONDITION.into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: now,
+        },
+    );
     Ok(())
+}
+
+type Hints<'t> = redb::Table<'t, &'static str, u128>;
+
+/// Takes or gives back the IPv4 address; `Some` says why none could be taken.
+fn sync_ipv4(
+    t4: &mut redb::Table<'_, u32, &'static str>,
+    hints: &mut Hints<'_>,
+    pools: &Pools,
+    key: &str,
+    want: bool,
+    addrs: &mut Addresses,
+) -> Result<Option<String>, StoreError> {
+    match (&pools.ipv4, want, addrs.ipv4.as_deref()) {
+        (Some(pool), true, None) => {
+            let (lo, hi) = pool.range();
+            let gw = u32::from(pool.gateway);
+            let hint = hints.get("ipv4")?.map(|g| g.value());
+            let found = find_free(u128::from(lo), u128::from(hi), hint, |v| {
+                let v = u32::try_from(v).unwrap_or(gw);
+                Ok(v != gw && t4.get(v)?.is_none())
+            })?;
+            let Some(v) = found.and_then(|v| u32::try_from(v).ok()) else {
+                return Ok(Some(format!("the IPv4 pool {} is exhausted", pool.cidr)));
+            };
+            t4.insert(v, key)?;
+            hints.insert("ipv4", u128::from(v))?;
+            addrs.ipv4 = Some(Ipv4Addr::from(v).to_string());
+        }
+        (_, false, Some(a)) => {
+            if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                t4.remove(u32::from(ip))?;
+            }
+            addrs.ipv4 = None;
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Takes or gives back the IPv6 address; `Some` says why none could be taken.
+fn sync_ipv6(
+    t6: &mut redb::Table<'_, u128, &'static str>,
+    hints: &mut Hints<'_>,
+    pools: &Pools,
+    key: &str,
+    want: bool,
+    addrs: &mut Addresses,
+) -> Result<Option<String>, StoreError> {
+    match (&pools.ipv6, want, addrs.ipv6.as_deref()) {
+        (Some(pool), true, None) => {
+            let (lo, hi) = pool.range();
+            let gw = u128::from(pool.gateway);
+            let hint = hints.get("ipv6")?.map(|g| g.value());
+            let found = find_free(lo, hi, hint, |v| Ok(v != gw && t6.get(v)?.is_none()))?;
+            let Some(v) = found else {
+                return Ok(Some(format!(
+                    "the IPv6 prefix {} is exhausted",
+                    pool.prefix
+                )));
+            };
+            t6.insert(v, key)?;
+            hints.insert("ipv6", v)?;
+            addrs.ipv6 = Some(Ipv6Addr::from(v).to_string());
+        }
+        (_, false, Some(a)) => {
+            if let Ok(ip) = a.parse::<Ipv6Addr>() {
+                t6.remove(u128::from(ip))?;
+            }
+            addrs.ipv6 = None;
+        }
+        _ => {}
+    }
+    Ok(None)
 }
 
 /// The allocator's view of one write: the transaction, the pools, the object

@@ -30,8 +30,6 @@
 //! is deleted through the finalizer rules (so a cloned VM is cleaned up, not
 //! orphaned).
 
-use blockhost_crd::meta::EventType;
-use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -139,22 +137,22 @@ fn corrupt(k: &str, source: serde_json::Error) -> StoreError {
     }
 }
 
+/// Reads, events and the clock are the write transaction's own.
+impl<'t> std::ops::Deref for ChainTxn<'t> {
+    type Target = WriteTxn<'t>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.w
+    }
+}
+
+impl std::ops::DerefMut for ChainTxn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.w
+    }
+}
+
 impl ChainTxn<'_> {
-    /// The store's clock at the start of the batch.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.w.now()
-    }
-
-    /// Reads one object.
-    pub fn get<R: Kind>(&self, name: &str) -> Result<Option<R>, StoreError> {
-        self.w.get(name)
-    }
-
-    /// Reads every object of a kind.
-    pub fn list<R: Kind>(&self) -> Result<Vec<R>, StoreError> {
-        self.w.list()
-    }
-
     /// Creates an object or writes the chain's fields of it (the rest stays as
     /// its other writers left it). Returns whether anything was written; an
     /// object being deleted is left alone.
@@ -166,18 +164,6 @@ impl ChainTxn<'_> {
     /// `Terminating` with them. `None` when it does not exist.
     pub fn delete(&mut self, kind: &str, name: &str) -> Result<Option<DeleteOutcome>, StoreError> {
         self.w.delete(kind, name, false)
-    }
-
-    /// Appends an event to an object's log.
-    pub fn event(
-        &mut self,
-        kind: &str,
-        name: &str,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        self.w.event(kind, name, type_, reason, message)
     }
 
     /// Records (or, with `None`, forgets) the buyer's signature of a subscription.
@@ -220,10 +206,8 @@ impl Store {
     /// The last processed block of a scope; `None` before the first batch.
     pub fn chain_cursor(&self, scope: &str) -> Result<Option<BlockRef>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(CURSOR) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, CURSOR)? else {
+            return Ok(None);
         };
         t.get(scope)?
             .map(|g| serde_json::from_slice(g.value()).map_err(|e| corrupt(scope, e)))
@@ -233,10 +217,8 @@ impl Store {
     /// The recorded blocks of a scope, newest first (for finding a fork point).
     pub fn chain_blocks(&self, scope: &str) -> Result<Vec<BlockRef>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(BLOCKS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, BLOCKS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in t.range((scope, 0)..=(scope, u64::MAX))?.rev() {
@@ -255,10 +237,8 @@ impl Store {
     /// payload, readable in-process only (no API serves it). Never log it.
     pub fn chain_signature(&self, scope: &str, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(SIGNATURES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, SIGNATURES)? else {
+            return Ok(None);
         };
         Ok(t.get((scope, id))?.map(|g| g.value().to_vec()))
     }
@@ -266,10 +246,8 @@ impl Store {
     /// The holder of an access NFT as last seen in a `Transfer`.
     pub fn chain_nft_owner(&self, scope: &str, token: u64) -> Result<Option<[u8; 20]>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(NFT_OWNERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, NFT_OWNERS)? else {
+            return Ok(None);
         };
         Ok(t.get((scope, token))?
             .and_then(|g| <[u8; 20]>::try_from(g.value()).ok()))

@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub use authority::{Kind, Refusal, Writer};
-pub use write::{Put, WriteTxn};
+pub use write::{Note, Put, WriteTxn};
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
@@ -321,6 +321,18 @@ fn decode<T: serde::de::DeserializeOwned>(k: &str, bytes: &[u8]) -> Result<T, St
         key: k.to_owned(),
         source,
     })
+}
+
+/// Opens a table for reading; `None` while nothing has created it yet.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Encodes an object or event for storing.
@@ -717,9 +729,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let kind = canonical_kind(kind);
         // Events are append-only notes; any writer may leave one.
-        self.write(Writer::Reconciler, false, |w| {
-            w.event(kind, name, type_, reason, message)
-        })
+        let note = Note {
+            type_,
+            reason,
+            message,
+        };
+        self.write(Writer::Reconciler, false, |w| w.event(kind, name, note))
     }
 
     /// Reads one object.

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::alloc::{Alloc, Pools};
-use crate::authority::{Kind, Writer};
+use crate::authority::{self, Kind, Writer};
 use crate::chain::UndoOp;
 use crate::{
     ApplyOutcome, Change, ChangeKind, DeleteOutcome, EVENTS, META, META_EVENT_SEQ, META_RV,
@@ -54,6 +54,39 @@ macro_rules! by_kind {
             _ => $else,
         }
     };
+}
+
+/// An event to record: its severity, one CamelCase reason, a sentence.
+#[derive(Debug, Clone, Copy)]
+pub struct Note<'a> {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// One CamelCase word a script can match.
+    pub reason: &'a str,
+    /// A sentence for people.
+    pub message: &'a str,
+}
+
+impl<'a> Note<'a> {
+    /// Something expected happened.
+    pub fn normal(reason: &'a str, message: &'a str) -> Self {
+        let type_ = EventType::Normal;
+        Self {
+            type_,
+            reason,
+            message,
+        }
+    }
+
+    /// Something needs attention.
+    pub fn warning(reason: &'a str, message: &'a str) -> Self {
+        let type_ = EventType::Warning;
+        Self {
+            type_,
+            reason,
+            message,
+        }
+    }
 }
 
 /// What a put did.
@@ -204,7 +237,7 @@ impl<'t> WriteTxn<'t> {
                 _ => ("Configured", "spec changed"),
             };
             let msg = format!("{what} by {} (generation {})", self.writer, put.generation);
-            self.event(kind, &name, EventType::Normal, reason, &msg)?;
+            self.event(kind, &name, Note::normal(reason, &msg))?;
         }
         Ok(put)
     }
@@ -235,7 +268,9 @@ impl<'t> WriteTxn<'t> {
             return Ok(put);
         }
         let mut spec = new.spec().clone();
-        R::merge_spec(self.writer, &stored, &mut spec).map_err(|r| r.into_error(R::KIND, &name))?;
+        authority::spec_writer(self.writer)
+            .and_then(|()| R::merge_spec(self.writer, &stored, &mut spec))
+            .map_err(|r| r.into_error(R::KIND, &name))?;
         let mut merged = stored.clone();
         *merged.spec_mut() = spec;
         if let Writer::Operator { .. } = self.writer {
@@ -362,7 +397,7 @@ impl<'t> WriteTxn<'t> {
         let audit =
             R::may_delete(self.writer, &obj, force).map_err(|r| r.into_error(R::KIND, name))?;
         if let Some(note) = audit {
-            self.event(R::KIND, name, EventType::Warning, FORCE_DELETED, &note)?;
+            self.event(R::KIND, name, Note::warning(FORCE_DELETED, &note))?;
         }
         if obj.meta().finalizers.is_empty() {
             self.remove_object(&k, &obj, &bytes)?;
@@ -376,19 +411,12 @@ impl<'t> WriteTxn<'t> {
             "deletion requested by {}; waiting for controllers to clean up",
             self.writer
         );
-        self.event(R::KIND, name, EventType::Normal, "DeletionRequested", &msg)?;
+        self.event(R::KIND, name, Note::normal("DeletionRequested", &msg))?;
         Ok(Some(DeleteOutcome::Terminating))
     }
 
     /// Appends an event to an object's log, dropping its oldest beyond retention.
-    pub fn event(
-        &mut self,
-        kind: &str,
-        name: &str,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), StoreError> {
+    pub fn event(&mut self, kind: &str, name: &str, note: Note<'_>) -> Result<(), StoreError> {
         let k = key(kind, name);
         self.seq += 1;
         let ev = Event {
@@ -396,9 +424,9 @@ impl<'t> WriteTxn<'t> {
             time: self.now,
             kind: kind.into(),
             name: name.into(),
-            type_,
-            reason: reason.into(),
-            message: message.into(),
+            type_: note.type_,
+            reason: note.reason.into(),
+            message: note.message.into(),
         };
         self.events
             .insert((k.as_str(), ev.seq), encode(&k, &ev)?.as_slice())?;
@@ -538,13 +566,7 @@ impl<'t> WriteTxn<'t> {
             (Some(p), Some(c)) => {
                 if c.meta().deletion_timestamp.is_some() && p.meta().deletion_timestamp.is_none() {
                     let msg = "the block that deleted it was reverted, but its deletion is already under way";
-                    return self.event(
-                        R::KIND,
-                        name,
-                        EventType::Warning,
-                        "ReorgUndoImpossible",
-                        msg,
-                    );
+                    return self.event(R::KIND, name, Note::warning("ReorgUndoImpossible", msg));
                 }
                 if self.put_quiet(p)?.outcome != ApplyOutcome::Configured {
                     return Ok(());
@@ -552,7 +574,7 @@ impl<'t> WriteTxn<'t> {
                 "spec restored: the block that changed it was reverted"
             }
         };
-        self.event(R::KIND, name, EventType::Warning, "Reorg", note)
+        self.event(R::KIND, name, Note::warning("Reorg", note))
     }
 }
 
