@@ -10,7 +10,7 @@
 //! | GET | `/version` | daemon version and store schema version |
 //! | GET | `{API_PREFIX}/{plural}` | list (`?watch=true`: newline-delimited JSON stream) |
 //! | GET | `{API_PREFIX}/{plural}/{name}` | one object |
-//! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating) |
+//! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating); `?force=true` deletes a VM the chain owns, with an event naming the caller's uid |
 //! | POST | `{API_PREFIX}/apply` | create/update many objects in one transaction |
 //! | GET | `{API_PREFIX}/events?kind=&name=&limit=` | event log |
 

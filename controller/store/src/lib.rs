@@ -881,6 +881,22 @@ fn restrict_file(path: &Path) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_panicking_store_task_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        assert_eq!(s.blocking(|s| s.resource_version()).await.unwrap(), 0);
+        let err = s
+            .blocking(|_| -> Result<(), StoreError> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TaskFailed { .. }), "{err}");
+        // The cause is the source, not repeated in the message.
+        assert!(!err.to_string().contains("boom"), "{err}");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("boom"), "{source}");
+    }
+
     #[test]
     fn chain_time_only_moves_the_clock_forward() {
         let dir = tempfile::tempdir().unwrap();
