@@ -350,11 +350,13 @@ impl<'t> WriteTxn<'t> {
         let mut merged = stored.clone();
         let wrote = edited.status().clone();
         R::merge_status(self.writer, merged.status_mut(), wrote);
-        if *merged.status() != *edited.status() {
-            tracing::warn!(object = %k, writer = %self.writer, "a status update changed fields its writer does not own; those were not written");
-        }
         if self.writer == Writer::Reconciler {
-            merged.meta_mut().finalizers = std::mem::take(&mut edited.meta_mut().finalizers);
+            merged.meta_mut().finalizers = edited.meta().finalizers.clone();
+        }
+        if merged.status() != edited.status()
+            || merged.meta().finalizers != edited.meta().finalizers
+        {
+            tracing::warn!(object = %k, writer = %self.writer, "a status update changed fields its writer does not own; those were not written");
         }
         let m = merged.meta();
         if merged.status() == stored.status() && m.finalizers == stored.meta().finalizers {
