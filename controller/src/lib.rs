@@ -1,7 +1,7 @@
 //! `blockhostd`, BlockHost's operator daemon (its command line, `bhctl`, is its own crate).
 //!
 //! Module map:
-//! - [`store`]: the redb database; owns every transaction, the change feed and the
+//! - [`store`]: the `blockhost-store` crate, re-exported: the redb database; owns every transaction, the change feed and the
 //!   event log.
 //! - [`server`]: the HTTP API on a Unix socket (axum); its wire types and client
 //!   are in `blockhost-api`, shared with `bhctl`.
@@ -28,7 +28,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod signup;
-pub mod store;
+pub use blockhost_store as store;
 pub mod watch_sink;
 pub mod watcher;
 

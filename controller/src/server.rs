@@ -9,19 +9,20 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use blockhost_crd::resource::{AnyObject, KINDS};
+use blockhost_listen::UnixPeer;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{ChangeKind, Store, StoreError};
+use crate::store::{ChangeKind, Store, StoreError, Writer};
 use blockhost_api::{
     API_PREFIX, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES, VersionInfo,
 };
@@ -128,6 +129,9 @@ impl From<StoreError> for ApiError {
             StoreError::Rejected { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
             }
+            StoreError::NotAllowed { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string())
+            }
             _ => {
                 tracing::error!(error = %crate::error_chain(&e), "store operation failed");
                 ApiError::new(
@@ -140,20 +144,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Runs a store call on the blocking pool.
+/// Runs a store call on the blocking pool, its error as an API answer.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "store task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                "store task failed; see the daemon's log",
-            ))
-        }
+    store.blocking(f).await.map_err(ApiError::from)
+}
+
+/// The operator behind a request: the API socket peer's uid, when the kernel
+/// told it (the TCP metrics listener serves no writes).
+fn operator(peer: Option<Extension<UnixPeer>>) -> Writer {
+    Writer::Operator {
+        uid: peer.map(|Extension(p)| p.uid),
     }
 }
 
@@ -181,16 +184,7 @@ fn json_response(bytes: Vec<u8>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = state.metrics.clone();
-    let store = state.store.clone();
-    let text = tokio::task::spawn_blocking(move || metrics.render(&store))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                "metrics task failed",
-            )
-        })?;
+    let text = blocking(&state.store, move |store| Ok(metrics.render(store))).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -202,8 +196,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn version(State(state): State<AppState>) -> Result<Json<VersionInfo>, ApiError> {
-    let store = state.store.clone();
-    let schema_version = blocking(move || store.schema_version()).await?;
+    let schema_version = blocking(&state.store, |store| store.schema_version()).await?;
     Ok(Json(VersionInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         schema_version,
@@ -225,8 +218,7 @@ async fn list(
     if matches!(q.watch.as_deref(), Some("true" | "1" | "")) {
         return Ok(watch(state, kind));
     }
-    let store = state.store.clone();
-    let body = blocking(move || {
+    let body = blocking(&state.store, move |store| {
         let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
         let head = format!(
             "{{\"apiVersion\":\"{}\",\"kind\":\"{kind}List\",\"items\":[",
@@ -254,9 +246,8 @@ async fn get_one(
     Path((plural, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&plural)?;
-    let store = state.store.clone();
     let n = name.clone();
-    match blocking(move || store.get_raw(kind, &n)).await? {
+    match blocking(&state.store, move |store| store.get_raw(kind, &n)).await? {
         Some(bytes) => Ok(json_response(bytes)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -266,15 +257,27 @@ async fn get_one(
     }
 }
 
+/// `DELETE` options: `?force=true` deletes what the chain owns (audited).
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn delete(
     State(state): State<AppState>,
+    peer: Option<Extension<UnixPeer>>,
     Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     let kind = kind_of(&plural)?;
-    let store = state.store.clone();
+    let writer = operator(peer);
     let n = name.clone();
-    let outcome = blocking(move || store.delete(kind, &n)).await?;
-    tracing::info!(kind, name = %name, ?outcome, "delete");
+    let outcome = blocking(&state.store, move |store| {
+        store.delete_as(writer, kind, &n, q.force)
+    })
+    .await?;
+    tracing::info!(kind, name = %name, ?outcome, force = q.force, by = %writer, "delete");
     Ok(Json(DeleteResponse {
         kind: kind.into(),
         name,
@@ -310,6 +313,7 @@ struct LabelMeta<'a> {
 
 async fn apply(
     State(state): State<AppState>,
+    peer: Option<Extension<UnixPeer>>,
     body: Bytes,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let req: RawApplyRequest<'_> = serde_json::from_slice(&body).map_err(|e| {
@@ -351,8 +355,11 @@ async fn apply(
         return Err(err);
     }
     let dry_run = req.dry_run;
-    let store = state.store.clone();
-    let results = blocking(move || store.apply(objects, dry_run)).await?;
+    let writer = operator(peer);
+    let results = blocking(&state.store, move |store| {
+        store.apply_as(writer, objects, dry_run)
+    })
+    .await?;
     for r in &results {
         state
             .metrics
@@ -403,10 +410,10 @@ async fn events(
         }
     };
     let limit = q.limit.unwrap_or(1000).min(100_000);
-    let store = state.store.clone();
-    let events =
-        blocking(move || store.events(object.as_ref().map(|(k, n)| (*k, n.as_str())), limit))
-            .await?;
+    let events = blocking(&state.store, move |store| {
+        store.events(object.as_ref().map(|(k, n)| (*k, n.as_str())), limit)
+    })
+    .await?;
     let body = serde_json::json!({ "apiVersion": blockhost_crd::API_VERSION, "kind": "EventList", "items": events });
     Ok(Json(body).into_response())
 }
@@ -423,18 +430,19 @@ fn watch(state: AppState, kind: &'static str) -> Response {
     let metrics = state.metrics.clone();
     tokio::spawn(async move {
         metrics.watch_streams.inc();
-        let store = state.store.clone();
-        let initial = tokio::task::spawn_blocking(move || {
-            let mut items = Vec::new();
-            let rv = store.for_each_raw(kind, |_, b| {
-                items.push(b.to_vec());
-                Ok(())
-            })?;
-            Ok::<_, StoreError>((rv, items))
-        })
-        .await;
+        let initial = state
+            .store
+            .blocking(move |store| {
+                let mut items = Vec::new();
+                let rv = store.for_each_raw(kind, |_, b| {
+                    items.push(b.to_vec());
+                    Ok(())
+                })?;
+                Ok((rv, items))
+            })
+            .await;
         let listed_rv = match initial {
-            Ok(Ok((rv, items))) => {
+            Ok((rv, items)) => {
                 let mut ok = true;
                 for item in items {
                     if tx.send(watch_line("ADDED", &item), too_slow).await.is_err() {
@@ -444,7 +452,8 @@ fn watch(state: AppState, kind: &'static str) -> Response {
                 }
                 ok.then_some(rv)
             }
-            _ => {
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "watch: cannot list objects");
                 tx.finish(error_line("cannot list objects; see the daemon's log"));
                 None
             }

@@ -81,10 +81,14 @@ async fn purchase_extend_transfer_cancel() {
         .await;
     assert_eq!(r["status"], "0x1");
     store
-        .update_status::<Subscription>("blockhost-001", |s| {
-            s.status.nft_token_id = Some(0);
-            true
-        })
+        .update_status_as::<Subscription>(
+            blockhost_controller::store::Writer::Minter,
+            "blockhost-001",
+            |s| {
+                s.status.nft_token_id = Some(0);
+                true
+            },
+        )
         .unwrap();
     anvil
         .send(

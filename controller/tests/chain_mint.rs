@@ -22,8 +22,8 @@ use blockhost_chain::rpc::RpcClient;
 use blockhost_chain::wallet::ServerWallet;
 use blockhost_controller::chain::mint::{MintConfig, Minter};
 use blockhost_controller::metrics::Metrics;
-use blockhost_controller::store::Store;
 use blockhost_controller::store::mint::MintState;
+use blockhost_controller::store::{Store, Writer};
 use blockhost_crd::eip191;
 use blockhost_crd::meta::ConditionStatus;
 use blockhost_crd::vm::VmPhase;
@@ -91,12 +91,18 @@ impl Rig {
         }
     }
 
-    /// What the reconciler does once the VM boots.
+    /// What the allocator and the reconciler do by the time the VM boots
+    /// (each writes its own status fields).
     fn vm_running(&self, name: &str) {
+        self.store
+            .update_status_as::<VirtualMachine>(Writer::Allocator, name, |v| {
+                v.status.addresses.ipv4 = Some("192.0.2.10".into());
+                true
+            })
+            .unwrap();
         self.store
             .update_status::<VirtualMachine>(name, |v| {
                 v.status.phase = VmPhase::Running;
-                v.status.addresses.ipv4 = Some("192.0.2.10".into());
                 true
             })
             .unwrap();
@@ -263,7 +269,7 @@ async fn running_vm_gets_one_nft_the_buyer_can_decrypt() {
     stop.cancel();
     task.await.unwrap();
     rig.store
-        .update_status::<Subscription>("blockhost-001", |s| {
+        .update_status_as::<Subscription>(Writer::Minter, "blockhost-001", |s| {
             s.status.nft_token_id = None;
             true
         })

@@ -7,6 +7,7 @@
 //! - [`subscription`]: the `Subscription` kind, mirrored from the chain.
 //! - [`config`]: `blockhostd`'s configuration file.
 //! - [`net`]: IPv4/IPv6 prefixes for the address pools.
+//! - [`outcome`]: what an apply or a delete did to each object.
 //! - [`bounded`]: validated scalars (names, users, bounded integers).
 //! - [`wallet`]: Ethereum addresses, EIP-55 checked, stored normalized.
 //! - [`validate`]: rules beyond types (DNS labels, Unix users).
@@ -23,6 +24,7 @@ pub mod bounded;
 pub mod config;
 pub mod meta;
 pub mod net;
+pub mod outcome;
 pub mod plan;
 pub mod resource;
 pub mod schema;

@@ -29,4 +29,4 @@ pub mod rate;
 pub mod serve;
 pub mod socket;
 
-pub use serve::{Limits, Listener, Stats};
+pub use serve::{Limits, Listener, Stats, UnixPeer};

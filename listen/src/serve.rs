@@ -36,6 +36,28 @@ const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The process on the other end of a Unix socket connection, from the kernel
+/// (`SO_PEERCRED`): who is asking, for the API's audit trail. Handlers find it
+/// in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixPeer {
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+    /// Its process id, where the platform tells it.
+    pub pid: Option<i32>,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// A TCP client: handlers see `ConnectInfo<SocketAddr>`.
+    Tcp(SocketAddr),
+    /// A Unix socket client: handlers see [`UnixPeer`] when the kernel told it.
+    Unix(Option<UnixPeer>),
+}
+
 /// The limits of one listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -303,7 +325,7 @@ impl Listener {
                             Ok(Ok(tls_stream)) => {
                                 drive(
                                     tls_stream,
-                                    Some(peer),
+                                    Peer::Tcp(peer),
                                     router,
                                     &limits,
                                     &builder,
@@ -321,7 +343,16 @@ impl Listener {
                         }
                     }
                     None => {
-                        drive(stream, Some(peer), router, &limits, &builder, &stats, stop).await
+                        drive(
+                            stream,
+                            Peer::Tcp(peer),
+                            router,
+                            &limits,
+                            &builder,
+                            &stats,
+                            stop,
+                        )
+                        .await
                     }
                 }
             });
@@ -330,7 +361,7 @@ impl Listener {
     }
 
     /// Serves `router` on a Unix socket until `shutdown` (as [`Self::serve_tcp`],
-    /// without TLS or peer addresses).
+    /// without TLS; handlers see the peer's credentials as [`UnixPeer`]).
     pub async fn serve_unix(
         self,
         listener: UnixListener,
@@ -355,6 +386,11 @@ impl Listener {
                 drop(stream);
                 continue;
             };
+            let peer = stream.peer_cred().ok().map(|c| UnixPeer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            });
             let (limits, builder, router, stop, stats) = (
                 self.limits.clone(),
                 builder.clone(),
@@ -364,7 +400,16 @@ impl Listener {
             );
             tokio::spawn(async move {
                 let _admission = admission;
-                drive(stream, None, router, &limits, &builder, &stats, stop).await;
+                drive(
+                    stream,
+                    Peer::Unix(peer),
+                    router,
+                    &limits,
+                    &builder,
+                    &stats,
+                    stop,
+                )
+                .await;
             });
         }
         self.drain().await;
@@ -433,7 +478,7 @@ impl Drop for InFlight {
 /// Serves one connection until it ends, is idle too long, or `shutdown`.
 async fn drive<I>(
     io: I,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     router: Router,
     limits: &Limits,
     builder: &Builder<TokioExecutor>,
@@ -450,8 +495,14 @@ async fn drive<I>(
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let guard = InFlight::begin(&service_activity);
-        if let Some(peer) = peer {
-            req.extensions_mut().insert(ConnectInfo(peer));
+        match peer {
+            Peer::Tcp(addr) => {
+                req.extensions_mut().insert(ConnectInfo(addr));
+            }
+            Peer::Unix(Some(cred)) => {
+                req.extensions_mut().insert(cred);
+            }
+            Peer::Unix(None) => {}
         }
         let router = router.clone();
         async move {

@@ -13,7 +13,7 @@
 //! | GET | `/version` | daemon version and store schema version |
 //! | GET | `{API_PREFIX}/{plural}` | list (`?watch=true`: newline-delimited JSON stream) |
 //! | GET | `{API_PREFIX}/{plural}/{name}` | one object |
-//! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating) |
+//! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating); `?force=true` deletes a VM the chain owns, with an event naming the caller's uid |
 //! | POST | `{API_PREFIX}/apply` | create/update many objects in one transaction |
 //! | GET | `{API_PREFIX}/events?kind=&name=&limit=` | event log |
 
@@ -89,38 +89,6 @@ pub struct VersionInfo {
     pub schema_version: u64,
 }
 
-/// What an apply did to one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApplyOutcome {
-    /// It did not exist.
-    Created,
-    /// Its spec or labels changed.
-    Configured,
-    /// Nothing changed; nothing was written.
-    Unchanged,
-}
-
-/// One line of an apply's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyResult {
-    /// Kind of the object.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// What happened.
-    pub outcome: ApplyOutcome,
-    /// Its generation after the apply.
-    pub generation: u64,
-}
-
-/// What a delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeleteOutcome {
-    /// The object is gone.
-    Deleted,
-    /// Marked for deletion; controllers clean up first (finalizers remain).
-    Terminating,
-}
+// What happened to each object: the store returns these and the API carries
+// them as they are, so they live with the shared types.
+pub use blockhost_crd::outcome::{ApplyOutcome, ApplyResult, DeleteOutcome};

@@ -134,6 +134,10 @@ pub enum Command {
         /// Names.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Delete a VM the chain owns (bought on chain) anyway; the daemon records
+        /// an event naming your uid.
+        #[arg(long)]
+        force: bool,
     },
     /// Deploy the contracts (operators; signs with the configured server key).
     Chain {
@@ -214,7 +218,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             dry_run,
             output,
         } => apply(&client, &mut out, &file, recursive, dry_run, output).await,
-        Command::Delete { what, names } => delete(&client, &mut out, what, &names).await,
+        Command::Delete { what, names, force } => {
+            delete(&client, &mut out, what, &names, force).await
+        }
         Command::Chain { command } => chain::chain(&mut out, command).await.map_err(Into::into),
         Command::Plan { command } => chain::plan(&mut out, command).await.map_err(Into::into),
         Command::Nft { command } => nft::nft(&mut out, command).await.map_err(Into::into),
@@ -494,12 +500,14 @@ async fn delete(
     out: &mut impl Write,
     what: ObjType,
     names: &[String],
+    force: bool,
 ) -> Result<(), CliError> {
+    let query = if force { "?force=true" } else { "" };
     for name in names {
         let body = client
             .request(
                 Method::DELETE,
-                &format!("{API_PREFIX}/{}/{name}", what.plural()),
+                &format!("{API_PREFIX}/{}/{name}{query}", what.plural()),
                 None,
             )
             .await?;

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::reconcile::runtime::Trigger;
 use crate::store::mint::{MintAttempt, MintRecord, MintState};
-use crate::store::{ChangeKind, Store, StoreError};
+use crate::store::{ChangeKind, Store, StoreError, Writer};
 use blockhost_chain::node::NodeError;
 use blockhost_chain::wallet::{Receipt, SendError, ServerWallet, WalletError};
 
@@ -230,11 +230,7 @@ impl Minter {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, MintError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| MintError::Task(e.to_string()))?
-            .map_err(MintError::from)
+        self.store.blocking(f).await.map_err(MintError::from)
     }
 
     fn count(&self, outcome: &str) {
@@ -726,12 +722,12 @@ impl Minter {
                 // The VM first: the subscription's token id is the public
                 // signal (status endpoint, bhctl) that minting is complete.
                 let mut wrote = false;
-                st.update_status::<VirtualMachine>(&n2, |v| {
+                st.update_status_as::<VirtualMachine>(Writer::Minter, &n2, |v| {
                     wrote = v.status.nft_token_id != Some(token);
                     v.status.nft_token_id = Some(token);
                     wrote
                 })?;
-                st.update_status::<Subscription>(&n1, |s| {
+                st.update_status_as::<Subscription>(Writer::Minter, &n1, |s| {
                     let a = s.status.nft_token_id != Some(token);
                     s.status.nft_token_id = Some(token);
                     let b = set_condition(&mut s.status.conditions, cond);
@@ -770,7 +766,7 @@ impl Minter {
         let res = self
             .blocking(move |st| {
                 let mut changed = false;
-                st.update_status::<Subscription>(&name, |s| {
+                st.update_status_as::<Subscription>(Writer::Minter, &name, |s| {
                     changed = set_condition(&mut s.status.conditions, cond);
                     changed
                 })?;

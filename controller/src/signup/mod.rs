@@ -265,7 +265,6 @@ async fn read_store<T: Send + 'static>(
     st: &SignupState,
     f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let store = st.store.clone();
     let failed = |detail: String| {
         count(st, "error");
         tracing::warn!(error = %detail, "signup page: store read failed");
@@ -274,11 +273,10 @@ async fn read_store<T: Send + 'static>(
             "unavailable; try again shortly",
         )
     };
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(failed(crate::error_chain(&e))),
-        Err(e) => Err(failed(e.to_string())),
-    }
+    st.store
+        .blocking(f)
+        .await
+        .map_err(|e| failed(crate::error_chain(&e)))
 }
 
 /// `GET /api/v1/subscriptions/{id}`: the public status.

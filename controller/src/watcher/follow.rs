@@ -79,9 +79,6 @@ pub enum WatchError {
     /// The node's answer contradicts itself.
     #[error("inconsistent answer from the node: {0}")]
     Inconsistent(String),
-    /// A blocking task died.
-    #[error("store task failed: {0}")]
-    Task(String),
 }
 
 /// What a step achieved.
@@ -201,7 +198,7 @@ impl<N: Node> Watcher<N> {
                     let kind = match &e {
                         WatchError::Node(NodeError::Unavailable { .. }) => "unavailable",
                         WatchError::Node(_) => "node",
-                        WatchError::Store(_) | WatchError::Task(_) => "store",
+                        WatchError::Store(_) => "store",
                         WatchError::WrongChain { .. } => "wrong_chain",
                         WatchError::ReorgTooDeep { .. } => "reorg_too_deep",
                         WatchError::Inconsistent(_) => "inconsistent",
@@ -315,33 +312,33 @@ impl<N: Node> Watcher<N> {
             hash: pre,
         };
         let n_events: usize = blocks.iter().map(|b| b.events.len()).sum();
-        let store = self.store.clone();
         let mapper = self.mapper.clone();
         let scope = self.cfg.scope.clone();
         let window = self.cfg.reorg_window;
-        let stats = tokio::task::spawn_blocking(move || {
-            let plans_changed = std::cell::Cell::new(false);
-            store.chain_commit(
-                &scope,
-                &blocks,
-                end,
-                window,
-                |tx, ev: &ChainEvent| {
-                    if mapper.apply(tx, ev)? {
-                        plans_changed.set(true);
-                    }
-                    Ok(())
-                },
-                |tx| {
-                    if plans_changed.get() {
-                        mapper.resync(tx)?;
-                    }
-                    Ok(())
-                },
-            )
-        })
-        .await
-        .map_err(|e| WatchError::Task(e.to_string()))??;
+        let stats = self
+            .store
+            .blocking(move |store| {
+                let plans_changed = std::cell::Cell::new(false);
+                store.chain_commit(
+                    &scope,
+                    &blocks,
+                    end,
+                    window,
+                    |tx, ev: &ChainEvent| {
+                        if mapper.apply(tx, ev)? {
+                            plans_changed.set(true);
+                        }
+                        Ok(())
+                    },
+                    |tx| {
+                        if plans_changed.get() {
+                            mapper.resync(tx)?;
+                        }
+                        Ok(())
+                    },
+                )
+            })
+            .await?;
         self.metrics.chain_cursor_block.set(gauge(to));
         if self.cfg.follow_chain_time
             && let Some(t) = self.node.block_time(to).await?
@@ -468,11 +465,11 @@ impl<N: Node> Watcher<N> {
                 });
             }
         };
-        let store = self.store.clone();
         let scope = self.cfg.scope.clone();
-        let undone = tokio::task::spawn_blocking(move || store.chain_revert(&scope, fork))
-            .await
-            .map_err(|e| WatchError::Task(e.to_string()))??;
+        let undone = self
+            .store
+            .blocking(move |store| store.chain_revert(&scope, fork))
+            .await?;
         self.metrics.chain_reorgs.inc();
         tracing::warn!(
             fork = fork.number,
@@ -504,22 +501,21 @@ impl<N: Node> Watcher<N> {
         if !needed {
             return Ok(());
         }
-        let store = self.store.clone();
         let mapper = self.mapper.clone();
         let scope = self.cfg.scope.clone();
         let window = self.cfg.reorg_window;
-        tokio::task::spawn_blocking(move || {
-            store.chain_commit::<ChainEvent>(
-                &scope,
-                &[],
-                cursor,
-                window,
-                |_, _| Ok(()),
-                |tx| mapper.resync(tx).map(|_| ()),
-            )
-        })
-        .await
-        .map_err(|e| WatchError::Task(e.to_string()))??;
+        self.store
+            .blocking(move |store| {
+                store.chain_commit::<ChainEvent>(
+                    &scope,
+                    &[],
+                    cursor,
+                    window,
+                    |_, _| Ok(()),
+                    |tx| mapper.resync(tx).map(|_| ()),
+                )
+            })
+            .await?;
         Ok(())
     }
 }

@@ -12,14 +12,15 @@ use blockhost_crd::meta::{Condition, ConditionStatus, set_condition};
 use blockhost_crd::subscription::vm_name_for;
 use blockhost_crd::vm::NetworkSpec;
 use blockhost_crd::{
-    EventType, Name, Plan, PlanSpec, PowerState, Resource, Subscription, SubscriptionSpec,
-    SubscriptionState, UnixUser, VirtualMachine, VirtualMachineSpec, VmSource, WalletAddress,
+    Name, Plan, PlanSpec, PowerState, Resource, Subscription, SubscriptionSpec, SubscriptionState,
+    UnixUser, VirtualMachine, VirtualMachineSpec, VmSource, WalletAddress,
 };
 use k256::SecretKey;
 
 use super::events::ChainEvent;
 use crate::store::StoreError;
 use crate::store::chain::ChainTxn;
+use crate::store::write::Note;
 
 /// `userEncrypted` longer than this is refused before any decryption: the real
 /// payload is 97 + 132 = 229 bytes, and a purchase cannot make us spend time on
@@ -121,13 +122,11 @@ impl Mapper {
                             &mut sub.status.conditions,
                             condition("PayloadValid", false, reason, &message, tx.now()),
                         );
-                        tx.put(&sub, true)?;
+                        tx.put(&sub)?;
                         tx.event(
                             Subscription::KIND,
                             sub.metadata.name.as_str(),
-                            EventType::Warning,
-                            reason,
-                            &format!("no VM: {message}"),
+                            Note::warning(reason, &format!("no VM: {message}")),
                         )?;
                         tracing::warn!(
                             subscription = id,
@@ -147,17 +146,18 @@ impl Mapper {
                     return Ok(false);
                 };
                 sub.spec.expires_at = *new_expires_at;
-                tx.put(&sub, true)?;
+                tx.put(&sub)?;
                 if let Some(mut vm) = self.own_vm(tx, &sub)? {
                     vm.spec.expires_at = Some(*new_expires_at);
-                    tx.put(&vm, false)?;
+                    tx.put(&vm)?;
                 }
                 tx.event(
                     Subscription::KIND,
                     name.as_str(),
-                    EventType::Normal,
-                    "Extended",
-                    &format!("expires at {}", new_expires_at.to_rfc3339()),
+                    Note::normal(
+                        "Extended",
+                        &format!("expires at {}", new_expires_at.to_rfc3339()),
+                    ),
                 )?;
             }
             ChainEvent::Cancelled { id } => {
@@ -174,13 +174,11 @@ impl Mapper {
                 if self.own_vm(tx, &sub)?.is_some() {
                     tx.delete(VirtualMachine::KIND, name.as_str())?;
                 }
-                tx.put(&sub, true)?;
+                tx.put(&sub)?;
                 tx.event(
                     Subscription::KIND,
                     name.as_str(),
-                    EventType::Normal,
-                    "Cancelled",
-                    "cancelled on chain; its VM is deleted",
+                    Note::normal("Cancelled", "cancelled on chain; its VM is deleted"),
                 )?;
             }
             ChainEvent::Transfer { from, to, token } => {
@@ -196,13 +194,14 @@ impl Mapper {
                     let owner = WalletAddress::from_bytes(*to);
                     if vm.spec.owner != owner {
                         vm.spec.owner = owner;
-                        tx.put(&vm, false)?;
+                        tx.put(&vm)?;
                         tx.event(
                             VirtualMachine::KIND,
                             vm.metadata.name.as_str(),
-                            EventType::Normal,
-                            "OwnerChanged",
-                            &format!("access NFT {token} transferred to {owner}"),
+                            Note::normal(
+                                "OwnerChanged",
+                                &format!("access NFT {token} transferred to {owner}"),
+                            ),
                         )?;
                     }
                 }
@@ -272,13 +271,11 @@ impl Mapper {
                 &mut sub.status.conditions,
                 condition("PlanKnown", false, "PlanUnknown", &msg, now),
             );
-            tx.put(&*sub, true)?;
+            tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                EventType::Warning,
-                "PlanUnknown",
-                &msg,
+                Note::warning("PlanUnknown", &msg),
             )?;
             return Ok(());
         };
@@ -306,13 +303,11 @@ impl Mapper {
                 condition("VmWritten", false, "NameTaken", &msg, now),
             );
             sub.status.state = SubscriptionState::Pending;
-            tx.put(&*sub, true)?;
+            tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                EventType::Warning,
-                "NameTaken",
-                &msg,
+                Note::warning("NameTaken", &msg),
             )?;
             return Ok(());
         }
@@ -341,10 +336,10 @@ impl Mapper {
                 ssh_keys: Vec::new(),
             },
         );
-        tx.put(&vm, false)?;
+        tx.put(&vm)?;
         sub.status.state = SubscriptionState::Active;
         sub.status.vm = Some(name);
-        tx.put(&*sub, true)?;
+        tx.put(&*sub)?;
         Ok(())
     }
 
@@ -392,7 +387,7 @@ impl Mapper {
         plan.spec.display_name = display;
         plan.spec.price_per_day_usd_cents = price;
         plan.spec.active = active;
-        tx.put(&plan, false)?;
+        tx.put(&plan)?;
         Ok(())
     }
 
@@ -420,7 +415,7 @@ impl Mapper {
                 let owner = WalletAddress::from_bytes(holder);
                 if vm.spec.owner != owner {
                     vm.spec.owner = owner;
-                    tx.put(&vm, false)?;
+                    tx.put(&vm)?;
                     n += 1;
                 }
             }

@@ -18,7 +18,7 @@ use k256::ecdsa::SigningKey;
 use super::follow::{Progress, WatchConfig, Watcher};
 use super::mapping::Mapper;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreOptions, Writer};
 use blockhost_chain::node::{Node, NodeError, RawLog};
 
 const SUBS: [u8; 20] = [0x51; 20];
@@ -288,7 +288,7 @@ async fn purchase_extend_transfer_cancel() {
 
     // Transfer of the subscription's NFT (token id recorded by the minter).
     store
-        .update_status::<Subscription>("blockhost-007", |s| {
+        .update_status_as::<Subscription>(Writer::Minter, "blockhost-007", |s| {
             s.status.nft_token_id = Some(0);
             true
         })
@@ -691,7 +691,7 @@ async fn undoing_an_extension_keeps_the_minted_token_id() {
     node.mine(vec![plan_created(1), created(3, 1, good_payload())]);
     drain(&mut w).await;
     store
-        .update_status::<Subscription>("blockhost-003", |s| {
+        .update_status_as::<Subscription>(Writer::Minter, "blockhost-003", |s| {
             s.status.nft_token_id = Some(5);
             true
         })

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use crate::{Store, StoreError};
 
 const MINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chain_mints");
 
@@ -104,10 +104,8 @@ impl Store {
     /// Every mint record of `scope`, by subscription id.
     pub fn mint_records(&self, scope: &str) -> Result<Vec<MintRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(MINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, MINTS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in t.range((scope, 0)..=(scope, u64::MAX))? {
@@ -121,10 +119,8 @@ impl Store {
     /// The mint record of one subscription.
     pub fn mint_record(&self, scope: &str, id: u64) -> Result<Option<MintRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(MINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = crate::read_table(&txn, MINTS)? else {
+            return Ok(None);
         };
         t.get((scope, id))?
             .map(|g| serde_json::from_slice(g.value()).map_err(|e| corrupt(scope, id, e)))
@@ -175,7 +171,7 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::StoreOptions;
+    use crate::StoreOptions;
 
     fn record(id: u64) -> MintRecord {
         MintRecord {

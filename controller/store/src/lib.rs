@@ -1,11 +1,10 @@
 //! The store: every object, event and counter of BlockHost, in one redb database.
 //!
-//! This module owns every transaction; nothing else opens a table. Rules it keeps:
-//! - `metadata.generation` bumps only when the spec (or labels) change; status
-//!   writes never bump it, so reconcilers can tell "new desired state" from "my own
-//!   write".
-//! - `metadata.resourceVersion` bumps on every write of an object; it is one
-//!   database-wide sequence, so a watcher can resume from a number.
+//! This crate owns every transaction; nothing else opens a table (redb is private
+//! to it). Every write goes through one typed write transaction
+//! ([`write::WriteTxn`]) on behalf of a [`Writer`], which keeps the object rules
+//! (identity, generation, resource version, finalizers, events, undo) and the
+//! field ownership of [`authority`]. Rules the store as a whole keeps:
 //! - An apply is one write transaction: all of its objects land, or none.
 //! - Every commit is durable (`Durability::Immediate`) before the caller is told it
 //!   succeeded, so an acknowledged write survives SIGKILL and power loss.
@@ -17,6 +16,10 @@
 //! schema version and the sequences.
 
 pub mod alloc;
+pub mod authority;
+pub mod chain;
+pub mod mint;
+pub mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,16 +34,16 @@ use redb::{
 };
 use tokio::sync::broadcast;
 
-pub mod chain;
-pub mod mint;
+pub use authority::{Kind, Refusal, Writer};
+pub use write::{Note, Put, WriteTxn};
 
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_SCHEMA: &str = "schema_version";
-const META_RV: &str = "resource_version";
-const META_EVENT_SEQ: &str = "event_seq";
+pub(crate) const META_RV: &str = "resource_version";
+pub(crate) const META_EVENT_SEQ: &str = "event_seq";
 
 /// Version of the on-disk layout this code writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -63,6 +66,15 @@ const CHANGE_CHANNEL_CAPACITY: usize = 4096;
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}; check the parent's permissions")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database file could not be opened or created.
     #[error("cannot open the database at {path}")]
     Open {
@@ -89,6 +101,14 @@ pub enum StoreError {
     /// A storage-level failure (I/O, corruption detected by redb).
     #[error("database operation failed")]
     Db(#[from] redb::Error),
+    /// No migration leads from a version found on disk to the next.
+    #[error(
+        "no migration from schema version {from}; open the database with the blockhostd that wrote it"
+    )]
+    NoMigration {
+        /// The version without a way up.
+        from: u64,
+    },
     /// A stored object could not be decoded.
     #[error("stored object {key} cannot be decoded")]
     Corrupt {
@@ -97,6 +117,35 @@ pub enum StoreError {
         /// Why.
         #[source]
         source: serde_json::Error,
+    },
+    /// An object could not be encoded for storing.
+    #[error("object {key} cannot be encoded")]
+    Encode {
+        /// Its key.
+        key: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The writer does not own what it tried to change (the chain owns a
+    /// purchased VM's owner, say); nothing of that write was stored.
+    #[error("{}/{name}: {reason}", kind.to_lowercase())]
+    NotAllowed {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The field refused, when one field is the reason (`spec.owner`).
+        field: Option<&'static str>,
+        /// Why, naming the field and what to do instead.
+        reason: String,
+    },
+    /// A store call on the blocking pool panicked or was cancelled.
+    #[error("a store task failed; see the daemon's log")]
+    TaskFailed {
+        /// The join error (the panic).
+        #[source]
+        source: tokio::task::JoinError,
     },
     /// An apply was refused for one object; nothing of that apply was written.
     #[error("{}/{name}: {reason}", kind.to_lowercase())]
@@ -133,7 +182,7 @@ from_redb!(
 );
 
 // The outcomes are part of the API's wire types; the store returns them as they are.
-pub use blockhost_api::{ApplyOutcome, ApplyResult, DeleteOutcome};
+pub use blockhost_crd::outcome::{ApplyOutcome, ApplyResult, DeleteOutcome};
 
 /// How an object changed, as published to subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +275,40 @@ fn key(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
+/// The key range of one kind: `'/' + 1 == '0'`, so `["Kind/", "Kind0")` holds
+/// exactly its keys.
+fn kind_range(kind: &str) -> (String, String) {
+    (format!("{kind}/"), format!("{kind}0"))
+}
+
+/// Decodes a stored object or event, naming its key when it is corrupt.
+fn decode<T: serde::de::DeserializeOwned>(k: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: k.to_owned(),
+        source,
+    })
+}
+
+/// Opens a table for reading; `None` while nothing has created it yet.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Encodes an object or event for storing.
+fn encode<T: serde::Serialize + ?Sized>(k: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        key: k.to_owned(),
+        source,
+    })
+}
+
 /// The `'static` name of a kind given as text; callers pass known kinds (the API
 /// resolves user input first), so an unknown one is a programming error that
 /// degrades to a lookup that finds nothing rather than touching another kind.
@@ -240,9 +323,9 @@ impl Store {
     /// Opens (or creates) the database, running migrations if needed.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir).map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: redb::DatabaseError::Storage(e.into()),
+            create_private_dir(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
             })?;
         }
         // A bounded page cache: the working set of 10,000 objects is a few MiB, and
@@ -302,11 +385,7 @@ impl Store {
                             .ok()
                             .and_then(|i| opts.migrations.get(i));
                         let Some(step) = step else {
-                            return Err(StoreError::Rejected {
-                                kind: "Store",
-                                name: "schema".into(),
-                                reason: format!("no migration from schema version {from}"),
-                            });
+                            return Err(StoreError::NoMigration { from });
                         };
                         step(&txn)?;
                         tracing::info!(from, to = from + 1, "migrated database schema");
@@ -363,171 +442,272 @@ impl Store {
         Ok(meta.get(META_SCHEMA)?.map(|g| g.value()).unwrap_or(0))
     }
 
-    /// Creates or updates every object in one transaction. On any refusal nothing
-    /// is written. With `dry_run`, reports what would happen and writes nothing.
+    /// Runs `f` in one write transaction on behalf of `writer`: committed
+    /// durably and its changes published when it wrote anything, aborted when
+    /// it wrote nothing, failed or is a dry run.
+    pub fn write<T>(
+        &self,
+        writer: Writer,
+        dry_run: bool,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        let (out, changes) = {
+            let mut w = self.begin(&txn, writer, false)?;
+            let out = f(&mut w)?;
+            (out, w.finish()?)
+        };
+        self.settle(txn, changes.filter(|_| !dry_run))?;
+        Ok(out)
+    }
+
+    fn begin<'t>(
+        &'t self,
+        txn: &'t WriteTransaction,
+        writer: Writer,
+        record_undo: bool,
+    ) -> Result<WriteTxn<'t>, StoreError> {
+        WriteTxn::begin(txn, writer, self.now(), &self.inner.opts, record_undo)
+    }
+
+    /// A redb write transaction (for the chain's batches, which add their tables).
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        Ok(self.inner.db.begin_write()?)
+    }
+
+    /// The chain watcher's write transaction, recording undo per block.
+    fn begin_chain<'t>(&'t self, txn: &'t WriteTransaction) -> Result<WriteTxn<'t>, StoreError> {
+        self.begin(txn, Writer::Chain, true)
+    }
+
+    /// Commits and publishes `changes`, or aborts when there are none.
+    fn settle(
+        &self,
+        txn: WriteTransaction,
+        changes: Option<Vec<Change>>,
+    ) -> Result<(), StoreError> {
+        match changes {
+            Some(changes) => {
+                txn.commit()?;
+                for c in changes {
+                    // An error only means nobody is subscribed right now.
+                    let _ = self.inner.changes.send(c);
+                }
+            }
+            None => txn.abort()?,
+        }
+        Ok(())
+    }
+
+    /// Runs a store call on the blocking pool (redb is synchronous and a commit
+    /// waits for fsync): the one way async code reaches the store.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|source| StoreError::TaskFailed { source })?
+    }
+
+    /// [`Store::apply_as`] by an operator whose uid is not known.
     pub fn apply(
         &self,
         objects: Vec<AnyObject>,
         dry_run: bool,
     ) -> Result<Vec<ApplyResult>, StoreError> {
-        let now = self.now();
-        let mut seen = std::collections::HashSet::new();
-        for o in &objects {
-            if o.kind() == blockhost_crd::Subscription::KIND {
-                return Err(StoreError::Rejected {
-                    kind: o.kind(),
-                    name: o.meta().name.to_string(),
-                    reason:
-                        "subscriptions mirror the chain and are written by the chain watcher only"
-                            .into(),
-                });
-            }
-            if !seen.insert((o.kind(), o.meta().name.as_str().to_owned())) {
-                return Err(StoreError::Rejected {
-                    kind: o.kind(),
-                    name: o.meta().name.to_string(),
-                    reason: "appears more than once in this apply; keep one document per object"
-                        .into(),
-                });
-            }
-        }
-        let pools = &self.inner.opts.pools;
-        let txn = self.inner.db.begin_write()?;
-        let mut results = Vec::with_capacity(objects.len());
-        let mut published = Vec::new();
-        {
-            let mut table = txn.open_table(OBJECTS)?;
-            let mut meta = txn.open_table(META)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let mut rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0);
-            let mut seq = meta.get(META_EVENT_SEQ)?.map(|g| g.value()).unwrap_or(0);
-            for obj in objects {
-                let kind = obj.kind();
-                let name = obj.meta().name.to_string();
-                let k = key(kind, &name);
-                let existing = table.get(k.as_str())?.map(|g| g.value().to_vec());
-                let applied = match obj {
-                    AnyObject::VirtualMachine(o) => apply_one(
-                        *o,
-                        existing.as_deref(),
-                        &k,
-                        now,
-                        rv + 1,
-                        |old, new| new.spec.validate_update(&old.spec),
-                        // Addresses are allocated in the transaction that stores the spec.
-                        |vm| {
-                            let st = &mut vm.status;
-                            alloc::sync_addresses(
-                                &txn,
-                                pools,
-                                &k,
-                                &vm.spec.network,
-                                &mut st.addresses,
-                                &mut st.conditions,
-                                now,
-                            )
-                        },
-                    )?,
-                    // Kinds without update rules or allocations.
-                    AnyObject::Plan(o) => apply_one(
-                        *o,
-                        existing.as_deref(),
-                        &k,
-                        now,
-                        rv + 1,
-                        no_rules,
-                        no_finish,
-                    )?,
-                    AnyObject::Subscription(o) => apply_one(
-                        *o,
-                        existing.as_deref(),
-                        &k,
-                        now,
-                        rv + 1,
-                        no_rules,
-                        no_finish,
-                    )?,
-                };
-                let Applied {
-                    outcome,
-                    generation,
-                    bytes,
-                } = applied;
-                if outcome != ApplyOutcome::Unchanged {
-                    rv += 1;
-                    if !dry_run {
-                        table.insert(k.as_str(), bytes.as_slice())?;
-                        seq += 1;
-                        let (reason, message) = match outcome {
-                            ApplyOutcome::Created => {
-                                ("Created", format!("spec applied (generation {generation})"))
-                            }
-                            _ => (
-                                "Configured",
-                                format!("spec changed (generation {generation})"),
-                            ),
-                        };
-                        let ev = Event {
-                            seq,
-                            time: now,
-                            kind: kind.into(),
-                            name: name.clone(),
-                            type_: EventType::Normal,
-                            reason: reason.into(),
-                            message,
-                        };
-                        insert_event(&mut events, &k, &ev, self.inner.opts.event_retention)?;
-                        let what = if outcome == ApplyOutcome::Created {
-                            ChangeKind::Created
-                        } else {
-                            ChangeKind::Spec
-                        };
-                        published.push(Change {
-                            kind,
-                            name: name.clone(),
-                            resource_version: rv,
-                            what,
-                            object: bytes.into(),
-                        });
-                    }
-                }
-                results.push(ApplyResult {
-                    kind: kind.into(),
-                    name,
-                    outcome,
-                    generation,
-                });
-            }
-            if !dry_run {
-                meta.insert(META_RV, rv)?;
-                meta.insert(META_EVENT_SEQ, seq)?;
-            }
-        }
-        if dry_run {
-            txn.abort()?;
-        } else {
-            txn.commit()?;
-            self.publish(published);
-        }
-        Ok(results)
+        self.apply_as(Writer::OPERATOR, objects, dry_run)
     }
 
-    fn publish(&self, changes: Vec<Change>) {
-        for c in changes {
-            // An error only means nobody is subscribed right now.
-            let _ = self.inner.changes.send(c);
+    /// Creates or updates every object in one transaction. On any refusal nothing
+    /// is written. With `dry_run`, reports what would happen and writes nothing.
+    pub fn apply_as(
+        &self,
+        writer: Writer,
+        objects: Vec<AnyObject>,
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(o) = objects
+            .iter()
+            .find(|o| !seen.insert((o.kind(), o.meta().name.as_str())))
+        {
+            return Err(StoreError::Rejected {
+                kind: o.kind(),
+                name: o.meta().name.to_string(),
+                reason: "appears more than once in this apply; keep one document per object".into(),
+            });
         }
+        self.write(writer, dry_run, |w| {
+            objects
+                .into_iter()
+                .map(|o| {
+                    let (kind, name) = (o.kind(), o.meta().name.to_string());
+                    let put = match o {
+                        AnyObject::VirtualMachine(o) => w.put(*o),
+                        AnyObject::Plan(o) => w.put(*o),
+                        AnyObject::Subscription(o) => w.put(*o),
+                    }?;
+                    Ok(ApplyResult {
+                        kind: kind.into(),
+                        name,
+                        outcome: put.outcome,
+                        generation: put.generation,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// [`Store::update_status_as`] by the VM reconciler.
+    pub fn update_status<R: Kind>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut R) -> bool,
+    ) -> Result<Option<R>, StoreError> {
+        self.update_status_as(Writer::Reconciler, name, f)
+    }
+
+    /// Changes an object's status (and, for the reconciler, its finalizers)
+    /// without touching its spec or generation: `f` edits the stored object and
+    /// returns whether it changed anything, and the fields `writer` owns are
+    /// written ([`authority`]). Returns the object after the update, or `None`
+    /// if it is gone.
+    pub fn update_status_as<R: Kind>(
+        &self,
+        writer: Writer,
+        name: &str,
+        f: impl FnOnce(&mut R) -> bool,
+    ) -> Result<Option<R>, StoreError> {
+        self.write(writer, false, |w| w.update_status(name, |o, _| Ok(f(o))))
+    }
+
+    /// Deletes an object as the VM reconciler does when a VM expires: the
+    /// chain's authority has spoken through the expiry. Operators' deletes go
+    /// through [`Store::delete_as`].
+    pub fn delete(&self, kind: &str, name: &str) -> Result<DeleteOutcome, StoreError> {
+        self.delete_as(Writer::Reconciler, kind, name, false)
+    }
+
+    /// Deletes an object by `writer`'s rights. Without finalizers it is removed at
+    /// once; with finalizers it is marked (`deletionTimestamp`, generation bumped)
+    /// and removed when the last finalizer is dropped. An operator deletes a
+    /// chain-owned VM only with `force`, which leaves an event naming them.
+    pub fn delete_as(
+        &self,
+        writer: Writer,
+        kind: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let kind = canonical_kind(kind);
+        self.write(writer, false, |w| {
+            w.delete(kind, name, force)?.ok_or(StoreError::NotFound {
+                kind,
+                name: name.into(),
+            })
+        })
+    }
+
+    /// Reserves a VMID in `[first, last]` for the VM `name` before it is cloned,
+    /// skipping ids `taken` in Proxmox, and records it in the VM's status in the
+    /// same transaction. Idempotent: a VM that holds one gets it back.
+    pub fn reserve_vmid(
+        &self,
+        name: &str,
+        first: u32,
+        last: u32,
+        taken: &dyn Fn(u32) -> bool,
+    ) -> Result<u32, StoreError> {
+        let not_found = || StoreError::NotFound {
+            kind: VirtualMachine::KIND,
+            name: name.into(),
+        };
+        self.write(Writer::Allocator, false, |w| {
+            let mut got = None;
+            w.update_status::<VirtualMachine>(name, |vm, a| {
+                if let Some(v) = vm.status.vmid {
+                    got = Some(v);
+                    return Ok(false);
+                }
+                let Some(v) = alloc::reserve_vmid(a.txn, a.key, first, last, taken)? else {
+                    return Err(StoreError::Rejected {
+                        kind: VirtualMachine::KIND,
+                        name: name.into(),
+                        reason: format!(
+                            "no free VMID in {first}..={last}; widen proxmox.vmidFirst/vmidLast"
+                        ),
+                    });
+                };
+                vm.status.vmid = Some(v);
+                got = Some(v);
+                Ok(true)
+            })?
+            .ok_or_else(not_found)?;
+            got.ok_or_else(not_found)
+        })
+    }
+
+    /// Gives up the VM's reserved VMID because Proxmox says something else holds
+    /// it; that id is never handed out again.
+    pub fn reject_vmid(&self, name: &str, vmid: u32) -> Result<(), StoreError> {
+        self.write(Writer::Allocator, false, |w| {
+            alloc::mark_foreign(w.txn(), vmid)?;
+            w.mark_dirty();
+            w.update_status::<VirtualMachine>(name, |vm, _| {
+                let had = vm.status.vmid == Some(vmid);
+                if had {
+                    vm.status.vmid = None;
+                }
+                Ok(had)
+            })
+        })?;
+        tracing::warn!(
+            vm = name,
+            vmid,
+            "VMID is taken in Proxmox by something else; it will not be used again"
+        );
+        Ok(())
+    }
+
+    /// Tries again to allocate the addresses a VM wants but lacks (an exhausted
+    /// pool that has since freed up).
+    pub fn retry_addresses(&self, name: &str) -> Result<Option<VirtualMachine>, StoreError> {
+        self.write(Writer::Allocator, false, |w| {
+            w.update_status::<VirtualMachine>(name, |vm, a| {
+                let before = vm.status.clone();
+                vm.allocate(a)?;
+                Ok(vm.status != before)
+            })
+        })
+    }
+
+    /// Appends an event to an object's log (dropping the oldest beyond retention).
+    pub fn record_event(
+        &self,
+        kind: &str,
+        name: &str,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let kind = canonical_kind(kind);
+        // Events are append-only notes; any writer may leave one.
+        let note = Note {
+            type_,
+            reason,
+            message,
+        };
+        self.write(Writer::Reconciler, false, |w| w.event(kind, name, note))
     }
 
     /// Reads one object.
     pub fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, StoreError> {
-        let k = key(R::KIND, name);
-        match self.get_raw(R::KIND, name)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { key: k, source }),
-        }
+        self.get_raw(R::KIND, name)?
+            .map(|bytes| decode(&key(R::KIND, name), &bytes))
+            .transpose()
     }
 
     /// Reads one object's stored JSON.
@@ -543,12 +723,7 @@ impl Store {
     pub fn list<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
         let mut out = Vec::new();
         self.for_each_raw(R::KIND, |k, bytes| {
-            out.push(
-                serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-                    key: k.to_owned(),
-                    source,
-                })?,
-            );
+            out.push(decode(k, bytes)?);
             Ok(())
         })?;
         Ok(out)
@@ -566,9 +741,7 @@ impl Store {
         let table = txn.open_table(OBJECTS)?;
         let meta = txn.open_table(META)?;
         let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0);
-        // '/' + 1 == '0': the range ["Kind/", "Kind0") holds exactly this kind's keys.
-        let start = format!("{kind}/");
-        let end = format!("{kind}0");
+        let (start, end) = kind_range(kind);
         for entry in table.range(start.as_str()..end.as_str())? {
             let (k, v) = entry?;
             f(k.value(), v.value())?;
@@ -602,234 +775,6 @@ impl Store {
         Ok(txn.open_table(OBJECTS)?.len()?)
     }
 
-    /// Changes an object's status (and finalizers) without touching its spec or
-    /// generation. `f` returns whether it changed anything; unchanged objects are
-    /// not written. Returns the object after the update, or `None` if it is gone.
-    pub fn update_status<R: Resource>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut R) -> bool,
-    ) -> Result<Option<R>, StoreError> {
-        let k = key(R::KIND, name);
-        let txn = self.inner.db.begin_write()?;
-        let change;
-        let result;
-        {
-            let mut table = txn.open_table(OBJECTS)?;
-            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
-                return Ok(None);
-            };
-            let mut obj: R = decode(&k, &bytes)?;
-            let before_spec = obj.spec().clone();
-            let before_meta = obj.meta().clone();
-            if !f(&mut obj) {
-                return Ok(Some(obj));
-            }
-            // The closure may only touch status and finalizers; anything else is undone.
-            let finalizers = obj.meta().finalizers.clone();
-            *obj.meta_mut() = before_meta;
-            obj.meta_mut().finalizers = finalizers;
-            if *obj.spec() != before_spec {
-                return Err(StoreError::Rejected {
-                    kind: R::KIND,
-                    name: name.into(),
-                    reason: "a status update may not change the spec".into(),
-                });
-            }
-            let rv = next_rv(&txn)?;
-            obj.meta_mut().resource_version = Some(rv);
-            let gone = obj.meta().deletion_timestamp.is_some() && obj.meta().finalizers.is_empty();
-            let out = serde_json::to_vec(&obj).map_err(|source| StoreError::Corrupt {
-                key: k.clone(),
-                source,
-            })?;
-            if gone {
-                table.remove(k.as_str())?;
-                remove_events(&txn, &k)?;
-                let value = serde_json::to_value(&obj).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
-                alloc::release_all(&txn, &k, &value)?;
-            } else {
-                table.insert(k.as_str(), out.as_slice())?;
-            }
-            let what = if gone {
-                ChangeKind::Deleted
-            } else {
-                ChangeKind::Status
-            };
-            change = Change {
-                kind: R::KIND,
-                name: name.into(),
-                resource_version: rv,
-                what,
-                object: out.into(),
-            };
-            result = if gone { None } else { Some(obj) };
-        }
-        txn.commit()?;
-        self.publish(vec![change]);
-        Ok(result)
-    }
-
-    /// Deletes an object. Without finalizers it is removed at once; with finalizers
-    /// it is marked (`deletionTimestamp`, generation bumped) and removed when the
-    /// last finalizer is dropped through [`Store::update_status`].
-    pub fn delete(&self, kind: &str, name: &str) -> Result<DeleteOutcome, StoreError> {
-        let kind = canonical_kind(kind);
-        if kind == blockhost_crd::Subscription::KIND {
-            return Err(StoreError::Rejected {
-                kind,
-                name: name.into(),
-                reason: "subscriptions mirror the chain; cancel on chain instead".into(),
-            });
-        }
-        let k = key(kind, name);
-        let now = self.now();
-        let txn = self.inner.db.begin_write()?;
-        let outcome;
-        let change;
-        {
-            let mut table = txn.open_table(OBJECTS)?;
-            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
-                return Err(StoreError::NotFound {
-                    kind,
-                    name: name.into(),
-                });
-            };
-            let mut value: serde_json::Value = decode(&k, &bytes)?;
-            let rv = next_rv(&txn)?;
-            let m = &mut value["metadata"];
-            let has_finalizers = m["finalizers"].as_array().is_some_and(|a| !a.is_empty());
-            m["resourceVersion"] = rv.into();
-            if has_finalizers {
-                if m.get("deletionTimestamp").is_none_or(|v| v.is_null()) {
-                    m["deletionTimestamp"] = serde_json::to_value(now).unwrap_or_default();
-                    m["generation"] = (m["generation"].as_u64().unwrap_or(0) + 1).into();
-                }
-                let out = serde_json::to_vec(&value).map_err(|source| StoreError::Corrupt {
-                    key: k.clone(),
-                    source,
-                })?;
-                table.insert(k.as_str(), out.as_slice())?;
-                let mut events = txn.open_table(EVENTS)?;
-                let mut meta = txn.open_table(META)?;
-                let seq = meta.get(META_EVENT_SEQ)?.map(|g| g.value()).unwrap_or(0) + 1;
-                meta.insert(META_EVENT_SEQ, seq)?;
-                let ev = Event {
-                    seq,
-                    time: now,
-                    kind: kind.into(),
-                    name: name.into(),
-                    type_: EventType::Normal,
-                    reason: "DeletionRequested".into(),
-                    message: "deletion requested; waiting for controllers to clean up".into(),
-                };
-                insert_event(&mut events, &k, &ev, self.inner.opts.event_retention)?;
-                outcome = DeleteOutcome::Terminating;
-                change = Change {
-                    kind,
-                    name: name.into(),
-                    resource_version: rv,
-                    what: ChangeKind::Spec,
-                    object: out.into(),
-                };
-            } else {
-                table.remove(k.as_str())?;
-                drop(table);
-                remove_events(&txn, &k)?;
-                alloc::release_all(&txn, &k, &value)?;
-                outcome = DeleteOutcome::Deleted;
-                change = Change {
-                    kind,
-                    name: name.into(),
-                    resource_version: rv,
-                    what: ChangeKind::Deleted,
-                    object: bytes.into(),
-                };
-            }
-        }
-        txn.commit()?;
-        self.publish(vec![change]);
-        Ok(outcome)
-    }
-
-    /// Reserves a VMID in `[first, last]` for the VM `name` before it is cloned,
-    /// skipping ids `taken` in Proxmox, and records it in the VM's status in the
-    /// same transaction. Idempotent: a VM that holds one gets it back.
-    pub fn reserve_vmid(
-        &self,
-        name: &str,
-        first: u32,
-        last: u32,
-        taken: &dyn Fn(u32) -> bool,
-    ) -> Result<u32, StoreError> {
-        let k = key(VirtualMachine::KIND, name);
-        let txn = self.inner.db.begin_write()?;
-        let (vmid, change) = {
-            let mut table = txn.open_table(OBJECTS)?;
-            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
-                return Err(StoreError::NotFound {
-                    kind: VirtualMachine::KIND,
-                    name: name.into(),
-                });
-            };
-            let mut vm: VirtualMachine = decode(&k, &bytes)?;
-            if let Some(v) = vm.status.vmid {
-                return Ok(v);
-            }
-            let Some(v) = alloc::reserve_vmid(&txn, &k, first, last, taken)? else {
-                return Err(StoreError::Rejected {
-                    kind: VirtualMachine::KIND,
-                    name: name.into(),
-                    reason: format!(
-                        "no free VMID in {first}..={last}; widen proxmox.vmidFirst/vmidLast"
-                    ),
-                });
-            };
-            vm.status.vmid = Some(v);
-            let rv = next_rv(&txn)?;
-            vm.metadata.resource_version = Some(rv);
-            let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
-                key: k.clone(),
-                source,
-            })?;
-            table.insert(k.as_str(), out.as_slice())?;
-            (
-                v,
-                Change {
-                    kind: VirtualMachine::KIND,
-                    name: name.into(),
-                    resource_version: rv,
-                    what: ChangeKind::Status,
-                    object: out.into(),
-                },
-            )
-        };
-        txn.commit()?;
-        self.publish(vec![change]);
-        Ok(vmid)
-    }
-
-    /// Gives up the VM's reserved VMID because Proxmox says something else holds
-    /// it; that id is never handed out again.
-    pub fn reject_vmid(&self, name: &str, vmid: u32) -> Result<(), StoreError> {
-        let k = key(VirtualMachine::KIND, name);
-        let txn = self.inner.db.begin_write()?;
-        alloc::mark_foreign(&txn, vmid)?;
-        txn.commit()?;
-        self.update_status::<VirtualMachine>(name, |vm| {
-            let had = vm.status.vmid == Some(vmid);
-            if had {
-                vm.status.vmid = None;
-            }
-            had
-        })?;
-        tracing::warn!(object = %k, vmid, "VMID is taken in Proxmox by something else; it will not be used again");
-        Ok(())
-    }
-
     /// Who holds a VMID (`"VirtualMachine/name"`, the foreign marker, or nobody).
     pub fn vmid_owner(&self, vmid: u32) -> Result<Option<String>, StoreError> {
         let txn = self.inner.db.begin_read()?;
@@ -840,85 +785,6 @@ impl Store {
     pub fn address_owner(&self, addr: &str) -> Result<Option<String>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         alloc::address_owner(&txn, addr)
-    }
-
-    /// Tries again to allocate the addresses a VM wants but lacks (an exhausted
-    /// pool that has since freed up).
-    pub fn retry_addresses(&self, name: &str) -> Result<Option<VirtualMachine>, StoreError> {
-        let k = key(VirtualMachine::KIND, name);
-        let now = self.now();
-        let txn = self.inner.db.begin_write()?;
-        let (vm, change) = {
-            let mut table = txn.open_table(OBJECTS)?;
-            let Some(bytes) = table.get(k.as_str())?.map(|g| g.value().to_vec()) else {
-                return Ok(None);
-            };
-            let mut vm: VirtualMachine = decode(&k, &bytes)?;
-            let before = vm.status.clone();
-            let st = &mut vm.status;
-            alloc::sync_addresses(
-                &txn,
-                &self.inner.opts.pools,
-                &k,
-                &vm.spec.network,
-                &mut st.addresses,
-                &mut st.conditions,
-                now,
-            )?;
-            if vm.status == before {
-                return Ok(Some(vm));
-            }
-            let rv = next_rv(&txn)?;
-            vm.metadata.resource_version = Some(rv);
-            let out = serde_json::to_vec(&vm).map_err(|source| StoreError::Corrupt {
-                key: k.clone(),
-                source,
-            })?;
-            table.insert(k.as_str(), out.as_slice())?;
-            let change = Change {
-                kind: VirtualMachine::KIND,
-                name: name.into(),
-                resource_version: rv,
-                what: ChangeKind::Status,
-                object: out.into(),
-            };
-            (vm, change)
-        };
-        txn.commit()?;
-        self.publish(vec![change]);
-        Ok(Some(vm))
-    }
-
-    /// Appends an event to an object's log (dropping the oldest beyond retention).
-    pub fn record_event(
-        &self,
-        kind: &str,
-        name: &str,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        let kind = canonical_kind(kind);
-        let k = key(kind, name);
-        let txn = self.inner.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let seq = meta.get(META_EVENT_SEQ)?.map(|g| g.value()).unwrap_or(0) + 1;
-            meta.insert(META_EVENT_SEQ, seq)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let ev = Event {
-                seq,
-                time: self.now(),
-                kind: kind.into(),
-                name: name.into(),
-                type_,
-                reason: reason.into(),
-                message: message.into(),
-            };
-            insert_event(&mut events, &k, &ev, self.inner.opts.event_retention)?;
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     /// Events of one object (or of all when `object` is `None`), oldest first, at
@@ -932,12 +798,7 @@ impl Store {
         let table = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         let mut push = |bytes: &[u8], k: &str| -> Result<(), StoreError> {
-            out.push(serde_json::from_slice::<Event>(bytes).map_err(|source| {
-                StoreError::Corrupt {
-                    key: k.to_owned(),
-                    source,
-                }
-            })?);
+            out.push(decode::<Event>(k, bytes)?);
             Ok(())
         };
         match object {
@@ -960,170 +821,6 @@ impl Store {
         out.drain(..skip);
         Ok(out)
     }
-}
-
-struct Applied {
-    outcome: ApplyOutcome,
-    generation: u64,
-    bytes: Vec<u8>,
-}
-
-/// Merges a user's object into what is stored: user-owned fields (labels, spec)
-/// from `new`, store-owned fields (uid, generation, timestamps, finalizers, status)
-/// from the stored object.
-fn apply_one<R: Resource>(
-    mut new: R,
-    existing: Option<&[u8]>,
-    k: &str,
-    now: DateTime<Utc>,
-    next_rv: u64,
-    check_update: impl FnOnce(&R, &R) -> Result<(), String>,
-    finish: impl FnOnce(&mut R) -> Result<(), StoreError>,
-) -> Result<Applied, StoreError> {
-    let reject = |reason: String| StoreError::Rejected {
-        kind: R::KIND,
-        name: new_name(k),
-        reason,
-    };
-    *new.status_mut() = R::Status::default();
-    let Some(bytes) = existing else {
-        let m = new.meta_mut();
-        m.uid = Some(uuid::Uuid::new_v4().to_string());
-        m.generation = Some(1);
-        m.resource_version = Some(next_rv);
-        m.creation_timestamp = Some(now);
-        m.deletion_timestamp = None;
-        m.finalizers.clear();
-        finish(&mut new)?;
-        let bytes = serde_json::to_vec(&new).map_err(|source| StoreError::Corrupt {
-            key: k.into(),
-            source,
-        })?;
-        return Ok(Applied {
-            outcome: ApplyOutcome::Created,
-            generation: 1,
-            bytes,
-        });
-    };
-    let old: R = serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: k.into(),
-        source,
-    })?;
-    let old_meta = old.meta();
-    if old_meta.deletion_timestamp.is_some() {
-        return Err(reject(
-            "is being deleted; wait until it is gone before applying it again".into(),
-        ));
-    }
-    let generation = old_meta.generation.unwrap_or(1);
-    if old.spec() == new.spec() && old_meta.labels == new.meta().labels {
-        return Ok(Applied {
-            outcome: ApplyOutcome::Unchanged,
-            generation,
-            bytes: Vec::new(),
-        });
-    }
-    check_update(&old, &new).map_err(reject)?;
-    let labels = std::mem::take(&mut new.meta_mut().labels);
-    let spec = new.spec().clone();
-    let mut merged = old;
-    merged.meta_mut().labels = labels;
-    merged.meta_mut().generation = Some(generation + 1);
-    merged.meta_mut().resource_version = Some(next_rv);
-    set_spec(&mut merged, spec);
-    finish(&mut merged)?;
-    let bytes = serde_json::to_vec(&merged).map_err(|source| StoreError::Corrupt {
-        key: k.into(),
-        source,
-    })?;
-    Ok(Applied {
-        outcome: ApplyOutcome::Configured,
-        generation: generation + 1,
-        bytes,
-    })
-}
-
-/// Takes the next database-wide resource version (inside a write transaction).
-fn next_rv(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let mut meta = txn.open_table(META)?;
-    let rv = meta.get(META_RV)?.map(|g| g.value()).unwrap_or(0) + 1;
-    meta.insert(META_RV, rv)?;
-    Ok(rv)
-}
-
-/// Decodes a stored object, naming its key when it is corrupt.
-fn decode<T: serde::de::DeserializeOwned>(k: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: k.to_owned(),
-        source,
-    })
-}
-
-/// No update rules beyond the type's own validation.
-fn no_rules<R>(_: &R, _: &R) -> Result<(), String> {
-    Ok(())
-}
-
-/// Nothing to allocate when storing.
-fn no_finish<R>(_: &mut R) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Replaces an object's spec through JSON, since [`Resource`] exposes no setter.
-fn set_spec<R: Resource>(obj: &mut R, spec: R::Spec) {
-    if let (Ok(mut v), Ok(s)) = (serde_json::to_value(&*obj), serde_json::to_value(spec)) {
-        v["spec"] = s;
-        if let Ok(o) = serde_json::from_value(v) {
-            *obj = o;
-        }
-    }
-}
-
-fn new_name(k: &str) -> String {
-    k.split_once('/')
-        .map(|(_, n)| n.to_owned())
-        .unwrap_or_default()
-}
-
-fn insert_event(
-    events: &mut redb::Table<(&str, u64), &[u8]>,
-    k: &str,
-    ev: &Event,
-    retention: u32,
-) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(ev).map_err(|source| StoreError::Corrupt {
-        key: k.into(),
-        source,
-    })?;
-    events.insert((k, ev.seq), bytes.as_slice())?;
-    // Bounded retention: drop this object's oldest events beyond the limit.
-    let count = events.range((k, 0)..=(k, u64::MAX))?.count() as u64;
-    let excess = count.saturating_sub(u64::from(retention));
-    if excess > 0 {
-        let mut old = Vec::new();
-        for entry in events
-            .range((k, 0)..=(k, u64::MAX))?
-            .take(usize::try_from(excess).unwrap_or(usize::MAX))
-        {
-            old.push(entry?.0.value().1);
-        }
-        for s in old {
-            events.remove((k, s))?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_events(txn: &WriteTransaction, k: &str) -> Result<(), StoreError> {
-    let mut events = txn.open_table(EVENTS)?;
-    let seqs: Vec<u64> = events
-        .range((k, 0)..=(k, u64::MAX))?
-        .map(|e| e.map(|(key, _)| key.value().1))
-        .collect::<Result<_, _>>()?;
-    for s in seqs {
-        events.remove((k, s))?;
-    }
-    Ok(())
 }
 
 /// Creates the state directory readable by its owner only (it holds wallet data).
@@ -1149,6 +846,22 @@ fn restrict_file(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_store_task_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        assert_eq!(s.blocking(|s| s.resource_version()).await.unwrap(), 0);
+        let err = s
+            .blocking(|_| -> Result<(), StoreError> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TaskFailed { .. }), "{err}");
+        // The cause is the source, not repeated in the message.
+        assert!(!err.to_string().contains("boom"), "{err}");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("boom"), "{source}");
+    }
 
     #[test]
     fn chain_time_only_moves_the_clock_forward() {
@@ -1339,7 +1052,7 @@ mod tests {
             .update_status::<VirtualMachine>("a", |v| {
                 v.metadata.name = Name::new("evil").unwrap();
                 v.metadata.generation = Some(99);
-                v.status.vmid = Some(100);
+                v.status.node = Some("pve1".into());
                 true
             })
             .unwrap()
@@ -1348,9 +1061,9 @@ mod tests {
             (
                 v.metadata.name.as_str(),
                 v.metadata.generation,
-                v.status.vmid
+                v.status.node.as_deref()
             ),
-            ("a", Some(1), Some(100))
+            ("a", Some(1), Some("pve1"))
         );
     }
 

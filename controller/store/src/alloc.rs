@@ -20,11 +20,11 @@ use blockhost_crd::vm::{Addresses, NetworkSpec};
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::StoreError;
+use crate::StoreError;
 
-pub(super) const VMIDS: TableDefinition<u32, &str> = TableDefinition::new("vmids");
-pub(super) const IPV4: TableDefinition<u32, &str> = TableDefinition::new("ipv4");
-pub(super) const IPV6: TableDefinition<u128, &str> = TableDefinition::new("ipv6");
+pub(crate) const VMIDS: TableDefinition<u32, &str> = TableDefinition::new("vmids");
+pub(crate) const IPV4: TableDefinition<u32, &str> = TableDefinition::new("ipv4");
+pub(crate) const IPV6: TableDefinition<u128, &str> = TableDefinition::new("ipv6");
 const HINTS: TableDefinition<&str, u128> = TableDefinition::new("alloc_hints");
 
 /// Owner recorded for a VMID found taken in Proxmox by something that is not ours:
@@ -44,7 +44,7 @@ pub struct Pools {
 }
 
 /// Creates the allocation tables (so readers never meet a missing table).
-pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(VMIDS)?;
     txn.open_table(IPV4)?;
     txn.open_table(IPV6)?;
@@ -82,7 +82,7 @@ fn find_free(
 /// updating `addrs` and the object's conditions. An exhausted pool is not an
 /// error: the object is stored with a condition saying so, and allocation is
 /// retried when the object is applied again or reconciled.
-pub(super) fn sync_addresses(
+fn sync_addresses(
     txn: &WriteTransaction,
     pools: &Pools,
     key: &str,
@@ -93,129 +93,186 @@ pub(super) fn sync_addresses(
 ) -> Result<(), StoreError> {
     let mut problems = Vec::new();
     {
-        let mut t4 = txn.open_table(IPV4)?;
         let mut hints = txn.open_table(HINTS)?;
-        match (&pools.ipv4, want.ipv4, addrs.ipv4.as_deref()) {
-            (Some(pool), true, None) => {
-                let (lo, hi) = pool.range();
-                let gw = u32::from(pool.gateway);
-                let hint = hints.get("ipv4")?.map(|g| g.value());
-                let found = find_free(u128::from(lo), u128::from(hi), hint, |v| {
-                    let v = u32::try_from(v).unwrap_or(gw);
-                    Ok(v != gw && t4.get(v)?.is_none())
-                })?;
-                match found.and_then(|v| u32::try_from(v).ok()) {
-                    Some(v) => {
-                        t4.insert(v, key)?;
-                        hints.insert("ipv4", u128::from(v))?;
-                        addrs.ipv4 = Some(Ipv4Addr::from(v).to_string());
-                    }
-                    None => problems.push(format!("the IPv4 pool {} is exhausted", pool.cidr)),
-                }
-            }
-            (_, false, Some(a)) => {
-                if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                    t4.remove(u32::from(ip))?;
-                }
-                addrs.ipv4 = None;
-            }
-            _ => {}
+        let mut t4 = txn.open_table(IPV4)?;
+        if let Some(problem) = sync_ipv4(&mut t4, &mut hints, pools, key, want.ipv4, addrs)? {
+            problems.push(problem);
         }
         let mut t6 = txn.open_table(IPV6)?;
-        match (&pools.ipv6, want.ipv6, addrs.ipv6.as_deref()) {
-            (Some(pool), true, None) => {
-                let (lo, hi) = pool.range();
-                let gw = u128::from(pool.gateway);
-                let hint = hints.get("ipv6")?.map(|g| g.value());
-                let found = find_free(lo, hi, hint, |v| Ok(v != gw && t6.get(v)?.is_none()))?;
-                match found {
-                    Some(v) => {
-                        t6.insert(v, key)?;
-                        hints.insert("ipv6", v)?;
-                        addrs.ipv6 = Some(Ipv6Addr::from(v).to_string());
-                    }
-                    None => problems.push(format!("the IPv6 prefix {} is exhausted", pool.prefix)),
-                }
-            }
-            (_, false, Some(a)) => {
-                if let Ok(ip) = a.parse::<Ipv6Addr>() {
-                    t6.remove(u128::from(ip))?;
-                }
-                addrs.ipv6 = None;
-            }
-            _ => {}
+        if let Some(problem) = sync_ipv6(&mut t6, &mut hints, pools, key, want.ipv6, addrs)? {
+            problems.push(problem);
         }
     }
     let had = conditions.iter().any(|c| c.type_ == ADDRESSES_CONDITION);
-    if !problems.is_empty() {
-        set_condition(
-            conditions,
-            Condition {
-                type_: ADDRESSES_CONDITION.into(),
-                status: ConditionStatus::False,
-                reason: "PoolExhausted".into(),
-                message: format!(
-                    "{}; free addresses or widen the pool, then it is retried",
-                    problems.join("; ")
-                ),
-                last_transition_time: now,
-            },
+    let (status, reason, message) = if !problems.is_empty() {
+        let msg = format!(
+            "{}; free addresses or widen the pool, then it is retried",
+            problems.join("; ")
         );
+        (ConditionStatus::False, "PoolExhausted", msg)
     } else if had {
-        set_condition(
-            conditions,
-            Condition {
-                type_: ADDRESSES_CONDITION.into(),
-                status: ConditionStatus::True,
-                reason: "Allocated".into(),
-                message: "every wanted address is allocated".into(),
-                last_transition_time: now,
-            },
-        );
-    }
+        let msg = "every wanted address is allocated".to_owned();
+        (ConditionStatus::True, "Allocated", msg)
+    } else {
+        return Ok(());
+    };
+    set_condition(
+        conditions,
+        Condition {
+            type_: ADDRESSES_CONDITION.into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: now,
+        },
+    );
     Ok(())
 }
 
-/// Releases everything the object (its stored JSON) holds.
-pub(super) fn release_all(
-    txn: &WriteTransaction,
+type Hints<'t> = redb::Table<'t, &'static str, u128>;
+
+/// Takes or gives back the IPv4 address; `Some` says why none could be taken.
+fn sync_ipv4(
+    t4: &mut redb::Table<'_, u32, &'static str>,
+    hints: &mut Hints<'_>,
+    pools: &Pools,
     key: &str,
-    object: &serde_json::Value,
-) -> Result<(), StoreError> {
-    let status = &object["status"];
-    if let Some(v) = status["vmid"].as_u64().and_then(|v| u32::try_from(v).ok()) {
-        let mut t = txn.open_table(VMIDS)?;
-        let ours = t.get(v)?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(v)?;
+    want: bool,
+    addrs: &mut Addresses,
+) -> Result<Option<String>, StoreError> {
+    match (&pools.ipv4, want, addrs.ipv4.as_deref()) {
+        (Some(pool), true, None) => {
+            let (lo, hi) = pool.range();
+            let gw = u32::from(pool.gateway);
+            let hint = hints.get("ipv4")?.map(|g| g.value());
+            let found = find_free(u128::from(lo), u128::from(hi), hint, |v| {
+                let v = u32::try_from(v).unwrap_or(gw);
+                Ok(v != gw && t4.get(v)?.is_none())
+            })?;
+            let Some(v) = found.and_then(|v| u32::try_from(v).ok()) else {
+                return Ok(Some(format!("the IPv4 pool {} is exhausted", pool.cidr)));
+            };
+            t4.insert(v, key)?;
+            hints.insert("ipv4", u128::from(v))?;
+            addrs.ipv4 = Some(Ipv4Addr::from(v).to_string());
         }
-    }
-    if let Some(ip) = status["addresses"]["ipv4"]
-        .as_str()
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-    {
-        let mut t = txn.open_table(IPV4)?;
-        let ours = t.get(u32::from(ip))?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(u32::from(ip))?;
+        (_, false, Some(a)) => {
+            if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                t4.remove(u32::from(ip))?;
+            }
+            addrs.ipv4 = None;
         }
+        _ => {}
     }
-    if let Some(ip) = status["addresses"]["ipv6"]
-        .as_str()
-        .and_then(|a| a.parse::<Ipv6Addr>().ok())
-    {
-        let mut t = txn.open_table(IPV6)?;
-        let ours = t.get(u128::from(ip))?.is_some_and(|g| g.value() == key);
-        if ours {
-            t.remove(u128::from(ip))?;
+    Ok(None)
+}
+
+/// Takes or gives back the IPv6 address; `Some` says why none could be taken.
+fn sync_ipv6(
+    t6: &mut redb::Table<'_, u128, &'static str>,
+    hints: &mut Hints<'_>,
+    pools: &Pools,
+    key: &str,
+    want: bool,
+    addrs: &mut Addresses,
+) -> Result<Option<String>, StoreError> {
+    match (&pools.ipv6, want, addrs.ipv6.as_deref()) {
+        (Some(pool), true, None) => {
+            let (lo, hi) = pool.range();
+            let gw = u128::from(pool.gateway);
+            let hint = hints.get("ipv6")?.map(|g| g.value());
+            let found = find_free(lo, hi, hint, |v| Ok(v != gw && t6.get(v)?.is_none()))?;
+            let Some(v) = found else {
+                return Ok(Some(format!(
+                    "the IPv6 prefix {} is exhausted",
+                    pool.prefix
+                )));
+            };
+            t6.insert(v, key)?;
+            hints.insert("ipv6", v)?;
+            addrs.ipv6 = Some(Ipv6Addr::from(v).to_string());
         }
+        (_, false, Some(a)) => {
+            if let Ok(ip) = a.parse::<Ipv6Addr>() {
+                t6.remove(u128::from(ip))?;
+            }
+            addrs.ipv6 = None;
+        }
+        _ => {}
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The allocator's view of one write: the transaction, the pools, the object
+/// (`"Kind/name"`) allocations are made for, and the time conditions carry.
+pub struct Alloc<'t> {
+    pub(crate) txn: &'t WriteTransaction,
+    pub(crate) pools: &'t Pools,
+    pub(crate) key: &'t str,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Alloc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alloc")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Alloc<'_> {
+    /// [`sync_addresses`] for this object.
+    pub(crate) fn sync_addresses(
+        &mut self,
+        want: &NetworkSpec,
+        addrs: &mut Addresses,
+        conditions: &mut Vec<Condition>,
+    ) -> Result<(), StoreError> {
+        sync_addresses(
+            self.txn, self.pools, self.key, want, addrs, conditions, self.now,
+        )
+    }
+
+    /// Releases the VMID and addresses this object holds (those recorded as its).
+    pub(crate) fn release(
+        &mut self,
+        vmid: Option<u32>,
+        addrs: &Addresses,
+    ) -> Result<(), StoreError> {
+        let key = self.key;
+        if let Some(v) = vmid {
+            let mut t = self.txn.open_table(VMIDS)?;
+            if t.get(v)?.is_some_and(|g| g.value() == key) {
+                t.remove(v)?;
+            }
+        }
+        if let Some(ip) = addrs
+            .ipv4
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        {
+            let mut t = self.txn.open_table(IPV4)?;
+            if t.get(u32::from(ip))?.is_some_and(|g| g.value() == key) {
+                t.remove(u32::from(ip))?;
+            }
+        }
+        if let Some(ip) = addrs
+            .ipv6
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv6Addr>().ok())
+        {
+            let mut t = self.txn.open_table(IPV6)?;
+            if t.get(u128::from(ip))?.is_some_and(|g| g.value() == key) {
+                t.remove(u128::from(ip))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reserves a free VMID in `[first, last]` for `key`, skipping ids `taken` in
 /// Proxmox. Returns it.
-pub(super) fn reserve_vmid(
+pub(crate) fn reserve_vmid(
     txn: &WriteTransaction,
     key: &str,
     first: u32,
@@ -239,13 +296,13 @@ pub(super) fn reserve_vmid(
 
 /// Marks a VMID as used by something that is not ours (never handed out again)
 /// and drops it from `key`.
-pub(super) fn mark_foreign(txn: &WriteTransaction, vmid: u32) -> Result<(), StoreError> {
+pub(crate) fn mark_foreign(txn: &WriteTransaction, vmid: u32) -> Result<(), StoreError> {
     txn.open_table(VMIDS)?.insert(vmid, FOREIGN)?;
     Ok(())
 }
 
 /// Who holds a VMID, if anyone.
-pub(super) fn vmid_owner(
+pub(crate) fn vmid_owner(
     txn: &redb::ReadTransaction,
     vmid: u32,
 ) -> Result<Option<String>, StoreError> {
@@ -256,7 +313,7 @@ pub(super) fn vmid_owner(
 }
 
 /// Who holds an IPv4 or IPv6 address, if anyone.
-pub(super) fn address_owner(
+pub(crate) fn address_owner(
     txn: &redb::ReadTransaction,
     addr: &str,
 ) -> Result<Option<String>, StoreError> {
@@ -283,7 +340,7 @@ mod tests {
     use blockhost_crd::{ConditionStatus, VirtualMachine};
 
     use super::*;
-    use crate::store::{Store, StoreOptions};
+    use crate::{Store, StoreOptions};
 
     fn pools(v4: &str, v6: &str) -> Pools {
         let v4: blockhost_crd::net::Ipv4Cidr = v4.parse().unwrap();
