@@ -86,138 +86,34 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
+    // One line per metric (field, name, help, kind) reads as the table it is.
+    #[rustfmt::skip]
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("blockhost");
-        let info = reg(
-            &mut r,
-            "build_info",
-            "Version of the running daemon",
-            Family::<Labels, Gauge>::default(),
-        );
-        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
-            .set(1);
+        let info = reg(&mut r, "build_info", "Version of the running daemon", Family::<Labels, Gauge>::default());
+        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())]).set(1);
         // Fields are evaluated in order, so the registry is moved in last.
         Self {
-            http_requests: reg(
-                &mut r,
-                "api_requests",
-                "API requests served, by route and status",
-                Family::<Labels, Counter>::default(),
-            ),
-            applied_objects: reg(
-                &mut r,
-                "applied_objects",
-                "Objects applied, by kind and outcome",
-                Family::<Labels, Counter>::default(),
-            ),
-            watch_streams: reg(
-                &mut r,
-                "watch_streams",
-                "Open watch streams",
-                Gauge::default(),
-            ),
-            reconcile_queue_depth: reg(
-                &mut r,
-                "reconcile_queue_depth",
-                "Keys waiting in a reconciler's queue",
-                Family::<Labels, Gauge>::default(),
-            ),
-            reconciles: reg(
-                &mut r,
-                "reconciles",
-                "Reconciles finished, by controller and result",
-                Family::<Labels, Counter>::default(),
-            ),
-            reconcile_failures: reg(
-                &mut r,
-                "reconcile_failures",
-                "Failed reconciles, by controller and reason",
-                Family::<Labels, Counter>::default(),
-            ),
-            reconcile_last_success: reg(
-                &mut r,
-                "reconcile_last_success_timestamp_seconds",
-                "Unix time of each object's last successful reconcile",
-                Family::<Labels, Gauge>::default(),
-            ),
-            reconcile_duration: reg(
-                &mut r,
-                "reconcile_duration_seconds",
-                "Duration of reconciles",
-                Family::new_with_constructor(duration_histogram),
-            ),
-            chain_head_block: reg(
-                &mut r,
-                "chain_head_block",
-                "Chain head the watcher last saw",
-                Gauge::default(),
-            ),
-            chain_cursor_block: reg(
-                &mut r,
-                "chain_cursor_block",
-                "Last block the chain watcher committed",
-                Gauge::default(),
-            ),
-            chain_events: reg(
-                &mut r,
-                "chain_events",
-                "Chain events, by outcome",
-                Family::<Labels, Counter>::default(),
-            ),
-            chain_reorgs: reg(
-                &mut r,
-                "chain_reorgs",
-                "Chain reorganisations undone",
-                Counter::default(),
-            ),
-            chain_range_refusals: reg(
-                &mut r,
-                "chain_range_refusals",
-                "eth_getLogs ranges a node refused",
-                Counter::default(),
-            ),
-            chain_get_logs_range: reg(
-                &mut r,
-                "chain_get_logs_range",
-                "Current eth_getLogs block range",
-                Gauge::default(),
-            ),
-            chain_errors: reg(
-                &mut r,
-                "chain_errors",
-                "Failed chain watcher steps, by kind",
-                Family::<Labels, Counter>::default(),
-            ),
-            chain_new_heads: reg(
-                &mut r,
-                "chain_new_heads",
-                "New-head notifications received over WebSocket",
-                Counter::default(),
-            ),
-            chain_mints: reg(
-                &mut r,
-                "chain_mints",
-                "Access NFT mint steps, by outcome",
-                Family::<Labels, Counter>::default(),
-            ),
-            chain_mints_pending: reg(
-                &mut r,
-                "chain_mints_pending",
-                "Access NFT mints awaiting a receipt",
-                Gauge::default(),
-            ),
-            signup_api_requests: reg(
-                &mut r,
-                "signup_api_requests",
-                "Signup page status and NFT lookups, by result",
-                Family::<Labels, Counter>::default(),
-            ),
-            objects: reg(
-                &mut r,
-                "objects",
-                "Objects in the store, by kind",
-                Family::<Labels, Gauge>::default(),
-            ),
+            http_requests: reg(&mut r, "api_requests", "API requests served, by route and status", Family::<Labels, Counter>::default()),
+            applied_objects: reg(&mut r, "applied_objects", "Objects applied, by kind and outcome", Family::<Labels, Counter>::default()),
+            watch_streams: reg(&mut r, "watch_streams", "Open watch streams", Gauge::default()),
+            reconcile_queue_depth: reg(&mut r, "reconcile_queue_depth", "Keys waiting in a reconciler's queue", Family::<Labels, Gauge>::default()),
+            reconciles: reg(&mut r, "reconciles", "Reconciles finished, by controller and result", Family::<Labels, Counter>::default()),
+            reconcile_failures: reg(&mut r, "reconcile_failures", "Failed reconciles, by controller and reason", Family::<Labels, Counter>::default()),
+            reconcile_last_success: reg(&mut r, "reconcile_last_success_timestamp_seconds", "Unix time of each object's last successful reconcile", Family::<Labels, Gauge>::default()),
+            reconcile_duration: reg(&mut r, "reconcile_duration_seconds", "Duration of reconciles", Family::new_with_constructor(duration_histogram)),
+            chain_head_block: reg(&mut r, "chain_head_block", "Chain head the watcher last saw", Gauge::default()),
+            chain_cursor_block: reg(&mut r, "chain_cursor_block", "Last block the chain watcher committed", Gauge::default()),
+            chain_events: reg(&mut r, "chain_events", "Chain events, by outcome", Family::<Labels, Counter>::default()),
+            chain_reorgs: reg(&mut r, "chain_reorgs", "Chain reorganisations undone", Counter::default()),
+            chain_range_refusals: reg(&mut r, "chain_range_refusals", "eth_getLogs ranges a node refused", Counter::default()),
+            chain_get_logs_range: reg(&mut r, "chain_get_logs_range", "Current eth_getLogs block range", Gauge::default()),
+            chain_errors: reg(&mut r, "chain_errors", "Failed chain watcher steps, by kind", Family::<Labels, Counter>::default()),
+            chain_new_heads: reg(&mut r, "chain_new_heads", "New-head notifications received over WebSocket", Counter::default()),
+            chain_mints: reg(&mut r, "chain_mints", "Access NFT mint steps, by outcome", Family::<Labels, Counter>::default()),
+            chain_mints_pending: reg(&mut r, "chain_mints_pending", "Access NFT mints awaiting a receipt", Gauge::default()),
+            signup_api_requests: reg(&mut r, "signup_api_requests", "Signup page status and NFT lookups, by result", Family::<Labels, Counter>::default()),
+            objects: reg(&mut r, "objects", "Objects in the store, by kind", Family::<Labels, Gauge>::default()),
             registry: r,
         }
     }
