@@ -185,6 +185,18 @@ pub enum ChainCliError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// Neither the flags nor the default configuration say where the NFT is.
+    #[error("give --rpc-url and --nft-contract")]
+    NoEndpoints(#[source] Box<ChainCliError>),
+    /// The token's payload is not what `bhctl` can decrypt and read.
+    #[error("token {token_id}")]
+    Payload {
+        /// The token.
+        token_id: u64,
+        /// Why.
+        #[source]
+        source: blockhost_chain::nft_payload::NftPayloadError,
+    },
     /// A file named on the command line cannot be read.
     #[error("cannot read {}", path.display())]
     ReadFile {
@@ -345,41 +357,49 @@ pub const DEV_TOKEN_DECIMALS: u8 = 6;
 
 /// Runs a `chain` command.
 pub async fn chain(out: &mut impl Write, cmd: ChainCommand) -> Result<(), ChainCliError> {
-    let ChainCommand::Deploy {
-        config,
-        stablecoin,
-        dev_stablecoin,
-        force,
-        timeout,
-        output,
-    } = cmd;
-    let path = config.config;
-    let timeout = Duration::from_secs(timeout);
-    let chain = load_chain(&path)?;
-    let wallet = server_wallet(&chain).await?;
-
-    if !force {
-        let mut live = false;
-        for a in [chain.subscriptions_contract, chain.nft_contract]
-            .iter()
-            .flatten()
-        {
-            live |= has_code(wallet.rpc(), a).await?;
-        }
-        if live {
-            let show = |a: Option<WalletAddress>| a.map_or("unset".into(), |a| a.to_string());
-            return Err(ChainCliError::AlreadyDeployed {
-                path,
-                chain_id: chain.chain_id,
-                subscriptions: show(chain.subscriptions_contract),
-                nft: show(chain.nft_contract),
-            });
+    match cmd {
+        ChainCommand::Deploy {
+            config,
+            stablecoin,
+            dev_stablecoin,
+            force,
+            timeout,
+            output,
+        } => {
+            let args = DeployArgs {
+                path: config.config,
+                stablecoin,
+                dev_stablecoin,
+                force,
+                timeout: Duration::from_secs(timeout),
+                output,
+            };
+            deploy(out, args).await
         }
     }
+}
 
+/// `chain deploy`'s arguments, taken out of the clap enum so its steps can share them.
+struct DeployArgs {
+    path: PathBuf,
+    stablecoin: Option<WalletAddress>,
+    dev_stablecoin: bool,
+    force: bool,
+    timeout: Duration,
+    output: Output,
+}
+
+/// `bhctl chain deploy`: checks, deploys, records the addresses in the
+/// configuration, reports.
+async fn deploy(out: &mut impl Write, args: DeployArgs) -> Result<(), ChainCliError> {
+    let chain = load_chain(&args.path)?;
+    let wallet = server_wallet(&chain).await?;
+    if !args.force {
+        refuse_live_contracts(&chain, &wallet, &args.path).await?;
+    }
     // Checked before anything is deployed: setPrimaryStablecoin on an address
     // without code would revert only after two contracts cost gas.
-    if let Some(t) = stablecoin
+    if let Some(t) = args.stablecoin
         && !has_code(wallet.rpc(), &t).await?
     {
         return Err(ChainCliError::Invalid(format!(
@@ -387,56 +407,92 @@ pub async fn chain(out: &mut impl Write, cmd: ChainCommand) -> Result<(), ChainC
             chain.chain_id
         )));
     }
+    let d = deploy_with_progress(&wallet, &args).await?;
+    update_config(&args.path, d.subs, d.nft, d.block).map_err(|source| {
+        ChainCliError::ConfigUpdate {
+            path: args.path.clone(),
+            subscriptions: d.subs,
+            nft: d.nft,
+            block: d.block,
+            source,
+        }
+    })?;
+    print_deployment(out, &args, chain.chain_id, &wallet, &d)
+}
 
-    let steps = 2 + u64::from(dev_stablecoin) + u64::from(dev_stablecoin || stablecoin.is_some());
-    let bar = progress(steps, output == Output::Json);
+/// Refuses to deploy over contracts the configuration names that still have
+/// code: blockhostd would silently stop watching them.
+async fn refuse_live_contracts(
+    chain: &ChainConfig,
+    wallet: &ServerWallet,
+    path: &Path,
+) -> Result<(), ChainCliError> {
+    let mut live = false;
+    for a in [chain.subscriptions_contract, chain.nft_contract]
+        .iter()
+        .flatten()
+    {
+        live |= has_code(wallet.rpc(), a).await?;
+    }
+    if live {
+        let show = |a: Option<WalletAddress>| a.map_or("unset".into(), |a| a.to_string());
+        return Err(ChainCliError::AlreadyDeployed {
+            path: path.to_owned(),
+            chain_id: chain.chain_id,
+            subscriptions: show(chain.subscriptions_contract),
+            nft: show(chain.nft_contract),
+        });
+    }
+    Ok(())
+}
+
+/// Runs [`deploy_all`] under a progress bar; on failure, names what was
+/// already deployed, since the configuration does not record it.
+async fn deploy_with_progress(
+    wallet: &ServerWallet,
+    args: &DeployArgs,
+) -> Result<Deployment, ChainCliError> {
+    let (stablecoin, dev) = (args.stablecoin, args.dev_stablecoin);
+    let steps = 2 + u64::from(dev) + u64::from(dev || stablecoin.is_some());
+    let bar = progress(steps, args.output == Output::Json);
     let mut done = Vec::new();
-    let result = deploy_all(
-        &wallet,
-        stablecoin,
-        dev_stablecoin,
-        timeout,
-        &bar,
-        &mut done,
-    )
-    .await;
+    let result = deploy_all(wallet, stablecoin, dev, args.timeout, &bar, &mut done).await;
     bar.finish_and_clear();
+    if result.is_err() {
+        // What was deployed before the failure is not in the configuration;
+        // say where it is so the operator can reuse or ignore it.
+        for (name, addr) in &done {
+            eprintln!(
+                "note: {name} was deployed at {addr} before the failure; the configuration was not changed"
+            );
+        }
+    }
+    result
+}
+
+/// Reports the deployment: one JSON object, or lines for people.
+fn print_deployment(
+    out: &mut impl Write,
+    args: &DeployArgs,
+    chain_id: u64,
+    wallet: &ServerWallet,
+    d: &Deployment,
+) -> Result<(), ChainCliError> {
     let Deployment {
         subs,
         nft,
         token,
         block,
-    } = match result {
-        Ok(d) => d,
-        Err(e) => {
-            // What was deployed before the failure is not in the configuration;
-            // say where it is so the operator can reuse or ignore it.
-            for (name, addr) in &done {
-                eprintln!(
-                    "note: {name} was deployed at {addr} before the failure; the configuration was not changed"
-                );
-            }
-            return Err(e);
-        }
-    };
-
-    let update = |source| ChainCliError::ConfigUpdate {
-        path: path.clone(),
-        subscriptions: subs,
-        nft,
-        block,
-        source,
-    };
-    update_config(&path, subs, nft, block).map_err(update)?;
-
-    match output {
+    } = d;
+    let path = &args.path;
+    match args.output {
         Output::Json => {
             let v = json!({
-                "chainId": chain.chain_id,
+                "chainId": chain_id,
                 "subscriptionsContract": subs.to_checksum(),
                 "nftContract": nft.to_checksum(),
                 "stablecoin": token.map(|t| t.to_checksum()),
-                "devStablecoin": dev_stablecoin,
+                "devStablecoin": args.dev_stablecoin,
                 "deploymentBlock": block,
                 "owner": wallet.address().to_checksum(),
                 "config": path.display().to_string(),
@@ -448,7 +504,7 @@ pub async fn chain(out: &mut impl Write, cmd: ChainCommand) -> Result<(), ChainC
             writeln!(out, "BlockhostSubscriptions  {}", subs.to_checksum())?;
             writeln!(out, "AccessCredentialNFT     {}", nft.to_checksum())?;
             match token {
-                Some(t) if dev_stablecoin => writeln!(
+                Some(t) if args.dev_stablecoin => writeln!(
                     out,
                     "stablecoin              {} (dev MockERC20, {DEV_TOKEN_DECIMALS} decimals)",
                     t.to_checksum()

@@ -82,6 +82,46 @@ fn comment_start(s: &str) -> Option<usize> {
 /// `text`, replacing existing values in place and appending missing keys.
 pub fn set_chain_keys(text: &str, entries: &[(&str, String)]) -> Result<String, EditError> {
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    let head = chain_head(&lines)?;
+    let ChainBlock {
+        child_indent: ci,
+        mut last,
+        found,
+    } = scan_block(&lines, head, entries);
+
+    // Replace in place, from the bottom up so earlier indices stay valid when a
+    // multi-line value is collapsed.
+    let mut order: Vec<(usize, usize)> = found
+        .iter()
+        .enumerate()
+        .filter_map(|(k, at)| at.map(|at| (at, k)))
+        .collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    for (at, k) in order {
+        replace_value(&mut lines, at, &entries[k].1, ci, &mut last);
+    }
+
+    let pad = " ".repeat(ci);
+    let missing: Vec<String> = entries
+        .iter()
+        .zip(&found)
+        .filter(|(_, at)| at.is_none())
+        .map(|((key, value), _)| format!("{pad}{key}: {value}\n"))
+        .collect();
+    if !missing.is_empty() {
+        if !lines[last].ends_with('\n') {
+            lines[last].push('\n');
+        }
+        for (n, l) in missing.into_iter().enumerate() {
+            lines.insert(last + 1 + n, l);
+        }
+    }
+    Ok(lines.concat())
+}
+
+/// The index of the top-level `chain:` line, refusing `chain: {…}`, whose
+/// flow style this line editor cannot extend.
+fn chain_head(lines: &[String]) -> Result<usize, EditError> {
     let head = lines
         .iter()
         .position(|l| {
@@ -90,20 +130,31 @@ pub fn set_chain_keys(text: &str, entries: &[(&str, String)]) -> Result<String, 
                 .is_some()
         })
         .ok_or(EditError::NoChainBlock)?;
-    let after = lines[head]
-        .split_once(':')
-        .map_or("", |(_, v)| v)
-        .to_owned();
-    let inline = match comment_start(&after) {
+    let after = lines[head].split_once(':').map_or("", |(_, v)| v);
+    let inline = match comment_start(after) {
         Some(c) => &after[..c],
-        None => after.as_str(),
+        None => after,
     };
     if !inline.trim().is_empty() {
         return Err(EditError::FlowStyle);
     }
+    Ok(head)
+}
 
-    // The block: lines after the head until one at column 0 (or a document
-    // marker). Its keys sit at the indentation of its first line.
+/// What [`scan_block`] learnt of the `chain` block.
+struct ChainBlock {
+    /// The indentation of its keys (2 when the block is empty).
+    child_indent: usize,
+    /// Its last line that is not blank or a comment (the head when empty).
+    last: usize,
+    /// Per entry, the line of its key, if the block has it.
+    found: Vec<Option<usize>>,
+}
+
+/// Finds the block's extent and the lines of the keys to set: the lines after
+/// the head until one at column 0 (or a document marker); its keys sit at the
+/// indentation of its first line.
+fn scan_block(lines: &[String], head: usize, entries: &[(&str, String)]) -> ChainBlock {
     let mut child_indent = None;
     let mut last = head;
     let mut found: Vec<Option<usize>> = vec![None; entries.len()];
@@ -131,79 +182,57 @@ pub fn set_chain_keys(text: &str, entries: &[(&str, String)]) -> Result<String, 
         }
         i += 1;
     }
-    let ci = child_indent.unwrap_or(2);
-    let pad = " ".repeat(ci);
+    ChainBlock {
+        child_indent: child_indent.unwrap_or(2),
+        last,
+        found,
+    }
+}
 
-    // Replace in place, from the bottom up so earlier indices stay valid when a
-    // multi-line value is collapsed.
-    let mut order: Vec<(usize, usize)> = found
-        .iter()
-        .enumerate()
-        .filter_map(|(k, at)| at.map(|at| (at, k)))
-        .collect();
-    order.sort_unstable_by(|a, b| b.cmp(a));
-    for (at, k) in order {
-        let line = lines[at].clone();
-        let body = line.trim_end_matches(['\n', '\r']);
-        let ending = &line[body.len()..];
-        let Some((_, value_at)) = key_of(body) else {
-            continue;
-        };
-        let rest = &body[value_at..];
-        let comment = match comment_start(rest) {
-            Some(c) => {
-                // Keep the spacing before the comment as written.
-                let before = rest[..c].trim_end();
-                &rest[before.len()..]
+/// Gives the key on line `at` the scalar `value`, keeping its trailing
+/// comment; a value written on the following, deeper lines is dropped, and
+/// `last` (the block's last line) is moved up by the lines removed.
+fn replace_value(lines: &mut Vec<String>, at: usize, value: &str, ci: usize, last: &mut usize) {
+    let line = lines[at].clone();
+    let body = line.trim_end_matches(['\n', '\r']);
+    let ending = &line[body.len()..];
+    let Some((_, value_at)) = key_of(body) else {
+        return;
+    };
+    let rest = &body[value_at..];
+    let comment = match comment_start(rest) {
+        Some(c) => {
+            // Keep the spacing before the comment as written.
+            let before = rest[..c].trim_end();
+            &rest[before.len()..]
+        }
+        None => "",
+    };
+    let value_empty = rest[..comment_start(rest).unwrap_or(rest.len())]
+        .trim()
+        .is_empty();
+    lines[at] = format!("{}: {value}{comment}{ending}", &body[..value_at - 1]);
+    // `key:` with its value on the following, deeper lines: drop those.
+    if value_empty {
+        let mut j = at + 1;
+        while j < lines.len() {
+            let l = lines[j].trim_end_matches(['\n', '\r']);
+            if !is_filler(l) && indent(l) <= ci {
+                break;
             }
-            None => "",
-        };
-        let value_empty = rest[..comment_start(rest).unwrap_or(rest.len())]
-            .trim()
-            .is_empty();
-        lines[at] = format!(
-            "{}: {}{comment}{ending}",
-            &body[..value_at - 1],
-            entries[k].1
-        );
-        // `key:` with its value on the following, deeper lines: drop those.
-        if value_empty {
-            let mut j = at + 1;
-            while j < lines.len() {
-                let l = lines[j].trim_end_matches(['\n', '\r']);
-                if !is_filler(l) && indent(l) <= ci {
-                    break;
-                }
-                j += 1;
-            }
-            // Keep trailing blank/comment lines that belong to what follows.
-            while j > at + 1 && is_filler(lines[j - 1].trim_end_matches(['\n', '\r'])) {
-                j -= 1;
-            }
-            lines.drain(at + 1..j);
-            if last >= j {
-                last -= j - (at + 1);
-            } else if last > at {
-                last = at;
-            }
+            j += 1;
+        }
+        // Keep trailing blank/comment lines that belong to what follows.
+        while j > at + 1 && is_filler(lines[j - 1].trim_end_matches(['\n', '\r'])) {
+            j -= 1;
+        }
+        lines.drain(at + 1..j);
+        if *last >= j {
+            *last -= j - (at + 1);
+        } else if *last > at {
+            *last = at;
         }
     }
-
-    let missing: Vec<String> = entries
-        .iter()
-        .zip(&found)
-        .filter(|(_, at)| at.is_none())
-        .map(|((key, value), _)| format!("{pad}{key}: {value}\n"))
-        .collect();
-    if !missing.is_empty() {
-        if !lines[last].ends_with('\n') {
-            lines[last].push('\n');
-        }
-        for (n, l) in missing.into_iter().enumerate() {
-            lines.insert(last + 1 + n, l);
-        }
-    }
-    Ok(lines.concat())
 }
 
 /// Replaces `path` with `text` atomically, keeping its mode and owner: a crash leaves

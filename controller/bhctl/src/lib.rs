@@ -240,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     result
 }
 
+/// `bhctl get`: events, one object or a list, then (`-w`) its changes.
 async fn get(
     client: &Client,
     out: &mut impl Write,
@@ -250,142 +251,207 @@ async fn get(
 ) -> Result<(), CliError> {
     let now = chrono::Utc::now();
     if what == GetType::Events {
-        let path = match name {
-            Some(n) => format!("{API_PREFIX}/events?kind=VirtualMachine&name={n}"),
-            None => format!("{API_PREFIX}/events"),
-        };
-        let body = client.request(Method::GET, &path, None).await?;
-        let list: serde_json::Value = serde_json::from_slice(&body)?;
-        let events: Vec<Event> = serde_json::from_value(list["items"].clone())?;
-        match format {
-            Format::Table | Format::Wide => output::events_table(out, &events, now, true)?,
-            _ => output::print_value(out, &list, format)?,
-        }
-        return Ok(());
+        return get_events(client, out, name, format, now).await;
     }
     let plural = match what {
         GetType::Vms => "virtualmachines",
         GetType::Subscriptions => "subscriptions",
         _ => "plans",
     };
-    if let Some(n) = name {
-        let body = client
-            .request(Method::GET, &format!("{API_PREFIX}/{plural}/{n}"), None)
-            .await?;
-        if format == Format::Json {
-            output::pretty_json(out, &body)?;
-            out.flush()?;
-            return Ok(());
-        }
-        let value: serde_json::Value = serde_json::from_slice(&body)?;
-        match format {
-            Format::Table | Format::Wide => output::table(
-                out,
-                what,
-                std::slice::from_ref(&value),
-                format == Format::Wide,
-                now,
-                true,
-            )?,
-            _ => output::print_value(out, &value, format)?,
-        }
-    } else if !watch {
-        let body = client
-            .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
-            .await?;
-        if format == Format::Json {
-            output::pretty_json(out, &body)?;
-            out.flush()?;
-            return Ok(());
-        }
-        let mut list: serde_json::Value = serde_json::from_slice(&body)?;
-        let items = match list["items"].take() {
-            serde_json::Value::Array(a) => a,
-            _ => Vec::new(),
-        };
-        match format {
-            Format::Table | Format::Wide => {
-                if items.is_empty() {
-                    eprintln!(
-                        "No {} found.",
-                        match what {
-                            GetType::Vms => "VMs",
-                            GetType::Subscriptions => "subscriptions",
-                            _ => "plans",
-                        }
-                    );
-                } else {
-                    output::table(out, what, &items, format == Format::Wide, now, true)?;
-                }
-            }
-            _ => {
-                list["items"] = serde_json::Value::Array(items);
-                output::print_value(out, &list, format)?;
-            }
-        }
+    match name {
+        Some(n) => get_one(client, out, what, plural, n, format, now).await?,
+        None if !watch => get_list(client, out, what, plural, format, now).await?,
+        None => {}
     }
     out.flush()?;
-    if watch {
-        // The stream starts with every current object as ADDED, then changes. With
-        // a NAME, the object was printed above; only its changes follow.
-        let table = matches!(format, Format::Table | Format::Wide);
-        let wide = format == Format::Wide;
-        let mut skip_initial = if name.is_some() {
-            count(client, plural).await?
-        } else {
-            0
-        };
-        if table && name.is_none() {
-            output::watch_row(out, what, None, &serde_json::Value::Null, wide, now)?;
+    // `-o json` of one object prints the daemon's document and stops there.
+    if watch && !(name.is_some() && format == Format::Json) {
+        watch_changes(client, out, what, plural, name, format, now).await?;
+    }
+    Ok(())
+}
+
+/// `get events [VM]`: the event log, or one VM's events.
+async fn get_events(
+    client: &Client,
+    out: &mut impl Write,
+    name: Option<&str>,
+    format: Format,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CliError> {
+    let path = match name {
+        Some(n) => format!("{API_PREFIX}/events?kind=VirtualMachine&name={n}"),
+        None => format!("{API_PREFIX}/events"),
+    };
+    let body = client.request(Method::GET, &path, None).await?;
+    let list: serde_json::Value = serde_json::from_slice(&body)?;
+    let events: Vec<Event> = serde_json::from_value(list["items"].clone())?;
+    match format {
+        Format::Table | Format::Wide => output::events_table(out, &events, now, true)?,
+        _ => output::print_value(out, &list, format)?,
+    }
+    Ok(())
+}
+
+/// `get KIND NAME`: one object. JSON is streamed through as the daemon sent
+/// it; other formats parse it first.
+async fn get_one(
+    client: &Client,
+    out: &mut impl Write,
+    what: GetType,
+    plural: &str,
+    name: &str,
+    format: Format,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CliError> {
+    let body = client
+        .request(Method::GET, &format!("{API_PREFIX}/{plural}/{name}"), None)
+        .await?;
+    if format == Format::Json {
+        output::pretty_json(out, &body)?;
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    match format {
+        Format::Table | Format::Wide => output::table(
+            out,
+            what,
+            std::slice::from_ref(&value),
+            format == Format::Wide,
+            now,
+            true,
+        )?,
+        _ => output::print_value(out, &value, format)?,
+    }
+    Ok(())
+}
+
+/// `get KIND`: every object of a kind; an empty table is said on stderr, so
+/// stdout stays parseable.
+async fn get_list(
+    client: &Client,
+    out: &mut impl Write,
+    what: GetType,
+    plural: &str,
+    format: Format,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CliError> {
+    let body = client
+        .request(Method::GET, &format!("{API_PREFIX}/{plural}"), None)
+        .await?;
+    if format == Format::Json {
+        output::pretty_json(out, &body)?;
+        return Ok(());
+    }
+    let mut list: serde_json::Value = serde_json::from_slice(&body)?;
+    let items = match list["items"].take() {
+        serde_json::Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    match format {
+        Format::Table | Format::Wide => {
+            if items.is_empty() {
+                eprintln!(
+                    "No {} found.",
+                    match what {
+                        GetType::Vms => "VMs",
+                        GetType::Subscriptions => "subscriptions",
+                        _ => "plans",
+                    }
+                );
+            } else {
+                output::table(out, what, &items, format == Format::Wide, now, true)?;
+            }
         }
-        let path = format!("{API_PREFIX}/{plural}?watch=true");
-        let mut failed = None;
-        client
-            .stream_lines(&path, |line| {
-                let Ok(ev) = serde_json::from_slice::<serde_json::Value>(line) else {
-                    return true;
-                };
-                if ev["type"] == "ERROR" {
-                    failed = ev["object"]["message"].as_str().map(str::to_owned);
-                    return false;
-                }
-                if skip_initial > 0 && ev["type"] == "ADDED" {
-                    skip_initial -= 1;
-                    return true;
-                }
-                skip_initial = 0;
-                if let Some(n) = name
-                    && ev["object"]["metadata"]["name"] != n
-                {
-                    return true;
-                }
-                let r = match format {
-                    Format::Table | Format::Wide => output::watch_row(
-                        out,
-                        what,
-                        ev["type"].as_str(),
-                        &ev["object"],
-                        wide,
-                        chrono::Utc::now(),
-                    ),
-                    Format::Json => serde_json::to_writer(&mut *out, &ev)
-                        .map_err(std::io::Error::from)
-                        .and_then(|()| writeln!(out)),
-                    _ => output::print_value(out, &ev, format),
-                };
-                r.and_then(|()| out.flush()).is_ok()
-            })
-            .await?;
-        if let Some(m) = failed {
-            return Err(CliError::Client(ClientError::Api {
-                status: hyper::StatusCode::GONE,
-                code: "Expired".into(),
-                message: m,
-                details: vec![],
-            }));
+        _ => {
+            list["items"] = serde_json::Value::Array(items);
+            output::print_value(out, &list, format)?;
         }
     }
     Ok(())
+}
+
+/// `get -w`: follows the kind's watch stream until interrupted or the daemon
+/// ends it (an ERROR event, e.g. a resourceVersion too old, becomes `Expired`).
+async fn watch_changes(
+    client: &Client,
+    out: &mut impl Write,
+    what: GetType,
+    plural: &str,
+    name: Option<&str>,
+    format: Format,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CliError> {
+    // The stream starts with every current object as ADDED, then changes. With
+    // a NAME, the object was printed above; only its changes follow.
+    let table = matches!(format, Format::Table | Format::Wide);
+    let wide = format == Format::Wide;
+    let mut skip_initial = if name.is_some() {
+        count(client, plural).await?
+    } else {
+        0
+    };
+    if table && name.is_none() {
+        output::watch_row(out, what, None, &serde_json::Value::Null, wide, now)?;
+    }
+    let path = format!("{API_PREFIX}/{plural}?watch=true");
+    let mut failed = None;
+    client
+        .stream_lines(&path, |line| {
+            let Ok(ev) = serde_json::from_slice::<serde_json::Value>(line) else {
+                return true;
+            };
+            if ev["type"] == "ERROR" {
+                failed = ev["object"]["message"].as_str().map(str::to_owned);
+                return false;
+            }
+            if skip_initial > 0 && ev["type"] == "ADDED" {
+                skip_initial -= 1;
+                return true;
+            }
+            skip_initial = 0;
+            if let Some(n) = name
+                && ev["object"]["metadata"]["name"] != n
+            {
+                return true;
+            }
+            print_watch_event(out, what, &ev, format).is_ok()
+        })
+        .await?;
+    match failed {
+        Some(m) => Err(CliError::Client(ClientError::Api {
+            status: hyper::StatusCode::GONE,
+            code: "Expired".into(),
+            message: m,
+            details: vec![],
+        })),
+        None => Ok(()),
+    }
+}
+
+/// One watch event in the chosen format, flushed at once so a pipe sees it
+/// as it happens.
+fn print_watch_event(
+    out: &mut impl Write,
+    what: GetType,
+    ev: &serde_json::Value,
+    format: Format,
+) -> std::io::Result<()> {
+    match format {
+        Format::Table | Format::Wide => output::watch_row(
+            out,
+            what,
+            ev["type"].as_str(),
+            &ev["object"],
+            format == Format::Wide,
+            chrono::Utc::now(),
+        ),
+        Format::Json => serde_json::to_writer(&mut *out, ev)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        _ => output::print_value(out, ev, format),
+    }?;
+    out.flush()
 }
 
 async fn count(client: &Client, plural: &str) -> Result<usize, CliError> {

@@ -133,35 +133,37 @@ enum CallResult {
     Failed(Option<NodeError>),
 }
 
-/// Runs an `nft` command.
-pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliError> {
-    let NftCommand::Decrypt {
-        token_id,
-        rpc_url,
-        nft_contract,
-        config,
-        signature_file,
-        signature,
-        key_file,
-        public_secret,
-        output,
-    } = cmd;
+/// Where the token lives and what its holder signed, from the flags and, for
+/// what they leave out, the configuration.
+struct Endpoints {
+    /// JSON-RPC endpoints, tried in order.
+    urls: Vec<String>,
+    /// The AccessCredentialNFT contract.
+    contract: WalletAddress,
+    /// The text the holder signs (the operator's public secret).
+    secret: String,
+}
 
-    // The configuration only fills in what the flags leave out; a user's
-    // machine usually has none, so it is read only when needed or named.
+/// Resolves the endpoints, the contract and the public secret: flags first,
+/// the configuration only for what they leave out (a user's machine usually
+/// has none, so it is read only when needed or named).
+fn endpoints(
+    rpc_url: Option<String>,
+    nft_contract: Option<WalletAddress>,
+    config: Option<PathBuf>,
+    public_secret: Option<String>,
+) -> Result<Endpoints, ChainCliError> {
     let needed = rpc_url.is_none() || nft_contract.is_none();
     let chain = match (config, needed) {
         (Some(path), _) => Some(load_chain(&path)?),
-        (None, true) => Some(load_chain(Path::new(DEFAULT_CONFIG_PATH)).map_err(|e| {
-            ChainCliError::Invalid(format!(
-                "give --rpc-url and --nft-contract ({})",
-                blockhost_crd::error_chain(&e)
-            ))
-        })?),
+        (None, true) => Some(
+            load_chain(Path::new(DEFAULT_CONFIG_PATH))
+                .map_err(|e| ChainCliError::NoEndpoints(Box::new(e)))?,
+        ),
         (None, false) => None,
     };
-    let urls = match (&rpc_url, &chain) {
-        (Some(u), _) => vec![u.clone()],
+    let urls = match (rpc_url, &chain) {
+        (Some(u), _) => vec![u],
         (None, Some(c)) => c.rpc_urls.clone(),
         (None, None) => return Err(ChainCliError::Invalid("give --rpc-url".into())),
     };
@@ -177,74 +179,91 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
     let secret = public_secret
         .or_else(|| chain.as_ref().map(|c| c.public_secret.clone()))
         .unwrap_or_else(|| DEFAULT_PUBLIC_SECRET.into());
+    Ok(Endpoints {
+        urls,
+        contract,
+        secret,
+    })
+}
 
-    let sig = if let Some(f) = key_file {
+/// The holder's signature of `secret`: made here from a key file, or read from
+/// a signature file or standard input (never from argv, which others can see).
+fn obtain_signature(
+    key_file: Option<PathBuf>,
+    signature_file: Option<PathBuf>,
+    signature: Option<&str>,
+    secret: &str,
+) -> Result<Signature, ChainCliError> {
+    if let Some(f) = key_file {
         let key = read_key_file(&f)?;
         eip191::sign(&key, secret.as_bytes())
-            .map_err(|_| ChainCliError::Invalid("cannot sign with this key".into()))?
+            .map_err(|_| ChainCliError::Invalid("cannot sign with this key".into()))
     } else if let Some(f) = signature_file {
         let text = std::fs::read_to_string(&f).map_err(|source| ChainCliError::ReadFile {
             path: f.clone(),
             source,
         })?;
-        parse_signature(&text, &f.display().to_string())?
+        parse_signature(&text, &f.display().to_string())
     } else {
-        debug_assert_eq!(signature.as_deref(), Some("-"));
+        debug_assert_eq!(signature, Some("-"));
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text)?;
-        parse_signature(&text, "standard input")?
-    };
-    // Who signed: a signature of another text recovers some other address,
-    // so this is only used to warn about ownership.
-    let signer = eip191::recover(secret.as_bytes(), &sig).ok();
+        parse_signature(&text, "standard input")
+    }
+}
 
-    let rpc = RpcClient::new(urls.clone()).map_err(ChainCliError::Http)?;
-    let id = U256::from(token_id);
-    let payload = match eth_call(
-        &rpc,
-        &contract,
-        AccessCredentialNFT::getUserEncryptedCall { tokenId: id }.abi_encode(),
-    )
-    .await
-    {
-        CallResult::Ok(b) => AccessCredentialNFT::getUserEncryptedCall::abi_decode_returns(&b)
-            .map_err(|_| {
-                ChainCliError::Invalid(format!(
-                    "{contract} did not answer getUserEncrypted like an AccessCredentialNFT; check --nft-contract"
-                ))
-            })?
-            .to_vec(),
-        CallResult::Reverted(e) if e == "ERC721NonexistentToken" => {
-            return Err(ChainCliError::Invalid(format!(
-                "token {token_id} does not exist on {contract}"
-            )));
-        }
-        CallResult::Reverted(e) => {
-            return Err(ChainCliError::Invalid(format!(
-                "getUserEncrypted({token_id}) on {contract} reverted with {e}; check --nft-contract"
-            )));
-        }
+/// Reads the token's encrypted payload (`getUserEncrypted`), turning reverts and
+/// node failures into messages that say which flag to check.
+async fn fetch_payload(
+    rpc: &RpcClient,
+    at: &Endpoints,
+    token_id: u64,
+) -> Result<Vec<u8>, ChainCliError> {
+    let contract = &at.contract;
+    let call = AccessCredentialNFT::getUserEncryptedCall {
+        tokenId: U256::from(token_id),
+    };
+    match eth_call(rpc, contract, call.abi_encode()).await {
+        CallResult::Ok(b) => Ok(
+            AccessCredentialNFT::getUserEncryptedCall::abi_decode_returns(&b)
+                .map_err(|_| {
+                    ChainCliError::Invalid(format!(
+                        "{contract} did not answer getUserEncrypted like an AccessCredentialNFT; check --nft-contract"
+                    ))
+                })?
+                .to_vec(),
+        ),
+        CallResult::Reverted(e) if e == "ERC721NonexistentToken" => Err(ChainCliError::Invalid(
+            format!("token {token_id} does not exist on {contract}"),
+        )),
+        CallResult::Reverted(e) => Err(ChainCliError::Invalid(format!(
+            "getUserEncrypted({token_id}) on {contract} reverted with {e}; check --nft-contract"
+        ))),
         CallResult::Failed(Some(e @ NodeError::Unavailable { .. })) => {
-            return Err(ChainCliError::Unreachable {
-                urls: urls.join(", "),
+            Err(ChainCliError::Unreachable {
+                urls: at.urls.join(", "),
                 source: e,
-            });
+            })
         }
-        CallResult::Failed(Some(e)) => return Err(e.into()),
-        CallResult::Failed(None) => {
-            return Err(ChainCliError::Invalid(format!(
-                "the node's answer to getUserEncrypted({token_id}) is not hex data"
-            )));
-        }
-    };
+        CallResult::Failed(Some(e)) => Err(e.into()),
+        CallResult::Failed(None) => Err(ChainCliError::Invalid(format!(
+            "the node's answer to getUserEncrypted({token_id}) is not hex data"
+        ))),
+    }
+}
 
-    if let Some(signer) = signer
-        && let CallResult::Ok(b) = eth_call(
-            &rpc,
-            &contract,
-            AccessCredentialNFT::ownerOfCall { tokenId: id }.abi_encode(),
-        )
-        .await
+/// Warns when the token's owner is not the signer: the details may then be
+/// stale or meant for someone else. Best effort; a failed read warns nothing.
+async fn warn_if_not_owner(
+    rpc: &RpcClient,
+    contract: &WalletAddress,
+    token_id: u64,
+    signer: WalletAddress,
+) {
+    let call = AccessCredentialNFT::ownerOfCall {
+        tokenId: U256::from(token_id),
+    };
+    if let CallResult::Ok(b) = eth_call(rpc, contract, call.abi_encode()).await
         && let Ok(owner) = AccessCredentialNFT::ownerOfCall::abi_decode_returns(&b)
         && owner.0.0 != *signer.as_bytes()
     {
@@ -253,26 +272,35 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
             WalletAddress::from_bytes(owner.0.0)
         );
     }
+}
 
-    let details: ConnectionDetails = match nft_payload::decrypt(&sig, &payload) {
-        Ok(d) => d,
-        Err(NftPayloadError::DecryptionFailed) => {
-            return Err(ChainCliError::Invalid(format!(
-                "this signature does not decrypt token {token_id}; sign the public secret ({secret:?}) with the wallet that received it"
-            )));
-        }
-        Err(NftPayloadError::TooShort { len: 0 }) => {
-            return Err(ChainCliError::Invalid(format!(
-                "token {token_id} holds no connection details yet"
-            )));
-        }
-        Err(e) => {
-            return Err(ChainCliError::Invalid(format!(
-                "token {token_id}: {}",
-                blockhost_crd::error_chain(&e)
-            )));
-        }
-    };
+/// Decrypts the payload, saying what a failure means for the holder (wrong
+/// wallet or secret, or nothing written to the token yet).
+fn decrypt(
+    sig: &Signature,
+    payload: &[u8],
+    token_id: u64,
+    secret: &str,
+) -> Result<ConnectionDetails, ChainCliError> {
+    match nft_payload::decrypt(sig, payload) {
+        Ok(d) => Ok(d),
+        Err(NftPayloadError::DecryptionFailed) => Err(ChainCliError::Invalid(format!(
+            "this signature does not decrypt token {token_id}; sign the public secret ({secret:?}) with the wallet that received it"
+        ))),
+        Err(NftPayloadError::TooShort { len: 0 }) => Err(ChainCliError::Invalid(format!(
+            "token {token_id} holds no connection details yet"
+        ))),
+        Err(source) => Err(ChainCliError::Payload { token_id, source }),
+    }
+}
+
+/// Prints the connection details, with the `ssh` line that uses them.
+fn print_details(
+    out: &mut impl Write,
+    token_id: u64,
+    details: &ConnectionDetails,
+    output: Output,
+) -> Result<(), ChainCliError> {
     let ssh = format!(
         "ssh -p {} {}@{}",
         details.port, details.username, details.hostname
@@ -297,4 +325,32 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
         }
     }
     Ok(())
+}
+
+/// Runs an `nft` command.
+pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliError> {
+    let NftCommand::Decrypt {
+        token_id,
+        rpc_url,
+        nft_contract,
+        config,
+        signature_file,
+        signature,
+        key_file,
+        public_secret,
+        output,
+    } = cmd;
+    let at = endpoints(rpc_url, nft_contract, config, public_secret)?;
+    let sig = obtain_signature(key_file, signature_file, signature.as_deref(), &at.secret)?;
+    // Who signed: a signature of another text recovers some other address,
+    // so this is only used to warn about ownership.
+    let signer = eip191::recover(at.secret.as_bytes(), &sig).ok();
+
+    let rpc = RpcClient::new(at.urls.clone()).map_err(ChainCliError::Http)?;
+    let payload = fetch_payload(&rpc, &at, token_id).await?;
+    if let Some(signer) = signer {
+        warn_if_not_owner(&rpc, &at.contract, token_id, signer).await;
+    }
+    let details = decrypt(&sig, &payload, token_id, &at.secret)?;
+    print_details(out, token_id, &details, output)
 }

@@ -188,131 +188,145 @@ pub fn watch_row(
     columns_min(out, &rows, false, WATCH_WIDTH)
 }
 
+/// The header and one row per item, in the kind's columns.
 fn table_rows(what: GetType, items: &[Value], wide: bool, now: DateTime<Utc>) -> Vec<Vec<String>> {
+    let header = match what {
+        GetType::Vms => vm_header(wide),
+        GetType::Subscriptions => subscription_header(wide),
+        GetType::Plans | GetType::Events => PLAN_HEADER.to_vec(),
+    };
     let mut rows = Vec::with_capacity(items.len() + 1);
-    match what {
-        GetType::Vms => {
-            let mut h = vec![
-                "NAME", "PHASE", "DESIRED", "NFT", "CPU", "MEMORY", "DISK", "AGE",
-            ];
-            if wide {
-                h.extend(["NODE", "VMID", "IPV4", "IPV6", "OWNER", "EXPIRES", "REASON"]);
-            }
-            rows.push(h.into_iter().map(String::from).collect());
-            for v in items {
-                let sp = &v["spec"];
-                let st = &v["status"];
-                let mut row = vec![
-                    s(&v["metadata"]["name"]),
-                    if v["metadata"]["deletionTimestamp"].is_string() {
-                        "Terminating".into()
-                    } else {
-                        st["phase"].as_str().unwrap_or("Pending").into()
-                    },
-                    sp["powerState"].as_str().unwrap_or("Running").into(),
-                    // The access NFT's token id once minted; `-` for VMs
-                    // without one (operator VMs, or not minted yet).
-                    st["nftTokenId"]
-                        .as_u64()
-                        .map_or_else(|| "-".into(), |t| format!("#{t}")),
-                    s(&sp["resources"]["cores"]),
-                    format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
-                    format!("{}Gi", s(&sp["resources"]["diskGiB"])),
-                    age(ts(&v["metadata"]["creationTimestamp"]), now),
-                ];
-                if wide {
-                    let reason = st["conditions"]
-                        .as_array()
-                        .and_then(|c| {
-                            c.iter()
-                                .max_by_key(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
-                        })
-                        .map(|c| s(&c["reason"]));
-                    row.extend([
-                        s(&st["node"]),
-                        s(&st["vmid"]),
-                        s(&st["addresses"]["ipv4"]),
-                        s(&st["addresses"]["ipv6"]),
-                        s(&sp["owner"]),
-                        ts(&sp["expiresAt"]).map_or("never".into(), |t| age(Some(t), now)),
-                        reason.unwrap_or_else(|| "<none>".into()),
-                    ]);
-                }
-                rows.push(row);
-            }
-        }
-        GetType::Subscriptions => {
-            let mut h = vec!["ID", "PLAN", "SUBSCRIBER", "EXPIRES", "VM", "STATE"];
-            if wide {
-                h.extend(["NAME", "BLOCK", "NFT", "REASON", "AGE"]);
-            }
-            rows.push(h.into_iter().map(String::from).collect());
-            for v in items {
-                let sp = &v["spec"];
-                let st = &v["status"];
-                let expires = ts(&sp["expiresAt"]).map_or("<none>".into(), |t| {
-                    if t < now {
-                        format!("{} ago", age(Some(t), now))
-                    } else {
-                        format!("in {}", age(Some(now), t))
-                    }
-                });
-                let mut row = vec![
-                    s(&sp["subscriptionId"]),
-                    s(&sp["planId"]),
-                    s(&sp["subscriber"]),
-                    expires,
-                    st["vm"].as_str().unwrap_or("<none>").into(),
-                    st["state"].as_str().unwrap_or("Pending").into(),
-                ];
-                if wide {
-                    let reason = st["conditions"]
-                        .as_array()
-                        .and_then(|c| c.iter().find(|c| c["status"] == "False"))
-                        .map_or("<none>".into(), |c| s(&c["reason"]));
-                    row.extend([
-                        s(&v["metadata"]["name"]),
-                        s(&sp["blockNumber"]),
-                        st["nftTokenId"]
-                            .as_u64()
-                            .map_or("<none>".into(), |t| t.to_string()),
-                        reason,
-                        age(ts(&v["metadata"]["creationTimestamp"]), now),
-                    ]);
-                }
-                rows.push(row);
-            }
-        }
-        GetType::Plans | GetType::Events => {
-            rows.push(
-                [
-                    "NAME", "CHAIN-ID", "CPU", "MEMORY", "DISK", "TEMPLATE", "USD/DAY", "ACTIVE",
-                    "AGE",
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            );
-            for v in items {
-                let sp = &v["spec"];
-                let price = sp["pricePerDayUsdCents"]
-                    .as_u64()
-                    .map_or("<none>".into(), |c| format!("{}.{:02}", c / 100, c % 100));
-                rows.push(vec![
-                    s(&v["metadata"]["name"]),
-                    s(&sp["chainPlanId"]),
-                    s(&sp["resources"]["cores"]),
-                    format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
-                    format!("{}Gi", s(&sp["resources"]["diskGiB"])),
-                    s(&sp["template"]),
-                    price,
-                    s(&sp["active"]),
-                    age(ts(&v["metadata"]["creationTimestamp"]), now),
-                ]);
-            }
-        }
-    }
+    rows.push(header.into_iter().map(String::from).collect());
+    rows.extend(items.iter().map(|v| match what {
+        GetType::Vms => vm_row(v, wide, now),
+        GetType::Subscriptions => subscription_row(v, wide, now),
+        GetType::Plans | GetType::Events => plan_row(v, now),
+    }));
     rows
+}
+
+/// VM columns; `-o wide` adds where it runs, whose it is and why it is so.
+fn vm_header(wide: bool) -> Vec<&'static str> {
+    let mut h = vec![
+        "NAME", "PHASE", "DESIRED", "NFT", "CPU", "MEMORY", "DISK", "AGE",
+    ];
+    if wide {
+        h.extend(["NODE", "VMID", "IPV4", "IPV6", "OWNER", "EXPIRES", "REASON"]);
+    }
+    h
+}
+
+/// One VM's row, under [`vm_header`].
+fn vm_row(v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let sp = &v["spec"];
+    let st = &v["status"];
+    let mut row = vec![
+        s(&v["metadata"]["name"]),
+        if v["metadata"]["deletionTimestamp"].is_string() {
+            "Terminating".into()
+        } else {
+            st["phase"].as_str().unwrap_or("Pending").into()
+        },
+        sp["powerState"].as_str().unwrap_or("Running").into(),
+        // The access NFT's token id once minted; `-` for VMs
+        // without one (operator VMs, or not minted yet).
+        st["nftTokenId"]
+            .as_u64()
+            .map_or_else(|| "-".into(), |t| format!("#{t}")),
+        s(&sp["resources"]["cores"]),
+        format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
+        format!("{}Gi", s(&sp["resources"]["diskGiB"])),
+        age(ts(&v["metadata"]["creationTimestamp"]), now),
+    ];
+    if wide {
+        let reason = st["conditions"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .max_by_key(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
+            })
+            .map(|c| s(&c["reason"]));
+        row.extend([
+            s(&st["node"]),
+            s(&st["vmid"]),
+            s(&st["addresses"]["ipv4"]),
+            s(&st["addresses"]["ipv6"]),
+            s(&sp["owner"]),
+            ts(&sp["expiresAt"]).map_or("never".into(), |t| age(Some(t), now)),
+            reason.unwrap_or_else(|| "<none>".into()),
+        ]);
+    }
+    row
+}
+
+/// Subscription columns; `-o wide` adds the chain's bookkeeping.
+fn subscription_header(wide: bool) -> Vec<&'static str> {
+    let mut h = vec!["ID", "PLAN", "SUBSCRIBER", "EXPIRES", "VM", "STATE"];
+    if wide {
+        h.extend(["NAME", "BLOCK", "NFT", "REASON", "AGE"]);
+    }
+    h
+}
+
+/// One subscription's row, under [`subscription_header`].
+fn subscription_row(v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let sp = &v["spec"];
+    let st = &v["status"];
+    let expires = ts(&sp["expiresAt"]).map_or("<none>".into(), |t| {
+        if t < now {
+            format!("{} ago", age(Some(t), now))
+        } else {
+            format!("in {}", age(Some(now), t))
+        }
+    });
+    let mut row = vec![
+        s(&sp["subscriptionId"]),
+        s(&sp["planId"]),
+        s(&sp["subscriber"]),
+        expires,
+        st["vm"].as_str().unwrap_or("<none>").into(),
+        st["state"].as_str().unwrap_or("Pending").into(),
+    ];
+    if wide {
+        let reason = st["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["status"] == "False"))
+            .map_or("<none>".into(), |c| s(&c["reason"]));
+        row.extend([
+            s(&v["metadata"]["name"]),
+            s(&sp["blockNumber"]),
+            st["nftTokenId"]
+                .as_u64()
+                .map_or("<none>".into(), |t| t.to_string()),
+            reason,
+            age(ts(&v["metadata"]["creationTimestamp"]), now),
+        ]);
+    }
+    row
+}
+
+/// Plan columns (the same with `-o wide`: a plan has no more to show).
+const PLAN_HEADER: [&str; 9] = [
+    "NAME", "CHAIN-ID", "CPU", "MEMORY", "DISK", "TEMPLATE", "USD/DAY", "ACTIVE", "AGE",
+];
+
+/// One plan's row, under [`PLAN_HEADER`].
+fn plan_row(v: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let sp = &v["spec"];
+    let price = sp["pricePerDayUsdCents"]
+        .as_u64()
+        .map_or("<none>".into(), |c| format!("{}.{:02}", c / 100, c % 100));
+    vec![
+        s(&v["metadata"]["name"]),
+        s(&sp["chainPlanId"]),
+        s(&sp["resources"]["cores"]),
+        format!("{}Mi", s(&sp["resources"]["memoryMiB"])),
+        format!("{}Gi", s(&sp["resources"]["diskGiB"])),
+        s(&sp["template"]),
+        price,
+        s(&sp["active"]),
+        age(ts(&v["metadata"]["creationTimestamp"]), now),
+    ]
 }
 
 /// A table of events.
@@ -457,7 +471,17 @@ pub fn describe_vm(
     now: DateTime<Utc>,
 ) -> io::Result<()> {
     meta_lines(out, &vm.metadata, "VirtualMachine", now)?;
-    let sp = &vm.spec;
+    vm_spec_lines(out, &vm.spec, now)?;
+    vm_status_lines(out, &vm.status)?;
+    conditions_and_events(out, &vm.status.conditions, events, now)
+}
+
+/// The `Spec:` section of `describe vm`: what was asked for.
+fn vm_spec_lines(
+    out: &mut impl Write,
+    sp: &blockhost_crd::VirtualMachineSpec,
+    now: DateTime<Utc>,
+) -> io::Result<()> {
     writeln!(out, "Spec:")?;
     writeln!(out, "  Owner:           {}", sp.owner)?;
     let source = match &sp.source {
@@ -500,8 +524,14 @@ pub fn describe_vm(
         yes_no(sp.network.ipv6)
     )?;
     writeln!(out, "  Guest user:      {}", sp.guest_user)?;
-    writeln!(out, "  SSH keys:        {}", sp.ssh_keys.len())?;
-    let st = &vm.status;
+    writeln!(out, "  SSH keys:        {}", sp.ssh_keys.len())
+}
+
+/// The `Status:` section of `describe vm`: what the controllers observed.
+fn vm_status_lines(
+    out: &mut impl Write,
+    st: &blockhost_crd::VirtualMachineStatus,
+) -> io::Result<()> {
     writeln!(out, "Status:")?;
     writeln!(out, "  Phase:           {:?}", st.phase)?;
     writeln!(
@@ -538,7 +568,7 @@ pub fn describe_vm(
     if let Some(e) = &st.last_error {
         writeln!(out, "  Last error:      {}", Escaped(e))?;
     }
-    conditions_and_events(out, &st.conditions, events, now)
+    Ok(())
 }
 
 /// `bhctl describe subscription`.

@@ -54,6 +54,9 @@ pub enum TemplateError {
     /// The builder or the guest package is not where expected.
     #[error("{0}")]
     Setup(String),
+    /// The thread running the build panicked or was cancelled.
+    #[error("the build thread failed")]
+    BuildThread(#[source] tokio::task::JoinError),
     /// The build failed.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -80,7 +83,7 @@ pub async fn run(out: &mut impl std::io::Write, cmd: TemplateCommand) -> Result<
             // The build is blocking work (a child process); keep the runtime free.
             let img = tokio::task::spawn_blocking(move || build_with_progress(&req))
                 .await
-                .map_err(|e| TemplateError::Setup(format!("the build thread failed: {e}")))??;
+                .map_err(TemplateError::BuildThread)??;
             writeln!(out, "image:    {}", img.image.display())?;
             writeln!(out, "manifest: {}", img.manifest.display())?;
             writeln!(out, "sha256:   {}", img.sha256)?;

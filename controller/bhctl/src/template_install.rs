@@ -70,6 +70,17 @@ pub enum InstallError {
     /// The configuration cannot drive an install; the message says what to add.
     #[error("{0}")]
     Config(String),
+    /// The Proxmox token secret file cannot be read.
+    #[error("cannot read the Proxmox token secret file {}", path.display())]
+    TokenSecret {
+        /// The file (proxmox.tokenSecretFile).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// proxmox.tlsFingerprint does not parse.
+    #[error("proxmox.tlsFingerprint is not a SHA-256 fingerprint")]
+    Fingerprint(#[source] blockhost_pve::Error),
     /// The image could not be read.
     #[error("cannot read the image {path}")]
     Image {
@@ -250,11 +261,9 @@ fn pve_client(
 ) -> Result<blockhost_pve::PveClient, InstallError> {
     use std::os::unix::fs::PermissionsExt;
     let path = &px.token_secret_file;
-    let unreadable = |e: std::io::Error| {
-        InstallError::Config(format!(
-            "cannot read the Proxmox token secret file {}: {e}",
-            path.display()
-        ))
+    let unreadable = |source| InstallError::TokenSecret {
+        path: path.clone(),
+        source,
     };
     let mode = std::fs::metadata(path)
         .map_err(unreadable)?
@@ -270,11 +279,7 @@ fn pve_client(
     let secret = std::fs::read_to_string(path).map_err(unreadable)?;
     let tls = match (&px.tls_fingerprint, px.tls_insecure) {
         (Some(fp), _) => {
-            blockhost_pve::TlsMode::Pinned(fp.parse().map_err(|e: blockhost_pve::Error| {
-                InstallError::Config(format!(
-                    "proxmox.tlsFingerprint is not a SHA-256 fingerprint: {e}"
-                ))
-            })?)
+            blockhost_pve::TlsMode::Pinned(fp.parse().map_err(InstallError::Fingerprint)?)
         }
         (None, true) => blockhost_pve::TlsMode::Insecure,
         (None, false) => blockhost_pve::TlsMode::SystemRoots,
@@ -358,67 +363,103 @@ pub async fn run<P: TemplateApi>(
     out: &mut impl std::io::Write,
     bar: &indicatif::ProgressBar,
 ) -> Result<Outcome, InstallError> {
+    check_version(pve).await?;
+    let replaced = match clear_existing(pve, plan, out).await? {
+        Existing::SameImage => return Ok(Outcome::Unchanged),
+        Existing::Deleted => true,
+        Existing::None => false,
+    };
+    check_storages(pve, plan).await?;
+    let uploaded = upload_unless_present(pve, plan, bar).await?;
+    create_template(pve, plan).await?;
+    Ok(Outcome::Created { replaced, uploaded })
+}
+
+/// Refuses a PVE older than [`MIN_RELEASE`], which cannot import an uploaded
+/// disk image.
+async fn check_version<P: TemplateApi>(pve: &P) -> Result<(), InstallError> {
     let version = pve
         .version()
         .await
         .map_err(pve_err("ask the PVE version"))?;
     match release_of(&version) {
-        Some(r) if r >= MIN_RELEASE => {}
-        _ => {
-            return Err(InstallError::Refused(format!(
-                "Proxmox VE {} cannot import uploaded disk images (content type 'import' needs 8.4 or later): upgrade the cluster",
-                version.version
-            )));
-        }
+        Some(r) if r >= MIN_RELEASE => Ok(()),
+        _ => Err(InstallError::Refused(format!(
+            "Proxmox VE {} cannot import uploaded disk images (content type 'import' needs 8.4 or later): upgrade the cluster",
+            version.version
+        ))),
     }
-    let node = plan.node.as_str();
-    let mut replaced = false;
-    match pve.vm_config(node, plan.vmid).await {
-        Ok(conf) => {
-            let ours = conf.tags().iter().any(|t| t == "blockhost")
-                && conf
-                    .description()
-                    .is_some_and(|d| d.contains(DIGEST_PREFIX));
-            if !ours {
-                return Err(InstallError::Refused(format!(
-                    "VM {} on {node} exists and is not a BlockHost template: choose another --vmid",
-                    plan.vmid
-                )));
-            }
-            let same = conf.description().is_some_and(|d| {
-                d.lines()
-                    .any(|l| l.trim() == format!("{DIGEST_PREFIX}{}", plan.sha256))
-            });
-            if same && conf.is_template() {
-                return Ok(Outcome::Unchanged);
-            }
-            if !plan.replace {
-                return Err(InstallError::Refused(format!(
-                    "template {} on {node} holds another image: pass --replace to rebuild it from this one",
-                    plan.vmid
-                )));
-            }
-            let users = linked_clones(pve, node, plan.vmid).await?;
-            if !users.is_empty() {
-                return Err(InstallError::Refused(format!(
-                    "linked clones {users:?} use template {}'s disk; PVE cannot delete it: delete or fully clone them first, or install this image under another --vmid",
-                    plan.vmid
-                )));
-            }
-            writeln!(out, "deleting template {} (another image)", plan.vmid)?;
-            let upid = pve
-                .delete_vm(node, plan.vmid, DeleteOptions::default())
-                .await
-                .map_err(pve_err("delete the old template"))?;
-            wait(pve, &upid, "delete the old template").await?;
-            replaced = true;
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        // fakepve and PVE answer a missing VM's config with 500 "does not exist".
-        Err(e) if e.to_string().contains("does not exist") => {}
-        Err(e) => return Err(pve_err("read the template's configuration")(e)),
-    }
+}
 
+/// What was at the template's VMID before the install.
+enum Existing {
+    /// Nothing.
+    None,
+    /// A BlockHost template of this very image: nothing to do.
+    SameImage,
+    /// A BlockHost template of another image, deleted for `--replace`.
+    Deleted,
+}
+
+/// Makes room at the template's VMID: leaves a template of the same image,
+/// deletes one of another image when `--replace` allows it and no linked clone
+/// needs it, and never touches a VM that is not a BlockHost template.
+async fn clear_existing<P: TemplateApi>(
+    pve: &P,
+    plan: &Plan,
+    out: &mut impl std::io::Write,
+) -> Result<Existing, InstallError> {
+    let node = plan.node.as_str();
+    let conf = match pve.vm_config(node, plan.vmid).await {
+        Ok(conf) => conf,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Existing::None),
+        // fakepve and PVE answer a missing VM's config with 500 "does not exist".
+        Err(e) if e.to_string().contains("does not exist") => return Ok(Existing::None),
+        Err(e) => return Err(pve_err("read the template's configuration")(e)),
+    };
+    let ours = conf.tags().iter().any(|t| t == "blockhost")
+        && conf
+            .description()
+            .is_some_and(|d| d.contains(DIGEST_PREFIX));
+    if !ours {
+        return Err(InstallError::Refused(format!(
+            "VM {} on {node} exists and is not a BlockHost template: choose another --vmid",
+            plan.vmid
+        )));
+    }
+    let same = conf.description().is_some_and(|d| {
+        d.lines()
+            .any(|l| l.trim() == format!("{DIGEST_PREFIX}{}", plan.sha256))
+    });
+    if same && conf.is_template() {
+        return Ok(Existing::SameImage);
+    }
+    if !plan.replace {
+        return Err(InstallError::Refused(format!(
+            "template {} on {node} holds another image: pass --replace to rebuild it from this one",
+            plan.vmid
+        )));
+    }
+    let users = linked_clones(pve, node, plan.vmid).await?;
+    if !users.is_empty() {
+        return Err(InstallError::Refused(format!(
+            "linked clones {users:?} use template {}'s disk; PVE cannot delete it: delete or fully clone them first, or install this image under another --vmid",
+            plan.vmid
+        )));
+    }
+    writeln!(out, "deleting template {} (another image)", plan.vmid)?;
+    let upid = pve
+        .delete_vm(node, plan.vmid, DeleteOptions::default())
+        .await
+        .map_err(pve_err("delete the old template"))?;
+    wait(pve, &upid, "delete the old template").await?;
+    Ok(Existing::Deleted)
+}
+
+/// Checks, before anything is uploaded, that the upload storage takes
+/// `import` content and the disk storage `images`.
+async fn check_storages<P: TemplateApi>(pve: &P, plan: &Plan) -> Result<(), InstallError> {
+    let node = plan.node.as_str();
     let upload = pve
         .storage_status(node, &plan.upload_storage)
         .await
@@ -441,7 +482,17 @@ pub async fn run<P: TemplateApi>(
             c = disks.content
         )));
     }
+    Ok(())
+}
 
+/// Uploads the image unless a volume of its digest is on the upload storage
+/// already; returns whether it uploaded.
+async fn upload_unless_present<P: TemplateApi>(
+    pve: &P,
+    plan: &Plan,
+    bar: &indicatif::ProgressBar,
+) -> Result<bool, InstallError> {
+    let node = plan.node.as_str();
     let volid = plan.volid();
     let present = pve
         .storage_content(node, &plan.upload_storage, "import")
@@ -449,36 +500,42 @@ pub async fn run<P: TemplateApi>(
         .map_err(pve_err(format!("list storage {}", plan.upload_storage)))?
         .iter()
         .any(|v| v.volid == volid);
-    let uploaded = !present;
-    if !present {
-        let size = std::fs::metadata(&plan.image)
-            .map_err(|source| InstallError::Image {
-                path: plan.image.clone(),
-                source,
-            })?
-            .len();
-        bar.set_length(size);
-        let b = bar.clone();
-        let upid = pve
-            .upload(
-                node,
-                &plan.upload_storage,
-                "import",
-                &plan.image,
-                &plan.volume_name(),
-                &plan.sha256,
-                Arc::new(move |n| b.set_position(n)),
-            )
-            .await
-            .map_err(pve_err(format!(
-                "upload {} to {}",
-                plan.image.display(),
-                plan.upload_storage
-            )))?;
-        bar.finish_and_clear();
-        wait(pve, &upid, "store the uploaded image").await?;
+    if present {
+        return Ok(false);
     }
+    let size = std::fs::metadata(&plan.image)
+        .map_err(|source| InstallError::Image {
+            path: plan.image.clone(),
+            source,
+        })?
+        .len();
+    bar.set_length(size);
+    let b = bar.clone();
+    let upid = pve
+        .upload(
+            node,
+            &plan.upload_storage,
+            "import",
+            &plan.image,
+            &plan.volume_name(),
+            &plan.sha256,
+            Arc::new(move |n| b.set_position(n)),
+        )
+        .await
+        .map_err(pve_err(format!(
+            "upload {} to {}",
+            plan.image.display(),
+            plan.upload_storage
+        )))?;
+    bar.finish_and_clear();
+    wait(pve, &upid, "store the uploaded image").await?;
+    Ok(true)
+}
 
+/// Creates the VM with its disk imported from the uploaded volume, then makes
+/// it a template.
+async fn create_template<P: TemplateApi>(pve: &P, plan: &Plan) -> Result<(), InstallError> {
+    let node = plan.node.as_str();
     let upid = pve
         .create_vm(node, plan.vmid, &plan.vm_params())
         .await
@@ -491,7 +548,7 @@ pub async fn run<P: TemplateApi>(
     {
         wait(pve, &upid, "convert the VM to a template").await?;
     }
-    Ok(Outcome::Created { replaced, uploaded })
+    Ok(())
 }
 
 /// VMs on `node` whose disks are linked clones of `template`'s base disk.
