@@ -2,6 +2,7 @@
 //! what the API serves, and what the controller writes into each VM.
 //!
 //! - [`meta`]: object metadata, conditions and events (Kubernetes-shaped).
+//! - [`condition`]: the condition types and reasons the daemon writes, typed.
 //! - [`resource`]: the [`Resource`] trait and [`AnyObject`] for run-time kinds.
 //! - [`vm`]: the `VirtualMachine` kind. [`plan`]: the `Plan` kind.
 //! - [`subscription`]: the `Subscription` kind, mirrored from the chain.
@@ -21,6 +22,7 @@
 
 pub mod access;
 pub mod bounded;
+pub mod condition;
 pub mod config;
 pub mod eip191;
 pub mod meta;
@@ -36,6 +38,7 @@ pub mod wallet;
 
 pub use access::AccessFile;
 pub use bounded::{Cores, DiskGib, MemoryMib, Name, UnixUser, Vmid};
+pub use condition::{ConditionType, Reason};
 pub use config::DaemonConfig;
 pub use meta::{API_VERSION, Condition, ConditionStatus, Event, EventType, ObjectMeta};
 pub use plan::{Plan, PlanSpec, PlanStatus};
