@@ -10,8 +10,6 @@
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
 //! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
 //!   broadcast, receipts (minting and `bhctl chain deploy`).
-//! - [`mint`]: the minter — access NFTs for running VMs, every signed
-//!   transaction stored before broadcast.
 //! - [`watcher`]: the loop — confirmations, chunked `eth_getLogs` with range
 //!   adaptation, reorg detection and undo, resync.
 //!
@@ -22,7 +20,6 @@
 pub mod events;
 pub mod heads;
 pub mod mapping;
-pub mod mint;
 pub mod node;
 pub mod rpc;
 pub mod wallet;
@@ -169,10 +166,18 @@ pub fn task(
         server_wallet = %wallet.address(),
         "chain watcher starting"
     );
-    let minter = mint::Minter::new(
+    // The minter is a reconciler (crate::reconcile::mint) under the same
+    // runtime as the VM reconciler; it runs beside the watcher because it
+    // shares its wallet and contracts.
+    let minter = crate::reconcile::mint::Minter::new(
         wallet,
         store.clone(),
-        mint::MintConfig::new(wc.scope.clone(), wc.nft, wc.confirmations, wc.poll),
+        crate::reconcile::mint::MintConfig::new(
+            wc.scope.clone(),
+            wc.nft,
+            wc.confirmations,
+            wc.poll,
+        ),
         metrics.clone(),
         nudge,
     );

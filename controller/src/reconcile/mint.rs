@@ -2,12 +2,18 @@
 //! subscriber, carrying the connection details encrypted under the buyer's
 //! signature (REFERENCE.md §2), and record the token id from the receipt.
 //!
+//! A reconciler under [`super::runtime`], like the VM reconciler: keyed by the
+//! subscription's name (which is its VM's), triggered when a chain VM without a
+//! token changes (a status write to `Running` included), resynced every
+//! `full_scan`, with per-key jittered backoff, metrics and a timeout.
+//!
 //! Exactly one NFT per subscription, whatever crashes:
 //! 1. The `mint(to, payload)` transaction is signed and its raw bytes, hash and
 //!    nonce are stored durably (`store::mint`) **before** it is broadcast.
-//! 2. Each pass looks at pending records: first the wallet's mined nonce, then
-//!    the receipts of every attempt. A receipt (with the configured
-//!    confirmations) settles the record; the token id is read from the receipt's
+//!    Nonces are chosen one mint at a time (a lock), past every pending mint's.
+//! 2. A pending record is looked at first: the wallet's mined nonce, then the
+//!    receipts of every attempt. A receipt (with the configured confirmations)
+//!    settles the record; the token id is read from the receipt's
 //!    `CredentialMinted` event — never from `totalSupply()` (the original's race).
 //! 3. No receipt and the nonce not yet used: the node may have lost it (restart,
 //!    mempool eviction), so the same bytes are re-sent; after `bump_after`
@@ -18,13 +24,13 @@
 //!    the two reads is seen as mined, not as dropped.
 //!
 //! Failures (no funds, a reverting mint, an unreachable node) become an
-//! `NftMinted=False` condition and an event on the `Subscription`, and retry
-//! with per-subscription exponential backoff. The token id goes to
+//! `NftMinted=False` condition and an event on the `Subscription`, and are
+//! retried by the runtime ([`MintError::retry`]). The token id goes to
 //! `Subscription.status.nftTokenId` and `VirtualMachine.status.nftTokenId`;
 //! the VM reconciler is nudged so the access file names it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, Bytes, U256};
@@ -36,20 +42,19 @@ use blockhost_crd::eip191::Signature;
 use blockhost_crd::meta::{Condition, ConditionStatus, EventType, set_condition};
 use blockhost_crd::resource::Resource;
 use blockhost_crd::vm::{VmPhase, VmSource};
-use blockhost_crd::{Subscription, VirtualMachine};
-use tokio::sync::broadcast::error::RecvError;
+use blockhost_crd::{ConditionType, Reason, Subscription, VirtualMachine};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::node::NodeError;
-use super::wallet::{Receipt, SendError, ServerWallet, WalletError};
+use super::runtime::{self, Action, ErrorPolicy, Reconciler, Retry, RuntimeConfig, Trigger};
+use crate::chain::node::NodeError;
+use crate::chain::wallet::{Receipt, SendError, ServerWallet, WalletError};
 use crate::metrics::Metrics;
-use crate::reconcile::runtime::Trigger;
 use crate::store::mint::{MintAttempt, MintRecord, MintState};
 use crate::store::{ChangeKind, Store, StoreError};
 
 /// The condition type the minter owns on `Subscription` objects.
-pub const CONDITION: &str = "NftMinted";
+pub const CONDITION: ConditionType = ConditionType::NftMinted;
 
 /// SSH port written into the payload.
 const SSH_PORT: u16 = 22;
@@ -68,14 +73,23 @@ pub struct MintConfig {
     pub confirmations: u64,
     /// A pending mint is re-signed with higher fees after this long.
     pub bump_after: Duration,
-    /// How often pending mints are checked.
+    /// How often a pending mint is checked.
     pub pending_poll: Duration,
-    /// How often every VM is looked at (besides reacting to changes).
+    /// How often every subscription is looked at (the runtime's resync).
     pub full_scan: Duration,
-    /// First retry delay after a failure (doubles up to `max_backoff`).
+    /// First retry delay after a transient failure (doubles up to `max_backoff`).
     pub min_backoff: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay after transient failures.
     pub max_backoff: Duration,
+    /// First retry delay after a failure an operator must fix (no funds, a
+    /// contract the wallet does not own); doubles up to `operator_max_backoff`.
+    pub operator_min_backoff: Duration,
+    /// Longest retry delay after such failures.
+    pub operator_max_backoff: Duration,
+    /// A mint reconcile running longer than this is abandoned and retried.
+    pub timeout: Duration,
+    /// Mint reconciles running at once (nonces are still chosen one at a time).
+    pub concurrency: usize,
     /// How long a pending mint's nonce must be seen used, with none of its
     /// attempts known to the node, before the mint counts as dropped. Nodes
     /// bump the account nonce a moment before they serve the receipt; without
@@ -94,8 +108,25 @@ impl MintConfig {
             pending_poll: poll.clamp(Duration::from_millis(50), Duration::from_secs(5)),
             full_scan: Duration::from_secs(30),
             min_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(60),
+            operator_min_backoff: Duration::from_secs(30),
+            operator_max_backoff: Duration::from_secs(300),
+            timeout: Duration::from_secs(120),
+            concurrency: 4,
             drop_after: Duration::from_secs(30),
+        }
+    }
+
+    /// The runtime's tuning for the minter.
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            concurrency: self.concurrency.max(1),
+            backoff_base: self.min_backoff,
+            backoff_max: self.max_backoff,
+            operator_backoff_base: self.operator_min_backoff,
+            operator_backoff_max: self.operator_max_backoff,
+            timeout: self.timeout,
+            resync: self.full_scan,
         }
     }
 }
@@ -106,6 +137,9 @@ pub enum MintError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A blocking store task panicked or was cancelled.
+    #[error("a store task did not finish; this is a bug in blockhostd")]
+    StoreTask(#[source] tokio::task::JoinError),
     /// A node request failed.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -124,52 +158,62 @@ pub enum MintError {
     NoAddress(String),
     /// A mined mint without the expected event.
     #[error(
-        "transaction {0} minted no credential to the subscriber (no CredentialMinted event in its receipt)"
+        "transaction {0} minted no credential to the subscriber (no CredentialMinted event in its receipt); check chain.contracts.nft"
     )]
     NoTokenInReceipt(String),
+    /// A mined mint reverted; its record is dropped and a new one is signed.
+    #[error(
+        "mint transaction {transaction} reverted in block {block}; retrying with a new transaction"
+    )]
+    Reverted {
+        /// The reverted transaction.
+        transaction: String,
+        /// Its block.
+        block: u64,
+    },
+    /// A stored transaction cannot be read back.
+    #[error("stored transaction {0} cannot be read back; the mint record is damaged")]
+    StoredTx(String),
     /// The payload could not be encrypted.
     #[error("cannot encrypt the connection details")]
     Payload(#[from] nft_payload::NftPayloadError),
-    /// A blocking store task died.
-    #[error("store task failed: {0}")]
-    Task(String),
 }
 
 impl MintError {
     /// Condition reason and metric label.
-    fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             MintError::Wallet(WalletError::InsufficientFunds { .. })
-            | MintError::Send(SendError::InsufficientFunds(_)) => "InsufficientFunds",
-            MintError::Wallet(WalletError::WouldRevert(_)) => "MintWouldRevert",
+            | MintError::Send(SendError::InsufficientFunds(_)) => Reason::InsufficientFunds,
+            MintError::Wallet(WalletError::WouldRevert(_)) => Reason::MintWouldRevert,
             MintError::Node(_)
             | MintError::Wallet(WalletError::Node(_))
-            | MintError::Send(SendError::Node(_)) => "NodeUnavailable",
-            MintError::NoSignature(_) => "NoSignature",
-            MintError::NoAddress(_) => "NoAddress",
-            _ => "MintFailed",
+            | MintError::Send(SendError::Node(_)) => Reason::NodeUnavailable,
+            MintError::NoSignature(_) => Reason::NoSignature,
+            MintError::NoAddress(_) => Reason::NoAddress,
+            MintError::Reverted { .. } => Reason::MintReverted,
+            MintError::StoreTask(_) => Reason::Internal,
+            _ => Reason::MintFailed,
         }
     }
-}
 
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    failures: u32,
-    until: Instant,
-}
-
-/// The minting loop.
-#[derive(Debug)]
-pub struct Minter {
-    wallet: ServerWallet,
-    store: Store,
-    cfg: MintConfig,
-    metrics: Arc<Metrics>,
-    nudge: Option<mpsc::Sender<Trigger>>,
-    backoff: HashMap<u64, Backoff>,
-    /// When each pending mint's nonce was first seen used by an unknown
-    /// transaction (see [`MintConfig::drop_after`]).
-    nonce_taken: HashMap<u64, Instant>,
+    /// Whether retrying can help by itself, or an operator must act first.
+    pub fn retry(&self) -> Retry {
+        match self.reason() {
+            Reason::InsufficientFunds
+            | Reason::MintWouldRevert
+            | Reason::NoSignature
+            | Reason::Internal => Retry::Operator,
+            _ if matches!(
+                self,
+                MintError::NoTokenInReceipt(_) | MintError::StoredTx(_) | MintError::Payload(_)
+            ) =>
+            {
+                Retry::Operator
+            }
+            _ => Retry::Transient,
+        }
+    }
 }
 
 fn hex0x(b: &[u8]) -> String {
@@ -205,6 +249,22 @@ pub fn token_from_receipt(r: &Receipt, nft: [u8; 20], recipient: [u8; 20]) -> Op
     .find_map(|l| as_u64(&l.topics[3]))
 }
 
+/// The minting reconciler.
+#[derive(Debug)]
+pub struct Minter {
+    wallet: ServerWallet,
+    store: Store,
+    cfg: MintConfig,
+    metrics: Arc<Metrics>,
+    nudge: Option<mpsc::Sender<Trigger>>,
+    /// Held from choosing a new mint's nonce until its record is stored, so two
+    /// mints never take the same nonce.
+    nonce: tokio::sync::Mutex<()>,
+    /// When each pending mint's nonce was first seen used by an unknown
+    /// transaction (see [`MintConfig::drop_after`]).
+    nonce_taken: Mutex<HashMap<u64, Instant>>,
+}
+
 impl Minter {
     /// A minter for `cfg`; `nudge` (when Proxmox is driven) re-runs a VM's
     /// reconcile so its access file names the new token.
@@ -221,9 +281,33 @@ impl Minter {
             cfg,
             metrics,
             nudge,
-            backoff: HashMap::new(),
-            nonce_taken: HashMap::new(),
+            nonce: tokio::sync::Mutex::new(()),
+            nonce_taken: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs under the reconcile runtime until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(wallet = %self.wallet.address(), nft = %hex0x(&self.cfg.nft), "minter starting");
+        let (_, triggers) = runtime::change_triggers(
+            &self.store,
+            |c| {
+                c.kind == VirtualMachine::KIND
+                    && c.what != ChangeKind::Deleted
+                    && running_chain_vm(&c.object)
+            },
+            shutdown.clone(),
+        );
+        let (store, scope) = (self.store.clone(), self.cfg.scope.clone());
+        let keys = move || match keys(&store, &scope) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot list subscriptions for the minter");
+                Vec::new()
+            }
+        };
+        let (cfg, metrics) = (self.cfg.runtime(), self.metrics.clone());
+        runtime::run(Arc::new(self), cfg, metrics, triggers, keys, shutdown).await;
     }
 
     async fn blocking<T: Send + 'static>(
@@ -233,7 +317,7 @@ impl Minter {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| MintError::Task(e.to_string()))?
+            .map_err(MintError::StoreTask)?
             .map_err(MintError::from)
     }
 
@@ -244,217 +328,158 @@ impl Minter {
             .inc();
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut changes = self.store.subscribe();
-        tracing::info!(wallet = %self.wallet.address(), nft = %hex0x(&self.cfg.nft), "minter starting");
-        let mut last_full = None::<Instant>;
-        let mut wanted = BTreeSet::new();
-        loop {
-            let full = last_full.is_none_or(|t| t.elapsed() >= self.cfg.full_scan);
-            if full {
-                last_full = Some(Instant::now());
+    /// Counts the pending mints for the gauge.
+    fn count_pending(&self) {
+        match self.store.mint_records(&self.cfg.scope) {
+            Ok(recs) => {
+                let n = recs.iter().filter(|r| r.pending()).count();
+                self.metrics
+                    .chain_mints_pending
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
-            let pending = match self.pass(full, std::mem::take(&mut wanted)).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "minter pass failed; retrying");
-                    self.count("error");
-                    true
-                }
-            };
-            let wait = if pending {
-                self.cfg.pending_poll
-            } else {
-                self.cfg.full_scan
-            };
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut sleep => break,
-                    c = changes.recv() => match c {
-                        Ok(c) if c.kind == VirtualMachine::KIND && c.what != ChangeKind::Deleted => {
-                            if Self::running_chain_vm(&c.object) {
-                                wanted.insert(c.name);
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(_)) => { last_full = None; break; }
-                        Err(RecvError::Closed) => return,
-                    },
-                }
-            }
-            // Collect whatever else arrived, so a burst costs one pass.
-            while let Ok(c) = changes.try_recv() {
-                if c.kind == VirtualMachine::KIND
-                    && c.what != ChangeKind::Deleted
-                    && Self::running_chain_vm(&c.object)
-                {
-                    wanted.insert(c.name);
-                }
+            Err(e) => {
+                tracing::debug!(error = %crate::error_chain(&e), "cannot count pending mints")
             }
         }
     }
 
-    /// Whether a changed object (JSON) is a running chain VM without a token.
-    fn running_chain_vm(object: &[u8]) -> bool {
-        serde_json::from_slice::<VirtualMachine>(object).is_ok_and(|vm| Self::needs_mint(&vm))
+    /// The subscription id behind a key: its Subscription's, else its VM's,
+    /// else a mint record's (a subscription undone by a reorg mid-mint).
+    fn subscription_id(&self, name: &str) -> Result<Option<u64>, MintError> {
+        if let Some(sub) = self.store.get::<Subscription>(name)? {
+            return Ok(Some(sub.spec.subscription_id));
+        }
+        if let Some(vm) = self.store.get::<VirtualMachine>(name)?
+            && let VmSource::Chain { subscription_id } = vm.spec.source
+        {
+            return Ok(Some(subscription_id));
+        }
+        let recs = self.store.mint_records(&self.cfg.scope)?;
+        Ok(recs
+            .into_iter()
+            .find(|r| r.vm == name)
+            .map(|r| r.subscription_id))
     }
 
-    fn needs_mint(vm: &VirtualMachine) -> bool {
-        matches!(vm.spec.source, VmSource::Chain { .. })
-            && vm.status.phase == VmPhase::Running
-            && vm.status.nft_token_id.is_none()
-            && vm.metadata.deletion_timestamp.is_none()
-    }
-
-    fn backing_off(&self, id: u64) -> bool {
-        self.backoff
-            .get(&id)
-            .is_some_and(|b| Instant::now() < b.until)
-    }
-
-    fn failed(&mut self, id: u64) -> Duration {
-        let b = self.backoff.entry(id).or_insert(Backoff {
-            failures: 0,
-            until: Instant::now(),
-        });
-        b.failures = b.failures.saturating_add(1);
-        let exp = self
-            .cfg
-            .min_backoff
-            .saturating_mul(1u32 << (b.failures - 1).min(16));
-        let delay = exp.min(self.cfg.max_backoff);
-        b.until = Instant::now() + delay;
-        delay
-    }
-
-    /// One pass: advance pending mints, repair recorded token ids, start mints
-    /// for running VMs. Returns whether any mint is still pending.
-    pub async fn pass(&mut self, full: bool, wanted: BTreeSet<String>) -> Result<bool, MintError> {
-        let scope = self.cfg.scope.clone();
-        let records = {
-            let s = scope.clone();
-            self.blocking(move |st| st.mint_records(&s)).await?
+    /// One mint reconcile: settle a pending mint, repair a recorded token id,
+    /// or start the mint of a running VM.
+    async fn mint(&self, name: &str) -> Result<Action, MintError> {
+        let Some(id) = self.subscription_id(name)? else {
+            return Ok(Action::Done);
         };
-        let mut known: HashMap<u64, MintRecord> = HashMap::new();
-        for rec in records {
-            known.insert(rec.subscription_id, rec);
-        }
-
-        // 1. Pending mints.
-        let pending: Vec<u64> = known
-            .values()
-            .filter(|r| r.pending())
-            .map(|r| r.subscription_id)
-            .collect();
-        let mut still_pending = 0;
-        for id in pending {
-            if self.backing_off(id) {
-                still_pending += 1;
-                continue;
-            }
-            let Some(rec) = known.get(&id).cloned() else {
-                continue;
-            };
-            match self.advance(rec).await {
-                Ok(Some(rec)) => {
-                    if rec.pending() {
-                        still_pending += 1;
-                    }
-                    known.insert(id, rec);
-                }
-                Ok(None) => {
-                    known.remove(&id);
-                }
-                Err(e) => {
-                    still_pending += 1;
-                    self.report_failure(id, &e).await;
-                }
-            }
-        }
-
-        // 2. Token ids recorded but missing from the objects (a reorg undo, a
-        //    crash between the record and the status writes).
-        if full {
-            for rec in known.values() {
+        match self.store.mint_record(&self.cfg.scope, id)? {
+            Some(rec) if rec.pending() => return self.settle(rec).await,
+            // Minted: the status writes are repaired (a reorg undo, a crash
+            // between the record and the status writes).
+            Some(rec) => {
                 if let Some(token) = rec.token_id() {
-                    self.write_token(rec, token, false).await?;
+                    self.write_token(&rec, token, false).await?;
                 }
+                return Ok(Action::Done);
             }
+            None => {}
         }
-
-        // 3. New mints.
-        let candidates: Vec<VirtualMachine> = if full {
-            self.store.list::<VirtualMachine>()?
-        } else {
-            wanted
-                .iter()
-                .filter_map(|n| self.store.get::<VirtualMachine>(n).ok().flatten())
-                .collect()
+        let Some(vm) = self.store.get::<VirtualMachine>(name)? else {
+            return Ok(Action::Done);
         };
-        for vm in candidates {
-            let VmSource::Chain {
-                subscription_id: id,
-            } = vm.spec.source
-            else {
-                continue;
-            };
-            if !Self::needs_mint(&vm) || self.backing_off(id) {
-                continue;
-            }
-            if let Some(rec) = known.get(&id) {
-                // Minted (the status write is repaired above) or in flight.
-                if let Some(token) = rec.token_id()
-                    && !full
-                {
-                    self.write_token(rec, token, false).await?;
-                }
-                continue;
-            }
-            let Some(sub) = self.store.get::<Subscription>(vm.metadata.name.as_str())? else {
-                continue;
-            };
-            if sub.spec.cancelled || sub.status.nft_token_id.is_some() {
-                continue;
-            }
-            // Our own in-flight nonces count even if the node lost them.
-            let local_next = known
-                .values()
-                .filter(|r| r.pending())
-                .map(|r| r.nonce + 1)
-                .max()
-                .unwrap_or(0);
-            match self.start(&vm, &sub, local_next).await {
-                Ok(rec) => {
-                    if rec.pending() {
-                        still_pending += 1;
-                    }
-                    known.insert(id, rec);
-                }
-                Err(e) => self.report_failure(id, &e).await,
-            }
+        let Some(sub) = self.store.get::<Subscription>(name)? else {
+            return Ok(Action::Done);
+        };
+        if !needs_mint(&vm) || sub.spec.cancelled || sub.status.nft_token_id.is_some() {
+            return Ok(Action::Done);
         }
-        self.metrics.chain_mints_pending.set(still_pending);
-        Ok(still_pending > 0)
+        let rec = self.start(&vm, &sub).await?;
+        self.count_pending();
+        Ok(self.next(&rec))
     }
 
-    /// Builds, signs, records and broadcasts the mint of one subscription, at
-    /// a nonce no lower than `local_next` (past our own pending mints).
-    async fn start(
-        &mut self,
-        vm: &VirtualMachine,
-        sub: &Subscription,
-        local_next: u64,
-    ) -> Result<MintRecord, MintError> {
+    /// When to look at a record again.
+    fn next(&self, rec: &MintRecord) -> Action {
+        if rec.pending() {
+            Action::RequeueAfter(self.cfg.pending_poll)
+        } else {
+            Action::Done
+        }
+    }
+
+    /// Advances a pending mint.
+    async fn settle(&self, rec: MintRecord) -> Result<Action, MintError> {
+        let action = match self.advance(rec).await? {
+            Some(rec) => self.next(&rec),
+            // Dropped: a new mint starts on the next visit.
+            None => Action::RequeueAfter(self.cfg.pending_poll),
+        };
+        if action == Action::Done {
+            self.count_pending();
+        }
+        Ok(action)
+    }
+}
+
+/// Keys to resync: every subscription, and the names of pending mints whose
+/// subscription is gone.
+fn keys(store: &Store, scope: &str) -> Result<Vec<String>, StoreError> {
+    let mut names: BTreeSet<String> = store
+        .for_each_names(Subscription::KIND)?
+        .into_iter()
+        .collect();
+    names.extend(
+        store
+            .mint_records(scope)?
+            .into_iter()
+            .filter(MintRecord::pending)
+            .map(|r| r.vm),
+    );
+    Ok(names.into_iter().collect())
+}
+
+/// Whether a changed object (JSON) is a running chain VM without a token.
+fn running_chain_vm(object: &[u8]) -> bool {
+    serde_json::from_slice::<VirtualMachine>(object).is_ok_and(|vm| needs_mint(&vm))
+}
+
+fn needs_mint(vm: &VirtualMachine) -> bool {
+    matches!(vm.spec.source, VmSource::Chain { .. })
+        && vm.status.phase == VmPhase::Running
+        && vm.status.nft_token_id.is_none()
+        && vm.metadata.deletion_timestamp.is_none()
+}
+
+impl Reconciler for Minter {
+    type Error = MintError;
+
+    fn name(&self) -> &'static str {
+        "mint"
+    }
+
+    fn error_policy(&self, error: &MintError) -> ErrorPolicy {
+        ErrorPolicy {
+            reason: error.reason().as_str(),
+            retry: error.retry(),
+        }
+    }
+
+    async fn before_resync(&self) {
+        self.count_pending();
+    }
+
+    async fn reconcile(&self, name: String) -> Result<Action, MintError> {
+        let result = self.mint(&name).await;
+        if let Err(e) = &result {
+            self.report_failure(&name, e).await;
+        }
+        result
+    }
+}
+
+impl Minter {
+    /// The `mint(to, payload)` call data: the VM's address and user, encrypted
+    /// under the buyer's signature.
+    fn mint_call(&self, vm: &VirtualMachine, sub: &Subscription) -> Result<Vec<u8>, MintError> {
         let id = sub.spec.subscription_id;
-        let scope = self.cfg.scope.clone();
         let sig = self
             .store
-            .chain_signature(&scope, id)?
+            .chain_signature(&self.cfg.scope, id)?
             .and_then(|b| <[u8; 65]>::try_from(b.as_slice()).ok())
             .map(Signature::from_bytes)
             .ok_or(MintError::NoSignature(id))?;
@@ -471,27 +496,52 @@ impl Minter {
             username: vm.spec.guest_user.to_string(),
         };
         let payload = nft_payload::encrypt(&sig, &details)?;
-        let recipient = *sub.spec.subscriber.as_bytes();
-        let data = Nft::mintCall {
-            to: Address::from(recipient),
+        Ok(Nft::mintCall {
+            to: Address::from(*sub.spec.subscriber.as_bytes()),
             userEncrypted: Bytes::from(payload),
         }
-        .abi_encode();
+        .abi_encode())
+    }
 
-        let nonce = self.wallet.nonce("pending").await?.max(local_next);
-        let tx = self.wallet.prepare(Some(self.cfg.nft), data, nonce).await?;
-        self.wallet.ensure_funds(&tx).await?;
-        let attempt = self.sign(&tx)?;
-        let rec = MintRecord {
-            subscription_id: id,
-            vm: vm.metadata.name.to_string(),
-            recipient: hex0x(&recipient),
-            nonce,
-            attempts: vec![attempt],
-            state: MintState::Pending,
-            created_at: chrono::Utc::now(),
+    /// Builds, signs, records and broadcasts the mint of one subscription.
+    async fn start(
+        &self,
+        vm: &VirtualMachine,
+        sub: &Subscription,
+    ) -> Result<MintRecord, MintError> {
+        let id = sub.spec.subscription_id;
+        let scope = self.cfg.scope.clone();
+        let data = self.mint_call(vm, sub)?;
+        let recipient = *sub.spec.subscriber.as_bytes();
+        let rec = {
+            // One nonce choice at a time, until the record that holds it is stored.
+            let _one = self.nonce.lock().await;
+            // Our own in-flight nonces count even if the node lost them.
+            let local_next = self
+                .store
+                .mint_records(&scope)?
+                .iter()
+                .filter(|r| r.pending())
+                .map(|r| r.nonce + 1)
+                .max()
+                .unwrap_or(0);
+            let nonce = self.wallet.nonce("pending").await?.max(local_next);
+            let tx = self.wallet.prepare(Some(self.cfg.nft), data, nonce).await?;
+            self.wallet.ensure_funds(&tx).await?;
+            let attempt = self.sign(&tx)?;
+            let rec = MintRecord {
+                subscription_id: id,
+                vm: vm.metadata.name.to_string(),
+                recipient: hex0x(&recipient),
+                nonce,
+                attempts: vec![attempt],
+                state: MintState::Pending,
+                created_at: chrono::Utc::now(),
+            };
+            self.save(&rec).await?;
+            rec
         };
-        self.save(&rec).await?;
+        let nonce = rec.nonce;
         self.count("signed");
         tracing::info!(
             subscription = id,
@@ -537,10 +587,7 @@ impl Minter {
             .strip_prefix("0x")
             .and_then(|h| hex::decode(h).ok())
         else {
-            return Err(MintError::Task(format!(
-                "stored transaction {} is not hex",
-                last.hash
-            )));
+            return Err(MintError::StoredTx(last.hash.clone()));
         };
         let hash = parse_hex::<32>(&last.hash).unwrap_or_default();
         match self
@@ -559,81 +606,21 @@ impl Minter {
     }
 
     /// Moves a pending mint on. `Ok(None)`: the record was dropped (its nonce
-    /// went to another transaction); a new mint starts at the next pass.
-    async fn advance(&mut self, mut rec: MintRecord) -> Result<Option<MintRecord>, MintError> {
-        let id = rec.subscription_id;
+    /// went to another transaction); a new mint starts at the next visit.
+    async fn advance(&self, mut rec: MintRecord) -> Result<Option<MintRecord>, MintError> {
         // Nonce first, receipts second (see the module doc).
         let mined_nonce = self.wallet.nonce("latest").await?;
         for a in rec.attempts.iter().rev() {
             let Some(hash) = parse_hex::<32>(&a.hash) else {
                 continue;
             };
-            let Some(r) = self.wallet.receipt(&hash).await? else {
-                continue;
-            };
-            let head = self.wallet.head().await?;
-            if head.saturating_sub(r.block_number) + 1 < self.cfg.confirmations.max(1) {
-                return Ok(Some(rec));
+            if let Some(r) = self.wallet.receipt(&hash).await? {
+                let a = a.clone();
+                return self.mined(rec, &a, r).await;
             }
-            let recipient = parse_hex::<20>(&rec.recipient).unwrap_or_default();
-            if !r.success {
-                // The nonce is spent; a new transaction is needed. Keep the
-                // evidence in the log and the event, then start over later.
-                self.count("reverted");
-                let msg = format!(
-                    "mint transaction {} reverted in block {}; retrying with a new transaction",
-                    a.hash, r.block_number
-                );
-                let scope = self.cfg.scope.clone();
-                self.blocking(move |st| st.drop_mint_record(&scope, id))
-                    .await?;
-                self.condition(id, ConditionStatus::False, "MintReverted", &msg)
-                    .await;
-                self.failed(id);
-                return Ok(None);
-            }
-            let token = token_from_receipt(&r, self.cfg.nft, recipient)
-                .ok_or_else(|| MintError::NoTokenInReceipt(a.hash.clone()))?;
-            rec.state = MintState::Minted {
-                token_id: token,
-                block: r.block_number,
-                transaction: a.hash.clone(),
-            };
-            self.save(&rec).await?;
-            self.count("minted");
-            self.backoff.remove(&id);
-            tracing::info!(subscription = id, token, tx = %a.hash, block = r.block_number, "access NFT minted");
-            self.write_token(&rec, token, true).await?;
-            return Ok(Some(rec));
         }
         if mined_nonce > rec.nonce {
-            // Our nonce is used and no attempt has a receipt. Either a receipt
-            // is about to appear (the node counts the nonce first), or another
-            // transaction took the nonce. Only the second, seen for a while
-            // with none of our attempts known to the node, is a drop.
-            for a in &rec.attempts {
-                if let Some(hash) = parse_hex::<32>(&a.hash)
-                    && self.wallet.known(&hash).await?
-                {
-                    return Ok(Some(rec));
-                }
-            }
-            let since = *self.nonce_taken.entry(id).or_insert_with(Instant::now);
-            if since.elapsed() < self.cfg.drop_after {
-                return Ok(Some(rec));
-            }
-            self.nonce_taken.remove(&id);
-            // Our nonce was used, by none of our attempts.
-            self.count("dropped");
-            tracing::warn!(
-                subscription = id,
-                nonce = rec.nonce,
-                "the server wallet's nonce was used by another transaction; minting again"
-            );
-            let scope = self.cfg.scope.clone();
-            self.blocking(move |st| st.drop_mint_record(&scope, id))
-                .await?;
-            return Ok(None);
+            return self.nonce_used(rec).await;
         }
         let Some(last) = rec.attempts.last().cloned() else {
             return Ok(Some(rec));
@@ -649,15 +636,90 @@ impl Minter {
             .known(&parse_hex::<32>(&last.hash).unwrap_or_default())
             .await?
         {
-            tracing::info!(subscription = id, tx = %last.hash, "node does not know the mint transaction; sending it again");
+            tracing::info!(subscription = rec.subscription_id, tx = %last.hash, "node does not know the mint transaction; sending it again");
             self.broadcast(&rec).await?;
         }
         Ok(Some(rec))
     }
 
+    /// One attempt has a receipt: wait for its confirmations, then record the
+    /// token (or, if it reverted, drop the record so a new mint is signed).
+    async fn mined(
+        &self,
+        mut rec: MintRecord,
+        a: &MintAttempt,
+        r: Receipt,
+    ) -> Result<Option<MintRecord>, MintError> {
+        let id = rec.subscription_id;
+        let head = self.wallet.head().await?;
+        if head.saturating_sub(r.block_number) + 1 < self.cfg.confirmations.max(1) {
+            return Ok(Some(rec));
+        }
+        if !r.success {
+            // The nonce is spent; a new transaction is needed. The error keeps
+            // the evidence in the log, the condition and the event.
+            self.count("reverted");
+            let scope = self.cfg.scope.clone();
+            self.blocking(move |st| st.drop_mint_record(&scope, id))
+                .await?;
+            return Err(MintError::Reverted {
+                transaction: a.hash.clone(),
+                block: r.block_number,
+            });
+        }
+        let recipient = parse_hex::<20>(&rec.recipient).unwrap_or_default();
+        let token = token_from_receipt(&r, self.cfg.nft, recipient)
+            .ok_or_else(|| MintError::NoTokenInReceipt(a.hash.clone()))?;
+        rec.state = MintState::Minted {
+            token_id: token,
+            block: r.block_number,
+            transaction: a.hash.clone(),
+        };
+        self.save(&rec).await?;
+        self.count("minted");
+        tracing::info!(subscription = id, token, tx = %a.hash, block = r.block_number, "access NFT minted");
+        self.write_token(&rec, token, true).await?;
+        Ok(Some(rec))
+    }
+
+    /// Our nonce is used and no attempt has a receipt. Either a receipt is
+    /// about to appear (the node counts the nonce first), or another
+    /// transaction took the nonce. Only the second, seen for a while with none
+    /// of our attempts known to the node, is a drop.
+    async fn nonce_used(&self, rec: MintRecord) -> Result<Option<MintRecord>, MintError> {
+        let id = rec.subscription_id;
+        for a in &rec.attempts {
+            if let Some(hash) = parse_hex::<32>(&a.hash)
+                && self.wallet.known(&hash).await?
+            {
+                return Ok(Some(rec));
+            }
+        }
+        let since = match self.nonce_taken.lock() {
+            Ok(mut m) => *m.entry(id).or_insert_with(Instant::now),
+            Err(_) => Instant::now(),
+        };
+        if since.elapsed() < self.cfg.drop_after {
+            return Ok(Some(rec));
+        }
+        if let Ok(mut m) = self.nonce_taken.lock() {
+            m.remove(&id);
+        }
+        self.count("dropped");
+        tracing::warn!(
+            subscription = id,
+            nonce = rec.nonce,
+            "the server wallet's nonce was used by another transaction; minting again"
+        );
+        let scope = self.cfg.scope.clone();
+        self.blocking(move |st| st.drop_mint_record(&scope, id))
+            .await?;
+        Ok(None)
+    }
+
     /// Re-signs the mint with the same nonce and fees raised by at least 15 %
     /// (nodes require 10 % to replace), or to the current price if higher.
-    async fn bump(&mut self, rec: &mut MintRecord, last: &MintAttempt) -> Result<(), MintError> {
+    async fn bump(&self, rec: &mut MintRecord, last: &MintAttempt) -> Result<(), MintError> {
         let raw = last
             .raw
             .strip_prefix("0x")
@@ -673,10 +735,7 @@ impl Minter {
         // from our own record instead of re-encrypting (a new payload nonce
         // would be harmless, but identical content is easier to audit).
         let Some(tx) = decode_own_tx(&raw) else {
-            return Err(MintError::Task(format!(
-                "cannot re-read stored transaction {}",
-                last.hash
-            )));
+            return Err(MintError::StoredTx(last.hash.clone()));
         };
         let tx = Eip1559Tx {
             max_fee_per_gas: max_fee,
@@ -713,13 +772,13 @@ impl Minter {
                 MintState::Pending => "?",
             }
         );
-        let cond = Condition {
-            type_: CONDITION.into(),
-            status: ConditionStatus::True,
-            reason: "Minted".into(),
-            message: msg.clone(),
-            last_transition_time: now,
-        };
+        let cond = Condition::new(
+            CONDITION,
+            ConditionStatus::True,
+            Reason::Minted,
+            msg.clone(),
+            now,
+        );
         let (n1, n2) = (name.clone(), name.clone());
         let wrote_vm = self
             .blocking(move |st| {
@@ -757,29 +816,22 @@ impl Minter {
 
     /// Sets the `NftMinted` condition on a subscription; records an event when
     /// it changed.
-    async fn condition(&self, id: u64, status: ConditionStatus, reason: &str, message: &str) {
-        let name = blockhost_crd::subscription::vm_name_for(id).to_string();
-        let cond = Condition {
-            type_: CONDITION.into(),
-            status,
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: self.store.now(),
-        };
-        let (reason, message) = (reason.to_owned(), message.to_owned());
+    async fn condition(&self, name: &str, status: ConditionStatus, reason: Reason, message: &str) {
+        let cond = Condition::new(CONDITION, status, reason, message, self.store.now());
+        let (key, message) = (name.to_owned(), message.to_owned());
         let res = self
             .blocking(move |st| {
                 let mut changed = false;
-                st.update_status::<Subscription>(&name, |s| {
+                st.update_status::<Subscription>(&key, |s| {
                     changed = set_condition(&mut s.status.conditions, cond);
                     changed
                 })?;
                 if changed {
                     st.record_event(
                         Subscription::KIND,
-                        &name,
+                        &key,
                         EventType::Warning,
-                        &reason,
+                        reason.as_str(),
                         &message,
                     )?;
                 }
@@ -787,15 +839,14 @@ impl Minter {
             })
             .await;
         if let Err(e) = res {
-            tracing::warn!(subscription = id, error = %crate::error_chain(&e), "cannot record the mint condition");
+            tracing::warn!(subscription = name, error = %crate::error_chain(&e), "cannot record the mint condition");
         }
     }
 
-    async fn report_failure(&mut self, id: u64, e: &MintError) {
-        let delay = self.failed(id);
+    async fn report_failure(&self, name: &str, e: &MintError) {
         let reason = e.reason();
         self.count(match reason {
-            "InsufficientFunds" => "insufficient_funds",
+            Reason::InsufficientFunds => "insufficient_funds",
             _ => "error",
         });
         let hint = match e {
@@ -809,13 +860,9 @@ impl Minter {
             }
             _ => String::new(),
         };
-        let message = format!(
-            "{}{hint}; retrying in {}s",
-            crate::error_chain(e),
-            delay.as_secs()
-        );
-        tracing::warn!(subscription = id, reason, error = %message, "cannot mint the access NFT");
-        self.condition(id, ConditionStatus::False, reason, &message)
+        let message = format!("{}{hint}", crate::error_chain(e));
+        tracing::warn!(subscription = name, reason = reason.as_str(), error = %message, "cannot mint the access NFT");
+        self.condition(name, ConditionStatus::False, reason, &message)
             .await;
     }
 }
