@@ -197,20 +197,19 @@ impl MintError {
         }
     }
 
-    /// Whether retrying can help by itself, or an operator must act first.
+    /// Whether retrying can help by itself, or an operator must act first
+    /// (fund the wallet, hand it the contract, fix the configuration).
     pub fn retry(&self) -> Retry {
-        match self.reason() {
-            Reason::InsufficientFunds
-            | Reason::MintWouldRevert
-            | Reason::NoSignature
-            | Reason::Internal => Retry::Operator,
-            _ if matches!(
-                self,
-                MintError::NoTokenInReceipt(_) | MintError::StoredTx(_) | MintError::Payload(_)
-            ) =>
-            {
-                Retry::Operator
-            }
+        match self {
+            MintError::Wallet(
+                WalletError::InsufficientFunds { .. } | WalletError::WouldRevert(_),
+            )
+            | MintError::Send(SendError::InsufficientFunds(_))
+            | MintError::NoSignature(_)
+            | MintError::NoTokenInReceipt(_)
+            | MintError::StoredTx(_)
+            | MintError::Payload(_)
+            | MintError::StoreTask(_) => Retry::Operator,
             _ => Retry::Transient,
         }
     }
@@ -907,6 +906,56 @@ mod tests {
     use super::*;
     use crate::chain::node::RawLog;
     use k256::ecdsa::SigningKey;
+
+    #[test]
+    fn the_error_policy_waits_long_only_for_what_an_operator_must_fix() {
+        let funds = MintError::Wallet(WalletError::InsufficientFunds {
+            address: blockhost_crd::WalletAddress::from_bytes([1; 20]),
+            balance: U256::ZERO,
+            needed: U256::from(1u8),
+        });
+        let cases = [
+            (funds, Reason::InsufficientFunds, Retry::Operator),
+            (
+                MintError::Send(SendError::InsufficientFunds("low".into())),
+                Reason::InsufficientFunds,
+                Retry::Operator,
+            ),
+            (
+                MintError::Wallet(WalletError::WouldRevert(
+                    "OwnableUnauthorizedAccount".into(),
+                )),
+                Reason::MintWouldRevert,
+                Retry::Operator,
+            ),
+            (
+                MintError::NoSignature(1),
+                Reason::NoSignature,
+                Retry::Operator,
+            ),
+            (
+                MintError::NoAddress("vm".into()),
+                Reason::NoAddress,
+                Retry::Transient,
+            ),
+            (
+                MintError::Reverted {
+                    transaction: "0xab".into(),
+                    block: 9,
+                },
+                Reason::MintReverted,
+                Retry::Transient,
+            ),
+            (
+                MintError::Send(SendError::Rejected("gas".into())),
+                Reason::MintFailed,
+                Retry::Transient,
+            ),
+        ];
+        for (e, reason, retry) in cases {
+            assert_eq!((e.reason(), e.retry()), (reason, retry), "{e}");
+        }
+    }
 
     #[test]
     fn own_transactions_decode_back() {

@@ -261,7 +261,12 @@ impl<P: Pve + 'static> VmReconciler<P> {
             }
             if !changes.is_empty() {
                 s.update_status::<VirtualMachine>(&name, |vm| {
-                    changes.iter().fold(false, |changed, f| f(vm) || changed)
+                    // Every change applies: no short-circuit.
+                    let mut changed = false;
+                    for f in &changes {
+                        changed |= f(vm);
+                    }
+                    changed
                 })?;
             }
             Ok(())
