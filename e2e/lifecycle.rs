@@ -101,7 +101,7 @@ async fn subscription_lifecycle() {
     let files = rig.wait(30, "access file with the token id", || {
         let f = rig.access_files(vmid);
         match f.last() {
-            Some(last) if last.contains("nft_token_id = 0") => Ok(f),
+            Some(last) if last.contains("\"nft_token_id\": 0") => Ok(f),
             _ => Err(format!("{f:?}")),
         }
     });

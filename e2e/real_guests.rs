@@ -108,7 +108,7 @@ async fn purchase_to_wallet_login_and_back() {
     assert_eq!(lines.next(), Some("blockhost-001"), "{out}");
     // The access file came through the guest agent and names the holder and token.
     assert!(out.contains(USER), "{out}");
-    assert!(out.contains(&format!("nft_token_id = {token}")), "{out}");
+    assert!(out.contains(&format!("\"nft_token_id\": {token}")), "{out}");
     // IPv4 reaches the same VM.
     let v4 = vm["status"]["addresses"]["ipv4"]
         .as_str()

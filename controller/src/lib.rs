@@ -18,10 +18,6 @@
 //! - [`watch_sink`]: the bounded per-watch buffer; slow watchers are dropped
 //!   with a resumable error.
 
-/// The minter (being moved under the reconcile runtime).
-pub mod chain {
-    pub mod mint;
-}
 pub mod daemon;
 pub mod listeners;
 pub mod metrics;

@@ -20,8 +20,8 @@ use blockhost_chain::bindings::AccessCredentialNFT as Nft;
 use blockhost_chain::nft_payload;
 use blockhost_chain::rpc::RpcClient;
 use blockhost_chain::wallet::ServerWallet;
-use blockhost_controller::chain::mint::{MintConfig, Minter};
 use blockhost_controller::metrics::Metrics;
+use blockhost_controller::reconcile::mint::{MintConfig, Minter};
 use blockhost_controller::store::mint::MintState;
 use blockhost_controller::store::{Store, Writer};
 use blockhost_crd::eip191;
@@ -121,6 +121,8 @@ impl Rig {
         );
         c.min_backoff = Duration::from_millis(100);
         c.max_backoff = Duration::from_millis(400);
+        c.operator_min_backoff = Duration::from_millis(200);
+        c.operator_max_backoff = Duration::from_millis(800);
         c.full_scan = Duration::from_millis(300);
         c.drop_after = Duration::from_millis(300);
         c

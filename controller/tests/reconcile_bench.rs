@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blockhost_controller::metrics::Metrics;
-use blockhost_controller::reconcile::runtime::{self, Action, Reconciler, RuntimeConfig};
+use blockhost_controller::reconcile::runtime::{
+    self, Action, ErrorPolicy, Reconciler, RuntimeConfig,
+};
 use blockhost_controller::reconcile::vm::VmReconciler;
 use blockhost_controller::reconcile::vm::observed::Observed;
 use blockhost_controller::store::alloc::Pools;
@@ -53,8 +55,8 @@ impl<R: Reconciler> Reconciler for Counting<R> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn error_reason(&self, e: &R::Error) -> &'static str {
-        self.inner.error_reason(e)
+    fn error_policy(&self, e: &R::Error) -> ErrorPolicy {
+        self.inner.error_policy(e)
     }
     async fn reconcile(&self, key: String) -> Result<Action, R::Error> {
         self.runs.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +341,7 @@ async fn bench_fake_only_rss() {
         deadline: Duration::from_secs(30),
         log_tail: 5,
     };
-    let access = "version = 1\nmachine = \"vm-00000\"\nchain_id = 0\nwallets = [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"]\nusers = [\"alice\"]\n";
+    let access = "{\"version\": 1, \"machine\": \"vm-00000\", \"chain_id\": 0, \"wallets\": [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"], \"users\": [\"alice\"]}\n";
     for i in 0..n {
         let vmid = 100_000 + i;
         let name = format!("vm-{i:05}");

@@ -2,6 +2,7 @@
 //! what the API serves, and what the controller writes into each VM.
 //!
 //! - [`meta`]: object metadata, conditions and events (Kubernetes-shaped).
+//! - [`condition`]: the condition types and reasons the daemon writes, typed.
 //! - [`resource`]: the [`Resource`] trait and [`AnyObject`] for run-time kinds.
 //! - [`vm`]: the `VirtualMachine` kind. [`plan`]: the `Plan` kind.
 //! - [`subscription`]: the `Subscription` kind, mirrored from the chain.
@@ -21,6 +22,7 @@
 //! the parser itself, with its position and field path, wherever it comes from.
 
 pub mod bounded;
+pub mod condition;
 pub mod config;
 pub mod meta;
 pub mod net;
@@ -36,6 +38,7 @@ pub mod vm;
 pub use access::AccessFile;
 pub use blockhost_access::{access, eip191, errors, sanitize, validate, wallet};
 pub use bounded::{Cores, DiskGib, MemoryMib, Name, UnixUser, Vmid};
+pub use condition::{ConditionType, Reason};
 pub use config::DaemonConfig;
 pub use errors::error_chain;
 pub use meta::{API_VERSION, Condition, ConditionStatus, Event, EventType, ObjectMeta};

@@ -1,7 +1,7 @@
 //! The server wallet: the configured key acting on chain — reading its nonce and
 //! balance, pricing EIP-1559 fees, signing, broadcasting, and reading receipts.
 //!
-//! Two users: the minter (`super::mint`), which stores every signed transaction
+//! Two users: the minter (`crate::reconcile::mint`), which stores every signed transaction
 //! before broadcasting it and so only uses the step-by-step methods, and `bhctl`
 //! (`chain deploy`, `plan create`), which uses [`ServerWallet::transact`] to send
 //! one transaction and wait for its receipt.

@@ -6,12 +6,15 @@
 //!   triggers on spec changes (never on status writes) and a periodic resync.
 //! - [`vm`]: the `VirtualMachine` reconciler (create, power, expiry, drift,
 //!   deletion) against the [`blockhost_pve::Pve`] trait.
+//! - [`mint`]: the minter, which mints each running chain VM's access NFT
+//!   through the server wallet.
 //!
 //! A reconcile function receives only a key. It reads the object and the world
 //! afresh and assumes nothing about why it runs: the same function handles a new
 //! spec, a retry after a crash, a resync and a drift.
 
+pub mod mint;
 pub mod runtime;
 pub mod vm;
 
-pub use runtime::{Action, Reconciler, RuntimeConfig, run, store_triggers};
+pub use runtime::{Action, ErrorPolicy, Reconciler, Retry, RuntimeConfig, run, store_triggers};

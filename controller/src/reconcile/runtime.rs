@@ -6,27 +6,37 @@
 //!   the current run ends, so a spec change made mid-reconcile is never lost, and
 //!   two reconciles of one key never overlap.
 //! - When a key is requested twice, the earliest due time wins.
-//! - Failures back off per key: `base * 2^(n-1)` capped at `max`, with "equal
-//!   jitter" (half fixed, half random) so that many keys failing together (a Proxmox
-//!   outage) do not retry in lock-step. Success resets the count.
+//! - Each failure is judged by the reconciler's [`Reconciler::error_policy`]:
+//!   [`Retry::Transient`] (a lock, an outage) backs off on a short curve,
+//!   [`Retry::Operator`] (a missing template, refused credentials) on a long one,
+//!   since retrying cannot help until someone acts; the reconciler's condition
+//!   says what to do. Either curve is `base * 2^(n-1)` capped at `max`, with
+//!   "equal jitter" (half fixed, half random) so that many keys failing together
+//!   (a Proxmox outage) do not retry in lock-step. Success resets the count.
+//! - Due times are kept in `tokio_util`'s `DelayQueue`, one entry per key (reset
+//!   to the earlier time when requested again); the one-run-per-key rule is the
+//!   `running`/`dirty` sets', which the queue cannot know about.
+//! - A reconcile that panics is an internal failure of its key (long backoff):
+//!   the key is neither lost nor left marked running.
 //! - The periodic resync enqueues every idle key; it never shortens a backoff.
 //! - Triggers come from the store's change feed, and only for spec-level changes
 //!   (creation, spec, deletion): a reconciler's own status writes do not re-trigger it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::metrics::Metrics;
-use crate::store::{ChangeKind, Store};
+use crate::store::{Change, ChangeKind, Store};
 
 /// What a successful reconcile asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +46,31 @@ pub enum Action {
     /// Run again after this long (e.g. to watch a long task or an expiry time).
     RequeueAfter(Duration),
 }
+
+/// How a failure is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Likely to pass by itself (a lock, an outage, a timeout): short backoff.
+    Transient,
+    /// Cannot pass until someone acts (configuration, capacity, a bug): long
+    /// backoff; the reconciler's condition says what to do.
+    Operator,
+}
+
+/// A reconciler's verdict on one failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    /// Short stable label for metrics and logs (a CamelCase condition reason).
+    pub reason: &'static str,
+    /// Which backoff curve the retry follows.
+    pub retry: Retry,
+}
+
+/// Label of a reconcile that exceeded [`RuntimeConfig::timeout`].
+pub const TIMEOUT_REASON: &str = "Timeout";
+
+/// Label of a reconcile task that panicked.
+pub const PANIC_REASON: &str = "Internal";
 
 /// A reconcile loop for one kind of work.
 pub trait Reconciler: Send + Sync + 'static {
@@ -48,8 +83,8 @@ pub trait Reconciler: Send + Sync + 'static {
     /// Brings the object named `key` one step closer to its spec.
     fn reconcile(&self, key: String) -> impl Future<Output = Result<Action, Self::Error>> + Send;
 
-    /// A short, stable label for a failure (metrics and conditions), e.g. `locked`.
-    fn error_reason(&self, error: &Self::Error) -> &'static str;
+    /// What a failure means: its label and how it is retried.
+    fn error_policy(&self, error: &Self::Error) -> ErrorPolicy;
 
     /// Runs once before each periodic resync (e.g. to read the world once for all keys).
     fn before_resync(&self) -> impl Future<Output = ()> + Send {
@@ -70,10 +105,14 @@ pub trait Reconciler: Send + Sync + 'static {
 pub struct RuntimeConfig {
     /// Reconciles running at once, across keys.
     pub concurrency: usize,
-    /// First retry delay after a failure.
+    /// First retry delay after a transient failure.
     pub backoff_base: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay after transient failures.
     pub backoff_max: Duration,
+    /// First retry delay after a failure that needs an operator.
+    pub operator_backoff_base: Duration,
+    /// Longest retry delay after failures that need an operator.
+    pub operator_backoff_max: Duration,
     /// A reconcile running longer than this is abandoned and counted as a failure.
     pub timeout: Duration,
     /// Every idle key is reconciled at least this often.
@@ -85,7 +124,9 @@ impl Default for RuntimeConfig {
         Self {
             concurrency: 8,
             backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(300),
+            backoff_max: Duration::from_secs(60),
+            operator_backoff_base: Duration::from_secs(60),
+            operator_backoff_max: Duration::from_secs(900),
             timeout: Duration::from_secs(600),
             resync: Duration::from_secs(60),
         }
@@ -93,12 +134,14 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// The delay before retry number `failures` (1-based), jittered.
-    pub fn backoff(&self, failures: u32, rng: &mut impl Rng) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(31)));
-        let capped = exp.min(self.backoff_max);
+    /// The delay before retry number `failures` (1-based) on `retry`'s curve, jittered.
+    pub fn backoff(&self, retry: Retry, failures: u32, rng: &mut impl Rng) -> Duration {
+        let (base, max) = match retry {
+            Retry::Transient => (self.backoff_base, self.backoff_max),
+            Retry::Operator => (self.operator_backoff_base, self.operator_backoff_max),
+        };
+        let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(31)));
+        let capped = exp.min(max);
         let half = capped / 2;
         half + half.mul_f64(rng.r#gen::<f64>())
     }
@@ -132,6 +175,22 @@ pub fn store_triggers_with_sender(
     kind: &'static str,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>) {
+    change_triggers(
+        store,
+        move |c| c.kind == kind && c.what != ChangeKind::Status,
+        shutdown,
+    )
+}
+
+/// Feeds a trigger for every change `wanted` accepts (a reconciler that reacts
+/// to status, such as the minter waiting for a VM to run, filters here); a
+/// lagging feed turns into [`Trigger::All`]. Also returns a sender into the
+/// same queue.
+pub fn change_triggers(
+    store: &Store,
+    wanted: impl Fn(&Change) -> bool + Send + 'static,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>) {
     let mut rx = store.subscribe();
     let (tx, out) = mpsc::channel(1024);
     let extra = tx.clone();
@@ -142,14 +201,10 @@ pub fn store_triggers_with_sender(
                 c = rx.recv() => c,
             };
             let trigger = match change {
-                Ok(c) if c.kind == kind && c.what != ChangeKind::Status => Trigger::Key(c.name),
+                Ok(c) if wanted(&c) => Trigger::Key(c.name),
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        kind,
-                        missed = n,
-                        "change feed lagged; re-listing every object"
-                    );
+                    tracing::warn!(missed = n, "change feed lagged; re-listing every object");
                     Trigger::All
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -164,9 +219,15 @@ pub fn store_triggers_with_sender(
 
 type Labels = Vec<(String, String)>;
 
-/// A finished reconcile: its key, its outcome (a failure as reason and message),
-/// and how long it took.
-type Finished = (String, Result<Action, (&'static str, String)>, Duration);
+/// Why a reconcile failed, as the scheduler needs it.
+#[derive(Debug)]
+struct Failure {
+    policy: ErrorPolicy,
+    message: String,
+}
+
+/// A finished reconcile: its key, its outcome, and how long it took.
+type Finished = (String, Result<Action, Failure>, Duration);
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -178,14 +239,16 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// Scheduler state; private to [`run`].
 #[derive(Default)]
 struct Queue {
-    /// Due time of each pending key.
-    pending: HashMap<String, Instant>,
-    /// Due times in order; entries whose time no longer matches `pending` are stale.
-    heap: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Pending keys by due time, one entry per key.
+    delays: DelayQueue<String>,
+    /// Each pending key's entry in `delays` and its due time.
+    pending: HashMap<String, (delay_queue::Key, Instant)>,
     running: HashSet<String>,
     /// Triggered while running: run again right after.
     dirty: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// Which key each running task reconciles (to recover the key of a panic).
+    tasks: HashMap<tokio::task::Id, String>,
 }
 
 impl Queue {
@@ -195,41 +258,58 @@ impl Queue {
             self.dirty.insert(key);
             return;
         }
-        match self.pending.get(&key) {
-            Some(&at) if at <= due => {}
-            _ => {
-                self.pending.insert(key.clone(), due);
-                self.heap.push(Reverse((due, key)));
+        match self.pending.get_mut(&key) {
+            Some((_, at)) if *at <= due => {}
+            Some((entry, at)) => {
+                self.delays.reset_at(entry, due);
+                *at = due;
+            }
+            None => {
+                let entry = self.delays.insert_at(key.clone(), due);
+                self.pending.insert(key, (entry, due));
             }
         }
     }
 
-    /// The next due key whose time has come.
-    fn pop_due(&mut self, now: Instant) -> Option<String> {
-        while let Some(Reverse((at, key))) = self.heap.peek().cloned() {
-            if self.pending.get(&key) != Some(&at) {
-                self.heap.pop(); // stale entry
-                continue;
-            }
-            if at > now {
-                return None;
-            }
-            self.heap.pop();
-            self.pending.remove(&key);
-            return Some(key);
-        }
-        None
+    /// Marks a key whose due time came as running.
+    fn start(&mut self, key: &str) {
+        self.pending.remove(key);
+        self.running.insert(key.to_owned());
     }
 
-    fn next_due(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, key))) = self.heap.peek() {
-            if self.pending.get(key) == Some(at) {
-                return Some(*at);
-            }
-            self.heap.pop();
+    /// Records the end of a run: the next due time, if any (a trigger that came
+    /// mid-run means new desired state: run again now).
+    fn finish(&mut self, key: String, next: Option<Instant>, now: Instant) {
+        self.running.remove(&key);
+        let next = if self.dirty.remove(&key) {
+            Some(now)
+        } else {
+            next
+        };
+        if let Some(at) = next {
+            self.request(key, at);
         }
-        None
     }
+}
+
+/// Runs one reconcile of `key`, bounded by `timeout`, and judges its failure.
+async fn attempt<R: Reconciler>(r: Arc<R>, key: String, timeout: Duration) -> Finished {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(timeout, r.reconcile(key.clone())).await {
+        Ok(Ok(action)) => Ok(action),
+        Ok(Err(e)) => Err(Failure {
+            policy: r.error_policy(&e),
+            message: crate::error_chain(&e),
+        }),
+        Err(_) => Err(Failure {
+            policy: ErrorPolicy {
+                reason: TIMEOUT_REASON,
+                retry: Retry::Transient,
+            },
+            message: format!("reconcile did not finish within {timeout:?}"),
+        }),
+    };
+    (key, result, started.elapsed())
 }
 
 /// Runs `reconciler` until `shutdown`: triggers from `triggers`, every key from
@@ -256,55 +336,16 @@ pub async fn run<R: Reconciler>(
         .reconcile_queue_depth
         .get_or_create(&labels(&[("controller", name)]))
         .clone();
+    let concurrency = cfg.concurrency.max(1);
     loop {
-        let now = Instant::now();
-        if now >= next_resync {
+        if Instant::now() >= next_resync {
             reconciler.before_resync().await;
             let now = Instant::now();
-            let all: HashSet<String> = keys().into_iter().collect();
-            // Objects gone since the last resync: drop their backoff state and
-            // metric series, which would otherwise accumulate forever.
-            q.failures.retain(|k, _| all.contains(k));
-            for k in known.difference(&all) {
-                forget_object(&metrics, name, k);
-            }
-            // A key waiting for a requeue time is visited like the others (a
-            // deadline may have come early: a clock that follows the chain, a
-            // suspended host); a key retrying after failures keeps its backoff.
-            for k in &all {
-                if !q.running.contains(k)
-                    && !q.failures.contains_key(k)
-                    && !reconciler.resync_skip(k)
-                {
-                    q.request(k.clone(), now);
-                }
-            }
-            known = all;
+            known = resync(&mut q, reconciler.as_ref(), &metrics, keys(), &known, now);
             next_resync = now + cfg.resync;
         }
-        while tasks.len() < cfg.concurrency.max(1) {
-            let Some(key) = q.pop_due(now) else { break };
-            q.running.insert(key.clone());
-            let r = reconciler.clone();
-            let timeout = cfg.timeout;
-            tasks.spawn(async move {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, r.reconcile(key.clone())).await {
-                    Ok(Ok(action)) => Ok(action),
-                    Ok(Err(e)) => Err((r.error_reason(&e), crate::error_chain(&e))),
-                    Err(_) => Err((
-                        "timeout",
-                        format!("reconcile did not finish within {timeout:?}"),
-                    )),
-                };
-                (key, result, started.elapsed())
-            });
-        }
         depth.set(i64::try_from(q.pending.len()).unwrap_or(i64::MAX));
-        let wake = q
-            .next_due()
-            .filter(|_| tasks.len() < cfg.concurrency.max(1))
-            .map_or(next_resync, |d| d.min(next_resync));
+        let free = tasks.len() < concurrency && !q.delays.is_empty();
         tokio::select! {
             () = shutdown.cancelled() => break,
             t = triggers.recv(), if triggers_open => match t {
@@ -316,47 +357,113 @@ pub async fn run<R: Reconciler>(
                 }
                 None => triggers_open = false,
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((key, result, took)) = done else {
-                    tracing::error!(controller = name, "a reconcile task panicked");
-                    continue;
+            Some(due) = q.delays.next(), if free => {
+                let key = due.into_inner();
+                q.start(&key);
+                let id = tasks.spawn(attempt(reconciler.clone(), key.clone(), cfg.timeout)).id();
+                q.tasks.insert(id, key);
+            },
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let (key, result, took) = match done {
+                    Ok((id, finished)) => {
+                        q.tasks.remove(&id);
+                        finished
+                    }
+                    Err(e) => {
+                        let Some(key) = q.tasks.remove(&e.id()) else { continue };
+                        tracing::error!(controller = name, object = %key, error = %e, "a reconcile task panicked");
+                        let failure = Failure {
+                            policy: ErrorPolicy { reason: PANIC_REASON, retry: Retry::Operator },
+                            message: format!("the reconcile task failed ({e}); this is a bug in blockhostd"),
+                        };
+                        (key, Err(failure), Duration::ZERO)
+                    }
                 };
-                q.running.remove(&key);
                 let now = Instant::now();
                 metrics.reconcile_duration.get_or_create(&labels(&[("controller", name)])).observe(took.as_secs_f64());
-                let retry_at = match result {
-                    Ok(action) => {
-                        q.failures.remove(&key);
-                        metrics.reconciles.get_or_create(&labels(&[("controller", name), ("result", "success")])).inc();
-                        let secs = chrono::Utc::now().timestamp();
-                        metrics.reconcile_last_success.get_or_create(&labels(&[("controller", name), ("object", &key)])).set(secs);
-                        match action {
-                            Action::Done => None,
-                            Action::RequeueAfter(d) => Some(now + d),
-                        }
-                    }
-                    Err((reason, message)) => {
-                        let n = q.failures.entry(key.clone()).or_insert(0);
-                        *n = n.saturating_add(1);
-                        let delay = cfg.backoff(*n, &mut rng);
-                        metrics.reconciles.get_or_create(&labels(&[("controller", name), ("result", "error")])).inc();
-                        metrics.reconcile_failures.get_or_create(&labels(&[("controller", name), ("reason", reason)])).inc();
-                        tracing::warn!(controller = name, object = %key, reason, failures = *n, retry_in = ?delay, error = %message, "reconcile failed");
-                        Some(now + delay)
-                    }
-                };
-                // A trigger that arrived mid-run means new desired state: run again now.
-                let retry_at = if q.dirty.remove(&key) { Some(now) } else { retry_at };
-                if let Some(at) = retry_at {
-                    q.request(key, at);
-                }
+                let next = settle(&mut q, &cfg, &metrics, name, &key, result, &mut rng, now);
+                q.finish(key, next, now);
             },
-            () = tokio::time::sleep_until(wake) => {},
+            () = tokio::time::sleep_until(next_resync) => {},
         }
     }
     // Let running reconciles finish (bounded by their timeout) so none is cut mid-step.
     while tasks.join_next().await.is_some() {}
     tracing::info!(controller = name, "reconciler stopped");
+}
+
+/// A periodic resync: forgets objects that are gone and requests every idle
+/// key. A key waiting for a requeue time is visited like the others (a deadline
+/// may have come early: a clock that follows the chain, a suspended host); a key
+/// retrying after failures keeps its backoff. Returns the keys seen.
+fn resync<R: Reconciler>(
+    q: &mut Queue,
+    reconciler: &R,
+    metrics: &Metrics,
+    keys: Vec<String>,
+    known: &HashSet<String>,
+    now: Instant,
+) -> HashSet<String> {
+    let all: HashSet<String> = keys.into_iter().collect();
+    // Objects gone since the last resync: drop their backoff state and metric
+    // series, which would otherwise accumulate forever.
+    q.failures.retain(|k, _| all.contains(k));
+    for k in known.difference(&all) {
+        forget_object(metrics, reconciler.name(), k);
+    }
+    for k in &all {
+        if !q.running.contains(k) && !q.failures.contains_key(k) && !reconciler.resync_skip(k) {
+            q.request(k.clone(), now);
+        }
+    }
+    all
+}
+
+/// Counts a finished reconcile and returns when its key is due again.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    q: &mut Queue,
+    cfg: &RuntimeConfig,
+    metrics: &Metrics,
+    name: &str,
+    key: &str,
+    result: Result<Action, Failure>,
+    rng: &mut impl Rng,
+    now: Instant,
+) -> Option<Instant> {
+    let count = |result: &str| {
+        metrics
+            .reconciles
+            .get_or_create(&labels(&[("controller", name), ("result", result)]))
+            .inc();
+    };
+    match result {
+        Ok(action) => {
+            q.failures.remove(key);
+            count("success");
+            let secs = chrono::Utc::now().timestamp();
+            metrics
+                .reconcile_last_success
+                .get_or_create(&labels(&[("controller", name), ("object", key)]))
+                .set(secs);
+            match action {
+                Action::Done => None,
+                Action::RequeueAfter(d) => Some(now + d),
+            }
+        }
+        Err(Failure { policy, message }) => {
+            let n = q.failures.entry(key.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            let delay = cfg.backoff(policy.retry, *n, rng);
+            count("error");
+            metrics
+                .reconcile_failures
+                .get_or_create(&labels(&[("controller", name), ("reason", policy.reason)]))
+                .inc();
+            tracing::warn!(controller = name, object = %key, reason = policy.reason, retry = ?policy.retry, failures = *n, retry_in = ?delay, error = %message, "reconcile failed");
+            Some(now + delay)
+        }
+    }
 }
 
 /// Forgets metrics of an object that no longer exists.
@@ -394,8 +501,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "test"
         }
-        fn error_reason(&self, _: &Fail) -> &'static str {
-            "fake"
+        fn error_policy(&self, _: &Fail) -> ErrorPolicy {
+            ErrorPolicy {
+                reason: "fake",
+                retry: Retry::Transient,
+            }
         }
         async fn reconcile(&self, key: String) -> Result<Action, Fail> {
             self.log.lock().unwrap().push((key.clone(), Instant::now()));
@@ -427,6 +537,8 @@ mod tests {
             concurrency: 3,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(16),
+            operator_backoff_base: Duration::from_secs(100),
+            operator_backoff_max: Duration::from_secs(400),
             timeout: Duration::from_secs(30),
             resync: Duration::from_secs(3600),
         }
@@ -576,7 +688,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(h.runs("a").len() >= 2, "timed out and retried");
         let text = h.metrics.render_registry_only();
-        assert!(text.contains("reason=\"timeout\""), "{text}");
+        assert!(text.contains("reason=\"Timeout\""), "{text}");
         h.stop().await;
     }
 
@@ -629,8 +741,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "skipper"
         }
-        fn error_reason(&self, _: &Fail) -> &'static str {
-            "fake"
+        fn error_policy(&self, _: &Fail) -> ErrorPolicy {
+            ErrorPolicy {
+                reason: "fake",
+                retry: Retry::Transient,
+            }
         }
         async fn reconcile(&self, key: String) -> Result<Action, Fail> {
             self.0.reconcile(key).await
@@ -720,5 +835,100 @@ mod tests {
         assert_eq!(h.runs("good").len(), 3, "start, 10 s, 20 s");
         assert_eq!(h.runs("bad").len(), 1, "still backing off (30..60 s)");
         h.stop().await;
+    }
+
+    /// Fails each key by its name: `op*` as needing an operator, `panic*` by
+    /// panicking, anything else transiently.
+    struct Judge(Arc<Script>);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("judged failure")]
+    struct Judged(Retry);
+
+    impl Reconciler for Judge {
+        type Error = Judged;
+        fn name(&self) -> &'static str {
+            "judge"
+        }
+        fn error_policy(&self, e: &Judged) -> ErrorPolicy {
+            ErrorPolicy {
+                reason: match e.0 {
+                    Retry::Transient => "Flaky",
+                    Retry::Operator => "Misconfigured",
+                },
+                retry: e.0,
+            }
+        }
+        async fn reconcile(&self, key: String) -> Result<Action, Judged> {
+            self.0
+                .log
+                .lock()
+                .unwrap()
+                .push((key.clone(), Instant::now()));
+            if key.starts_with("panic") {
+                panic!("scripted panic");
+            }
+            Err(Judged(if key.starts_with("op") {
+                Retry::Operator
+            } else {
+                Retry::Transient
+            }))
+        }
+    }
+
+    #[test]
+    fn each_curve_doubles_within_its_own_bounds() {
+        let c = cfg();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        for n in 1..10u32 {
+            let t = c.backoff(Retry::Transient, n, &mut rng).as_secs_f64();
+            let o = c.backoff(Retry::Operator, n, &mut rng).as_secs_f64();
+            let tf = (2f64.powi(i32::try_from(n - 1).unwrap())).min(16.0);
+            let of = (100.0 * 2f64.powi(i32::try_from(n - 1).unwrap())).min(400.0);
+            assert!(t >= tf / 2.0 && t <= tf, "transient {n}: {t}");
+            assert!(o >= of / 2.0 && o <= of, "operator {n}: {o}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_needing_an_operator_back_off_longer_and_panics_are_internal() {
+        let script = Arc::new(Script::default());
+        let (_tx, rx) = mpsc::channel(10);
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let keys = vec!["flaky".to_owned(), "op".to_owned(), "panic".to_owned()];
+        let handle = tokio::spawn(run(
+            Arc::new(Judge(script.clone())),
+            cfg(),
+            metrics.clone(),
+            rx,
+            move || keys.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        let runs = |k: &str| {
+            script
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(n, _)| n == k)
+                .count()
+        };
+        // Transient: gaps of at most 1, 2, 4, 8, 16 s → six runs within 31 s.
+        assert!(runs("flaky") >= 6, "{}", runs("flaky"));
+        // Needing an operator: the first retry waits 50..100 s.
+        assert_eq!(runs("op"), 1);
+        // A panic is not lost: the key is retried on the long curve too.
+        assert_eq!(runs("panic"), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await; // 105 s: past 100 s
+        assert_eq!(runs("op"), 2);
+        assert_eq!(runs("panic"), 2, "the panicked key is not stuck as running");
+        let text = metrics.render_registry_only();
+        for reason in ["Flaky", "Misconfigured", "Internal"] {
+            assert!(text.contains(&format!("reason=\"{reason}\"")), "{text}");
+        }
+        stop.cancel();
+        handle.await.unwrap();
     }
 }

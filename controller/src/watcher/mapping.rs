@@ -11,6 +11,7 @@ use blockhost_crd::eip191::{self, Signature};
 use blockhost_crd::meta::{Condition, ConditionStatus, set_condition};
 use blockhost_crd::subscription::vm_name_for;
 use blockhost_crd::vm::NetworkSpec;
+use blockhost_crd::{ConditionType, Reason};
 use blockhost_crd::{
     Name, Plan, PlanSpec, PowerState, Resource, Subscription, SubscriptionSpec, SubscriptionState,
     UnixUser, VirtualMachine, VirtualMachineSpec, VmSource, WalletAddress,
@@ -47,23 +48,18 @@ impl std::fmt::Debug for Mapper {
 }
 
 fn condition(
-    type_: &str,
+    type_: ConditionType,
     ok: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        },
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: now,
-    }
+    let status = if ok {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    Condition::new(type_, status, reason, message, now)
 }
 
 impl Mapper {
@@ -107,9 +103,9 @@ impl Mapper {
                         set_condition(
                             &mut sub.status.conditions,
                             condition(
-                                "PayloadValid",
+                                ConditionType::PayloadValid,
                                 true,
-                                "Decrypted",
+                                Reason::Decrypted,
                                 "userEncrypted holds the subscriber's signature",
                                 tx.now(),
                             ),
@@ -120,17 +116,23 @@ impl Mapper {
                         sub.status.state = SubscriptionState::PayloadInvalid;
                         set_condition(
                             &mut sub.status.conditions,
-                            condition("PayloadValid", false, reason, &message, tx.now()),
+                            condition(
+                                ConditionType::PayloadValid,
+                                false,
+                                reason,
+                                &message,
+                                tx.now(),
+                            ),
                         );
                         tx.put(&sub)?;
                         tx.event(
                             Subscription::KIND,
                             sub.metadata.name.as_str(),
-                            Note::warning(reason, &format!("no VM: {message}")),
+                            Note::warning(reason.as_str(), &format!("no VM: {message}")),
                         )?;
                         tracing::warn!(
                             subscription = id,
-                            reason,
+                            reason = reason.as_str(),
                             "purchase not provisioned: {message}"
                         );
                     }
@@ -216,10 +218,10 @@ impl Mapper {
         &self,
         user_encrypted: &[u8],
         subscriber: &WalletAddress,
-    ) -> Result<Signature, (&'static str, String)> {
+    ) -> Result<Signature, (Reason, String)> {
         if user_encrypted.len() > MAX_USER_ENCRYPTED {
             return Err((
-                "PayloadTooLarge",
+                Reason::PayloadTooLarge,
                 format!(
                     "userEncrypted is {} bytes; at most {MAX_USER_ENCRYPTED} are accepted",
                     user_encrypted.len()
@@ -227,9 +229,9 @@ impl Mapper {
             ));
         }
         let sig = user_encrypted::decrypt_signature(&self.server_key, user_encrypted)
-            .map_err(|e| ("PayloadUndecryptable", crate::error_chain(&e)))?;
+            .map_err(|e| (Reason::PayloadUndecryptable, crate::error_chain(&e)))?;
         eip191::verify(self.public_secret.as_bytes(), &sig, subscriber).map_err(|_| {
-            ("SignatureMismatch", format!("the decrypted signature is not {subscriber}'s signature of the public secret; the buyer could not open their NFT"))
+            (Reason::SignatureMismatch, format!("the decrypted signature is not {subscriber}'s signature of the public secret; the buyer could not open their NFT"))
         })?;
         Ok(sig)
     }
@@ -269,22 +271,28 @@ impl Mapper {
             );
             set_condition(
                 &mut sub.status.conditions,
-                condition("PlanKnown", false, "PlanUnknown", &msg, now),
+                condition(
+                    ConditionType::PlanKnown,
+                    false,
+                    Reason::PlanUnknown,
+                    &msg,
+                    now,
+                ),
             );
             tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                Note::warning("PlanUnknown", &msg),
+                Note::warning(Reason::PlanUnknown.as_str(), &msg),
             )?;
             return Ok(());
         };
         set_condition(
             &mut sub.status.conditions,
             condition(
-                "PlanKnown",
+                ConditionType::PlanKnown,
                 true,
-                "PlanFound",
+                Reason::PlanFound,
                 &format!("plan {}", plan.metadata.name),
                 now,
             ),
@@ -300,14 +308,20 @@ impl Mapper {
             );
             set_condition(
                 &mut sub.status.conditions,
-                condition("VmWritten", false, "NameTaken", &msg, now),
+                condition(
+                    ConditionType::VmWritten,
+                    false,
+                    Reason::NameTaken,
+                    &msg,
+                    now,
+                ),
             );
             sub.status.state = SubscriptionState::Pending;
             tx.put(&*sub)?;
             tx.event(
                 Subscription::KIND,
                 name.as_str(),
-                Note::warning("NameTaken", &msg),
+                Note::warning(Reason::NameTaken.as_str(), &msg),
             )?;
             return Ok(());
         }

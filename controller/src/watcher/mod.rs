@@ -112,10 +112,18 @@ pub fn task(
         server_wallet = %wallet.address(),
         "chain watcher starting"
     );
-    let minter = crate::chain::mint::Minter::new(
+    // The minter is a reconciler (crate::reconcile::mint) under the same
+    // runtime as the VM reconciler; it runs beside the watcher because it
+    // shares its wallet and contracts.
+    let minter = crate::reconcile::mint::Minter::new(
         wallet,
         store.clone(),
-        crate::chain::mint::MintConfig::new(wc.scope.clone(), wc.nft, wc.confirmations, wc.poll),
+        crate::reconcile::mint::MintConfig::new(
+            wc.scope.clone(),
+            wc.nft,
+            wc.confirmations,
+            wc.poll,
+        ),
         metrics.clone(),
         nudge,
     );

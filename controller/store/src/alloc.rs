@@ -17,6 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use blockhost_crd::config::{Ipv4Pool, Ipv6Pool};
 use blockhost_crd::meta::{Condition, ConditionStatus, set_condition};
 use blockhost_crd::vm::{Addresses, NetworkSpec};
+use blockhost_crd::{ConditionType, Reason};
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
@@ -32,7 +33,7 @@ const HINTS: TableDefinition<&str, u128> = TableDefinition::new("alloc_hints");
 pub const FOREIGN: &str = "-/foreign";
 
 /// Condition type set when a wanted address could not be allocated.
-pub const ADDRESSES_CONDITION: &str = "AddressesAllocated";
+pub const ADDRESSES_CONDITION: &str = ConditionType::AddressesAllocated.as_str();
 
 /// The address pools the store allocates from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,10 +110,10 @@ fn sync_addresses(
             "{}; free addresses or widen the pool, then it is retried",
             problems.join("; ")
         );
-        (ConditionStatus::False, "PoolExhausted", msg)
+        (ConditionStatus::False, Reason::PoolExhausted.as_str(), msg)
     } else if had {
         let msg = "every wanted address is allocated".to_owned();
-        (ConditionStatus::True, "Allocated", msg)
+        (ConditionStatus::True, Reason::Allocated.as_str(), msg)
     } else {
         return Ok(());
     };

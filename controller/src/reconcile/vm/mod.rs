@@ -1,37 +1,54 @@
 //! The `VirtualMachine` reconciler: makes a Proxmox VM match each spec.
 //!
-//! One reconcile, whatever triggered it, walks the same steps and stops at the
-//! first that needs time (a task, a booting guest) or fails:
+//! One reconcile, whatever triggered it, walks the same [`StepName`]s in order
+//! and stops at the first that finishes the visit ([`Step::Done`]: it needs
+//! time, such as a task or a booting guest, or has nothing more to do) or fails:
 //!
-//! 1. deletion requested → [`delete`] (stop, purge, confirm gone, release);
-//! 2. own the object (finalizer), find its VM ([`create::locate`]): by the VMID
-//!    reserved in the store, adopting a clone a crash left behind, or noticing a
-//!    VM that vanished (`Lost`);
-//! 3. missing → [`create`]: place, reserve a VMID (in redb, before cloning), clone,
-//!    configure, grow the disk;
-//! 4. [`power`]: expiry and grace, desired power state, guest agent, the access
-//!    file, drift of managed settings.
+//! 1. [`delete`]: deletion requested → stop, purge, confirm gone, release;
+//! 2. [`locate`]: own the object (finalizer, addresses), then find its VM by
+//!    the VMID reserved in the store, adopting a clone a crash left behind, or
+//!    noticing a VM that vanished (`Lost`);
+//! 3. [`create`]: missing → place, reserve a VMID (in redb, before cloning),
+//!    clone, configure, grow the disk;
+//! 4. [`power`]: expiry and grace, then the desired power state;
+//! 5. [`drift`]: managed settings changed behind our back, a disk to grow;
+//! 6. [`access`]: the access file through the guest agent, then `Ready`.
 //!
-//! Failures are recorded on the object (condition, `lastError`, a Warning event)
-//! and returned to the runtime, which retries with backoff.
+//! Steps import only this module and [`spec`], never each other. They change
+//! the status through [`Visit::status`], which applies the change to the
+//! visit's copy at once and queues it; the queue is written in one store
+//! transaction at the end of the visit (with the failure, if any) or before a
+//! side effect that must find it durable (the node, before a clone). Failures
+//! are recorded on the object (`Ready=False` with the reason, `lastError`, a
+//! Warning event) and returned to the runtime, which retries by
+//! [`VmError::retry`].
 
+pub mod access;
 pub mod create;
 pub mod delete;
+pub mod drift;
+pub mod error;
+pub mod locate;
 pub mod observed;
 pub mod power;
 pub mod setup;
+pub mod spec;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use blockhost_crd::config::{NetworkConfig, ProxmoxConfig};
 use blockhost_crd::meta::{Condition, ConditionStatus, EventType, set_condition};
-use blockhost_crd::{VirtualMachine, VmPhase};
-use blockhost_pve::{ErrorKind, Pve};
+use blockhost_crd::{ConditionType, Reason, VirtualMachine, VmPhase, condition};
+use blockhost_pve::Pve;
+use chrono::{DateTime, Utc};
 
-use super::runtime::{Action, Reconciler};
+use super::runtime::{Action, ErrorPolicy, Reconciler, Retry};
 use crate::store::{Store, StoreError};
+use error::Doing;
+pub use error::VmError;
 use observed::Observed;
+use spec::Found;
 
 /// Finalizer this reconciler puts on every VM it manages.
 pub const FINALIZER: &str = "blockhost.io/proxmox";
@@ -72,59 +89,135 @@ pub struct Settled {
     deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Why a VM reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// Proxmox refused or failed.
-    #[error("Proxmox: {0}")]
-    Pve(#[from] blockhost_pve::Error),
-    /// The store failed.
-    #[error("store")]
-    Store(#[from] StoreError),
-    /// No node can take the VM.
-    #[error("no node can place this VM: {0}")]
-    Placement(String),
-    /// The template to clone is not in the cluster.
-    #[error("template VMID {0} is not in the cluster; build it or set proxmox.defaultTemplate")]
-    NoTemplate(u32),
-    /// The access file could not be rendered.
-    #[error("cannot render the access file: {0}")]
-    AccessFile(String),
-    /// The guest agent did not answer in time.
-    #[error("{0}")]
-    AgentTimeout(String),
-    /// A VMID we reserved is taken by something that is not ours.
-    #[error("VMID {0} is used by a VM that is not ours; another VMID will be reserved")]
-    ForeignVmid(u32),
+/// What a step tells the visit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Go on with the next step.
+    Continue,
+    /// This visit is over; the runtime does this next.
+    Done(Action),
 }
 
-impl VmError {
-    /// A short stable label for metrics and conditions.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            VmError::Pve(e) => e.kind().as_str(),
-            VmError::Store(_) => "store",
-            VmError::Placement(_) => "placement",
-            VmError::NoTemplate(_) => "no_template",
-            VmError::AccessFile(_) => "access_file",
-            VmError::ForeignVmid(_) => "foreign_vmid",
-            VmError::AgentTimeout(_) => "agent_timeout",
+/// The steps that find or make the VM, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Find {
+    /// [`delete::delete`].
+    Delete,
+    /// [`locate::own`].
+    Own,
+    /// [`locate::locate`].
+    Locate,
+    /// [`create::create`].
+    Create,
+}
+
+/// The steps that bring the found VM to its spec, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// [`power::expire`].
+    Expire,
+    /// [`drift::drift`].
+    Drift,
+    /// [`drift::disk`].
+    Disk,
+    /// [`power::power`].
+    Power,
+    /// [`access::access_file`].
+    AccessFile,
+    /// [`access::ready`].
+    Ready,
+}
+
+/// One step of either kind, as the visit's trace records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepName {
+    /// A step that finds or makes the VM.
+    Find(Find),
+    /// A step that drives the found VM.
+    Drive(Drive),
+}
+
+const FIND: [Find; 4] = [Find::Delete, Find::Own, Find::Locate, Find::Create];
+
+const DRIVE: [Drive; 6] = [
+    Drive::Expire,
+    Drive::Drift,
+    Drive::Disk,
+    Drive::Power,
+    Drive::AccessFile,
+    Drive::Ready,
+];
+
+/// A change to a VM's status, kept until the next write.
+type StatusChange = Box<dyn Fn(&mut VirtualMachine) -> bool + Send + Sync>;
+
+/// One reconcile of one VM: the copy the steps work on, what they found, and
+/// what they have yet to write.
+pub struct Visit {
+    /// The object's name.
+    pub name: String,
+    /// The object as read, with this visit's status changes applied.
+    pub vm: VirtualMachine,
+    /// The store's time at the start of the visit.
+    pub now: DateTime<Utc>,
+    /// Its Proxmox VM, once located or created.
+    pub found: Option<Found>,
+    /// The steps that ran, in order.
+    pub trace: Vec<StepName>,
+    changes: Vec<StatusChange>,
+    events: Vec<(EventType, &'static str, String)>,
+}
+
+impl std::fmt::Debug for Visit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Visit")
+            .field("name", &self.name)
+            .field("trace", &self.trace)
+            .field("queued_changes", &self.changes.len())
+            .field("queued_events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Visit {
+    /// A visit of `vm` at `now`.
+    pub fn new(vm: VirtualMachine, now: DateTime<Utc>) -> Self {
+        Self {
+            name: vm.metadata.name.to_string(),
+            vm,
+            now,
+            found: None,
+            trace: Vec::with_capacity(FIND.len() + DRIVE.len()),
+            changes: Vec::new(),
+            events: Vec::new(),
         }
     }
 
-    /// Whether an operator must act (retrying the same thing cannot help).
-    pub fn needs_operator(&self) -> bool {
-        match self {
-            VmError::Pve(e) => matches!(
-                e.kind(),
-                ErrorKind::Validation | ErrorKind::Auth | ErrorKind::Permanent
-            ),
-            VmError::Placement(_)
-            | VmError::NoTemplate(_)
-            | VmError::AccessFile(_)
-            | VmError::AgentTimeout(_) => true,
-            VmError::Store(_) | VmError::ForeignVmid(_) => false,
+    /// Changes the status (or finalizers): on this copy now, in the store at the
+    /// next write. `f` returns whether it changed anything, and must give the
+    /// same answer on the stored copy: it may read only fields this reconciler
+    /// writes.
+    pub fn status(&mut self, f: impl Fn(&mut VirtualMachine) -> bool + Send + Sync + 'static) {
+        if f(&mut self.vm) {
+            self.changes.push(Box::new(f));
         }
+    }
+
+    /// Sets a condition with the visit's clock.
+    pub fn condition(
+        &mut self,
+        type_: ConditionType,
+        status: ConditionStatus,
+        reason: Reason,
+        message: impl Into<String>,
+    ) {
+        let c = Condition::new(type_, status, reason, message, self.now);
+        self.status(move |v| set_condition(&mut v.status.conditions, c.clone()));
+    }
+
+    /// Queues an event, written with the status.
+    pub fn event(&mut self, type_: EventType, reason: &'static str, message: String) {
+        self.events.push((type_, reason, message));
     }
 }
 
@@ -134,11 +227,11 @@ impl<P: Pve + 'static> VmReconciler<P> {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VmError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| VmError::Placement(format!("store task failed: {e}")))?
-            .map_err(VmError::from)
+        self.store.blocking(f).await.map_err(|e| match e {
+            // A panicked store task is an internal error, not the store's answer.
+            StoreError::TaskFailed { source } => VmError::StoreTask(source),
+            e => VmError::from(e),
+        })
     }
 
     /// Reads the VM, on the calling task rather than the blocking pool: reading
@@ -150,96 +243,101 @@ impl<P: Pve + 'static> VmReconciler<P> {
         Ok(self.store.get::<VirtualMachine>(name)?)
     }
 
-    /// Writes the VM's status through `f` (which returns whether it changed anything).
-    pub(crate) async fn update(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut VirtualMachine) -> bool + Send + 'static,
-    ) -> Result<Option<VirtualMachine>, VmError> {
-        let n = name.to_owned();
-        self.store(move |s| s.update_status::<VirtualMachine>(&n, f))
-            .await
-    }
-
-    /// Appends an event to the VM's log.
-    pub(crate) async fn event(
-        &self,
-        name: &str,
-        type_: EventType,
-        reason: &'static str,
-        message: String,
-    ) {
-        let n = name.to_owned();
-        if let Err(e) = self
-            .store(move |s| s.record_event("VirtualMachine", &n, type_, reason, &message))
-            .await
-        {
-            tracing::warn!(object = name, error = %crate::error_chain(&e), "cannot record event");
+    /// Writes the visit's queued events and status changes in one hop to the
+    /// blocking pool: the events first (an object whose last finalizer goes is
+    /// removed with its events), then the status in one transaction.
+    pub(crate) async fn flush(&self, v: &mut Visit) -> Result<(), VmError> {
+        let changes = std::mem::take(&mut v.changes);
+        let events = std::mem::take(&mut v.events);
+        if changes.is_empty() && events.is_empty() {
+            return Ok(());
         }
+        let name = v.name.clone();
+        self.store(move |s| {
+            for (type_, reason, message) in &events {
+                if let Err(e) = s.record_event("VirtualMachine", &name, *type_, reason, message) {
+                    tracing::warn!(object = %name, error = %crate::error_chain(&e), "cannot record event");
+                }
+            }
+            if !changes.is_empty() {
+                s.update_status::<VirtualMachine>(&name, |vm| {
+                    // Every change applies: no short-circuit.
+                    let mut changed = false;
+                    for f in &changes {
+                        changed |= f(vm);
+                    }
+                    changed
+                })?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    /// A condition with the store's clock.
-    pub(crate) fn condition(
-        &self,
-        type_: &str,
-        status: ConditionStatus,
-        reason: &str,
-        message: impl Into<String>,
-    ) -> Condition {
-        Condition {
-            type_: type_.into(),
-            status,
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: self.store.now(),
-        }
-    }
-
-    /// One reconcile. Sets `sync_status` when the object's `lastError` or
-    /// `observedGeneration` was stale when read, so the caller knows whether a
-    /// successful run has anything to record.
-    async fn reconcile_inner(&self, name: &str, sync_status: &mut bool) -> Result<Action, VmError> {
-        let Some(vm) = self.load(name).await? else {
-            return Ok(Action::Done);
-        };
-        *sync_status = vm.status.last_error.is_some()
-            || vm.status.observed_generation != vm.metadata.generation;
+    /// Runs the steps of a visit until one finishes it.
+    pub async fn walk(&self, v: &mut Visit) -> Result<Action, VmError> {
         self.observed
             .ensure_fresh(self.pve.as_ref(), self.listing_max_age)
-            .await?;
-        if vm.metadata.deletion_timestamp.is_some() {
-            return delete::run(self, vm).await;
-        }
-        // Read again only after writing: a VM in steady state costs one read here
-        // (10,000 of them are visited every resync).
-        let mut wrote = false;
-        if !vm.metadata.finalizers.iter().any(|f| f == FINALIZER) {
-            self.update(name, |v| {
-                v.metadata.finalizers.push(FINALIZER.into());
-                true
-            })
-            .await?;
-            wrote = true;
-        }
-        if vm.status.addresses.ipv4.is_none() || vm.status.addresses.ipv6.is_none() {
-            let n = name.to_owned();
-            self.store(move |s| s.retry_addresses(&n)).await?;
-            wrote = true;
-        }
-        let vm = if wrote {
-            match self.load(name).await? {
-                Some(vm) => vm,
-                None => return Ok(Action::Done),
+            .await
+            .doing("list the cluster's VMs")?;
+        for step in FIND {
+            v.trace.push(StepName::Find(step));
+            let next = match step {
+                Find::Delete => delete::delete(self, v).await?,
+                Find::Own => locate::own(self, v).await?,
+                Find::Locate => locate::locate(self, v).await?,
+                Find::Create => create::create(self, v).await?,
+            };
+            if let Step::Done(action) = next {
+                return Ok(action);
             }
-        } else {
-            vm
+        }
+        // Create continues only once the VM is found or made.
+        let Some(mut found) = v.found.take() else {
+            return Ok(Action::Done);
         };
-        let located = match create::locate(self, &vm).await? {
-            create::Located::Found(found) => found,
-            create::Located::Missing => return create::run(self, vm).await,
-            create::Located::Hold => return Ok(Action::Done),
+        for step in DRIVE {
+            v.trace.push(StepName::Drive(step));
+            let next = match step {
+                Drive::Expire => power::expire(self, v).await?,
+                Drive::Drift => drift::drift(self, v, &mut found).await?,
+                Drive::Disk => drift::disk(self, v, &mut found).await?,
+                Drive::Power => power::power(self, v, &mut found).await?,
+                Drive::AccessFile => access::access_file(self, v, &found).await?,
+                Drive::Ready => access::ready(v, &found),
+            };
+            if let Step::Done(action) = next {
+                return Ok(action);
+            }
+        }
+        Ok(Action::Done)
+    }
+
+    /// Queues what a failure leaves on the object.
+    fn record_failure(v: &mut Visit, e: &VmError) {
+        let chain = crate::error_chain(e);
+        let message = match e.action() {
+            Some(action) => format!("{chain}; {action}"),
+            None => chain,
         };
-        power::run(self, vm, located).await
+        let operator = e.retry() == Retry::Operator;
+        let msg = message.clone();
+        v.status(move |vm| {
+            let same = vm.status.last_error.as_deref() == Some(msg.as_str());
+            vm.status.last_error = Some(msg.clone());
+            let failed = operator && vm.status.phase != VmPhase::Running;
+            if failed {
+                vm.status.phase = VmPhase::Failed;
+            }
+            !same || failed
+        });
+        v.condition(
+            ConditionType::Ready,
+            ConditionStatus::False,
+            e.reason(),
+            message.clone(),
+        );
+        v.event(EventType::Warning, "ReconcileFailed", message);
     }
 }
 
@@ -250,8 +348,8 @@ impl<P: Pve + 'static> Reconciler for VmReconciler<P> {
         "virtualmachine"
     }
 
-    fn error_reason(&self, error: &VmError) -> &'static str {
-        error.reason()
+    fn error_policy(&self, error: &VmError) -> ErrorPolicy {
+        error.policy()
     }
 
     /// One fresh cluster listing per resync, shared by every VM's check.
@@ -275,96 +373,66 @@ impl<P: Pve + 'static> Reconciler for VmReconciler<P> {
     }
 
     async fn reconcile(&self, name: String) -> Result<Action, VmError> {
-        let mut sync_status = false;
-        let result = self.reconcile_inner(&name, &mut sync_status).await;
-        self.remember(&name, result.is_ok()).await;
+        let Some(vm) = self.load(&name).await? else {
+            self.forget(&name);
+            return Ok(Action::Done);
+        };
+        // Stale bookkeeping is cleared only when it is stale: a VM in steady
+        // state costs a read, not a write transaction per resync.
+        let generation = vm.metadata.generation;
+        let stale = vm.status.last_error.is_some() || vm.status.observed_generation != generation;
+        let mut v = Visit::new(vm, self.store.now());
+        let result = self.walk(&mut v).await;
         match &result {
-            // Nothing was stale when read (and a spec change made since then
-            // triggers another run): a VM in steady state costs no second read.
-            Ok(_) if !sync_status => {}
-            Ok(_) => {
-                let current = self.load(&name).await.ok().flatten();
-                let generation = current.as_ref().and_then(|v| v.metadata.generation);
-                // Write only when something is to clear or record: in steady state
-                // this is a read, not a write transaction per VM per resync.
-                let stale = current.is_some_and(|v| {
-                    v.status.last_error.is_some() || v.status.observed_generation != generation
-                });
-                let _ = stale
-                    && self
-                        .update(&name, move |v| {
-                            let mut changed = false;
-                            if v.status.last_error.take().is_some() {
-                                changed = true;
-                            }
-                            if v.status.observed_generation != generation {
-                                v.status.observed_generation = generation;
-                                changed = true;
-                            }
-                            changed
-                        })
-                        .await
-                        .is_ok();
-            }
-            Err(e) => {
-                let message = crate::error_chain(e);
-                let reason = camel(e.reason());
-                let operator = e.needs_operator();
-                let cond =
-                    self.condition("Ready", ConditionStatus::False, &reason, message.clone());
-                let msg = message.clone();
-                let _ = self
-                    .update(&name, move |v| {
-                        let same = v.status.last_error.as_deref() == Some(msg.as_str());
-                        v.status.last_error = Some(msg);
-                        if operator && v.status.phase != VmPhase::Running {
-                            v.status.phase = VmPhase::Failed;
-                        }
-                        set_condition(&mut v.status.conditions, cond) || !same
-                    })
-                    .await;
-                self.event(&name, EventType::Warning, "ReconcileFailed", message)
-                    .await;
-            }
+            Ok(_) if stale => v.status(move |vm| {
+                let cleared = vm.status.last_error.take().is_some();
+                let observed = vm.status.observed_generation != generation;
+                vm.status.observed_generation = generation;
+                cleared || observed
+            }),
+            Ok(_) => {}
+            Err(e) => Self::record_failure(&mut v, e),
         }
+        let written = self.flush(&mut v).await;
+        let result = result.and_then(|action| written.map(|()| action));
+        self.remember(&v, result.is_ok());
         result
     }
 }
 
 impl<P: Pve + 'static> VmReconciler<P> {
-    /// Records (or forgets) the VM's settled state after a reconcile.
-    async fn remember(&self, name: &str, ok: bool) {
-        let settled = if ok {
-            self.settled_state(name).await
-        } else {
-            None
-        };
+    fn forget(&self, name: &str) {
         if let Ok(mut m) = self.settled.lock() {
-            match settled {
-                Some(s) => {
-                    m.insert(name.to_owned(), s);
-                }
-                None => {
-                    m.remove(name);
+            m.remove(name);
+        }
+    }
+
+    /// Records (or forgets) the VM's settled state after a reconcile.
+    fn remember(&self, v: &Visit, ok: bool) {
+        match ok.then(|| self.settled_state(&v.vm)).flatten() {
+            Some(s) => {
+                if let Ok(mut m) = self.settled.lock() {
+                    m.insert(v.name.clone(), s);
                 }
             }
+            None => self.forget(&v.name),
         }
     }
 
     /// The VM's settled state, if it is at rest: running with its access file, or
     /// suspended; addresses allocated; not being deleted.
-    async fn settled_state(&self, name: &str) -> Option<Settled> {
-        let vm = self.load(name).await.ok().flatten()?;
+    fn settled_state(&self, vm: &VirtualMachine) -> Option<Settled> {
         let st = &vm.status;
         let at_rest = match st.phase {
             VmPhase::Running => st.access_file_digest.is_some(),
             VmPhase::Suspended => true,
             _ => false,
         };
-        let starved = st.conditions.iter().any(|c| {
-            c.type_ == crate::store::alloc::ADDRESSES_CONDITION
-                && c.status == ConditionStatus::False
-        });
+        let starved = condition::has(
+            &st.conditions,
+            ConditionType::AddressesAllocated,
+            ConditionStatus::False,
+        );
         if !at_rest || starved || vm.metadata.deletion_timestamp.is_some() {
             return None;
         }
@@ -384,19 +452,6 @@ impl<P: Pve + 'static> VmReconciler<P> {
             deadline,
         })
     }
-}
-
-/// `not_found` → `NotFound`, for condition reasons.
-pub(crate) fn camel(snake: &str) -> String {
-    snake
-        .split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ impl Observed {
             vm.spec.resources.cores.get(),
             vm.spec.resources.memory_mib.get(),
         );
-        let tags = super::create::managed_tags(vm);
+        let tags = super::spec::managed_tags(vm);
         self.patch(vmid, |cv| {
             cv.maxcpu = f64::from(cores);
             cv.maxmem = u64::from(mem) << 20;

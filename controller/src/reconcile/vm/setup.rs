@@ -41,8 +41,8 @@ pub enum SetupError {
         mode: u32,
     },
     /// The fingerprint is malformed.
-    #[error("proxmox.tlsFingerprint is not a SHA-256 fingerprint: {0}")]
-    Fingerprint(String),
+    #[error("proxmox.tlsFingerprint is not a SHA-256 fingerprint (AB:CD:… or 64 hex digits)")]
+    Fingerprint(#[source] blockhost_pve::Error),
     /// The client could not be built.
     #[error("cannot build the Proxmox client")]
     Client(#[source] blockhost_pve::Error),
@@ -68,10 +68,9 @@ pub fn read_secret(path: &std::path::Path) -> Result<String, SetupError> {
 pub fn client(cfg: &ProxmoxConfig) -> Result<PveClient, SetupError> {
     let secret = read_secret(&cfg.token_secret_file)?;
     let tls = match (&cfg.tls_fingerprint, cfg.tls_insecure) {
-        (Some(fp), _) => TlsMode::Pinned(
-            fp.parse::<Fingerprint>()
-                .map_err(|e| SetupError::Fingerprint(e.to_string()))?,
-        ),
+        (Some(fp), _) => {
+            TlsMode::Pinned(fp.parse::<Fingerprint>().map_err(SetupError::Fingerprint)?)
+        }
         (None, true) => TlsMode::Insecure,
         (None, false) => TlsMode::SystemRoots,
     };

@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::observed::Observed;
 use super::*;
-use crate::reconcile::runtime::Action;
+use crate::reconcile::runtime::{Action, Retry};
 use crate::store::{Store, StoreOptions, alloc::Pools};
 
 struct T {
@@ -465,7 +465,8 @@ async fn transient_faults_and_failed_tasks_converge_without_duplicates() {
         Some(1),
     );
     let first = t.reconcile("web").await.unwrap_err();
-    assert_eq!(first.reason(), "task_failed", "{first}");
+    assert_eq!(first.reason(), Reason::TaskFailed, "{first}");
+    assert_eq!(first.retry(), Retry::Transient);
     let vm = t.vm("web").unwrap();
     assert!(
         vm.status
@@ -509,7 +510,7 @@ async fn waits_for_the_guest_agent_then_times_out_visibly() {
     assert_ne!(vm.status.phase, VmPhase::Running);
     t.advance(chrono::Duration::seconds(61));
     let e = t.reconcile("web").await.unwrap_err();
-    assert_eq!(e.reason(), "agent_timeout");
+    assert_eq!(e.reason(), Reason::AgentTimeout);
     let vm = t.vm("web").unwrap();
     let c = vm
         .status
@@ -542,7 +543,7 @@ async fn a_missing_template_or_full_cluster_is_reported_not_retried_blindly() {
     let e = t.reconcile("web").await.unwrap_err();
     assert!(matches!(e, VmError::NoTemplate(9999)), "{e}");
     assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Failed);
-    assert!(e.needs_operator());
+    assert_eq!(e.retry(), Retry::Operator);
     let t = setup(LostPolicy::Hold);
     let huge = serde_json::json!({"apiVersion": "blockhost.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "big"},
         "spec": {"owner": OWNER, "resources": {"cores": 1, "memoryMiB": 1_000_000, "diskGiB": 20}}});
@@ -668,4 +669,174 @@ async fn resyncs_skip_settled_vms_until_drift_or_a_deadline() {
     assert!(t.reconcile("web").await.is_err());
     t.advance(chrono::Duration::days(-10));
     assert!(!t.r.resync_skip("web"));
+}
+
+/// One visit through the steps, as the reconcile runs it, keeping the trace.
+async fn visit(t: &T, name: &str) -> (Result<Action, VmError>, Vec<StepName>) {
+    let mut v = Visit::new(t.vm(name).unwrap(), t.r.store.now());
+    let result = t.r.walk(&mut v).await;
+    t.r.flush(&mut v).await.unwrap();
+    (result, v.trace)
+}
+
+fn steps(find: &[Find], drive: &[Drive]) -> Vec<StepName> {
+    find.iter()
+        .map(|s| StepName::Find(*s))
+        .chain(drive.iter().map(|s| StepName::Drive(*s)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_visit_walks_the_steps_in_order_and_stops_where_one_is_done() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    // A new VM: every step, created on the way, Ready at the end.
+    let (result, trace) = visit(&t, "web").await;
+    assert_eq!(result.unwrap(), Action::Done);
+    assert_eq!(trace, steps(&FIND, &DRIVE));
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Running);
+
+    // In steady state the same walk writes nothing at all.
+    let rv = t.vm("web").unwrap().metadata.resource_version;
+    let (result, trace) = visit(&t, "web").await;
+    assert_eq!(
+        (result.unwrap(), trace),
+        (Action::Done, steps(&FIND, &DRIVE))
+    );
+    assert_eq!(t.vm("web").unwrap().metadata.resource_version, rv);
+
+    // Suspended: the power step ends the visit; the access file is not looked at.
+    t.apply(vm_json(
+        "web",
+        1,
+        serde_json::json!({"powerState": "Suspended"}),
+    ));
+    let (result, trace) = visit(&t, "web").await;
+    assert_eq!(result.unwrap(), Action::Done);
+    let upto_power = [Drive::Expire, Drive::Drift, Drive::Disk, Drive::Power];
+    assert_eq!(trace, steps(&FIND, &upto_power));
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Suspended);
+
+    // Deleting: only the delete step runs.
+    t.r.store.delete("VirtualMachine", "web").unwrap();
+    let (_, trace) = visit(&t, "web").await;
+    assert_eq!(trace, steps(&[Find::Delete], &[]));
+}
+
+#[tokio::test]
+async fn a_guest_without_agent_ends_the_visit_at_the_access_file_step() {
+    let t = setup(LostPolicy::Hold);
+    t.r.pve.set_agent_on_start(false);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    let (result, trace) = visit(&t, "web").await;
+    assert_eq!(
+        result.unwrap(),
+        Action::RequeueAfter(Duration::from_secs(2))
+    );
+    assert_eq!(trace.last(), Some(&StepName::Drive(Drive::AccessFile)));
+    // What the steps before it queued was written when the visit ended.
+    let vm = t.vm("web").unwrap();
+    assert!(condition::has(
+        &vm.status.conditions,
+        ConditionType::Provisioned,
+        ConditionStatus::True
+    ));
+    assert!(t.events("web").contains(&"Started".to_owned()));
+}
+
+#[tokio::test]
+async fn a_held_lost_vm_stays_held_on_later_visits() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    t.r.pve.remove_vm(vmid);
+    t.r.observed.refresh(t.r.pve.as_ref()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(t.reconcile("web").await.unwrap(), Action::Done);
+    }
+    assert!(
+        t.r.pve.vm(vmid).is_none(),
+        "not re-created behind the operator's back"
+    );
+    assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Failed);
+}
+
+fn api_error(status: u16, message: &str) -> blockhost_pve::Error {
+    blockhost_pve::Error::Api {
+        method: "POST",
+        path: "/nodes/pve1/qemu".into(),
+        status,
+        message: message.into(),
+        field_errors: Default::default(),
+    }
+}
+
+#[test]
+fn the_error_policy_separates_passing_trouble_from_what_needs_an_operator() {
+    let pve = |status, message| VmError::Pve {
+        doing: "clone the template",
+        source: api_error(status, message),
+    };
+    let cases = [
+        (
+            pve(500, "internal error"),
+            Reason::Transient,
+            Retry::Transient,
+        ),
+        (
+            pve(500, "VM is locked (clone)"),
+            Reason::Locked,
+            Retry::Transient,
+        ),
+        (pve(401, "no ticket"), Reason::Auth, Retry::Operator),
+        (
+            pve(400, "invalid storage"),
+            Reason::Validation,
+            Retry::Operator,
+        ),
+        (
+            VmError::NoTemplate(9000),
+            Reason::NoTemplate,
+            Retry::Operator,
+        ),
+        (
+            VmError::NoCapacity {
+                allowed: "any node".into(),
+                memory_mib: 1 << 20,
+            },
+            Reason::NoCapacity,
+            Retry::Operator,
+        ),
+        (
+            VmError::ForeignVmid(10000),
+            Reason::ForeignVmid,
+            Retry::Transient,
+        ),
+    ];
+    for (e, reason, retry) in cases {
+        assert_eq!((e.reason(), e.retry()), (reason, retry), "{e}");
+        assert_eq!(e.policy().reason, reason.as_str());
+    }
+    // Operator failures say what to do; the cause is printed once.
+    let auth = pve(401, "no ticket");
+    assert!(auth.action().unwrap().contains("tokenId"));
+    let text = crate::error_chain(&auth);
+    assert_eq!(text.matches("no ticket").count(), 1, "{text}");
+    assert!(
+        text.starts_with("Proxmox could not clone the template: "),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicked_store_task_is_an_internal_error_not_a_placement_failure() {
+    let t = setup(LostPolicy::Hold);
+    let e =
+        t.r.store(|_| -> Result<(), crate::store::StoreError> { panic!("scripted") })
+            .await
+            .unwrap_err();
+    assert!(matches!(e, VmError::StoreTask(_)), "{e:?}");
+    assert_eq!((e.reason(), e.retry()), (Reason::Internal, Retry::Operator));
+    assert!(e.action().unwrap().contains("bug"));
 }
