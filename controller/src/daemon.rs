@@ -79,22 +79,7 @@ pub enum DaemonError {
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let store_path = cfg.store.clone();
-    let opts = StoreOptions {
-        event_retention: cfg.events.retention_per_object,
-        pools: crate::store::alloc::Pools {
-            ipv4: cfg.network.ipv4.clone(),
-            ipv6: cfg.network.ipv6.clone(),
-        },
-        ..StoreOptions::default()
-    };
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, opts))
-        .await
-        .map_err(|e| DaemonError::Socket {
-            path: cfg.store.clone(),
-            source: std::io::Error::other(e),
-        })??;
-    tracing::info!(store = %cfg.store.display(), objects = store.total_objects().unwrap_or(0), "store open");
+    let store = open_store(&cfg).await?;
 
     let metrics = Arc::new(Metrics::new());
     let state = AppState {
@@ -140,22 +125,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         tasks.spawn(page);
     }
     if let Some(addr) = cfg.metrics.listen {
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "metrics are served on a non-loopback address; they reveal object counts");
-        }
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::MetricsListen { addr, source })?;
-        tracing::info!(%addr, "metrics listening");
-        let app = metrics_router(state.clone());
-        tasks.spawn(
-            blockhost_listen::Listener::new(limits.metrics.clone()).serve_tcp(
-                tcp,
-                None,
-                app,
-                shutdown.clone(),
-            ),
-        );
+        let serve = serve_metrics(addr, &state, limits.metrics.clone(), &shutdown).await?;
+        tasks.spawn(serve);
     }
 
     let app = router(state);
@@ -167,6 +138,42 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     blockhost_listen::socket::remove_socket(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the store on the blocking pool (opening may migrate and fsync).
+async fn open_store(cfg: &DaemonConfig) -> Result<Store, DaemonError> {
+    let store_path = cfg.store.clone();
+    let opts = StoreOptions {
+        event_retention: cfg.events.retention_per_object,
+        pools: crate::store::alloc::Pools {
+            ipv4: cfg.network.ipv4.clone(),
+            ipv6: cfg.network.ipv6.clone(),
+        },
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, opts))
+        .await
+        .map_err(|source| StoreError::TaskFailed { source })??;
+    tracing::info!(store = %cfg.store.display(), objects = store.total_objects().unwrap_or(0), "store open");
+    Ok(store)
+}
+
+/// Binds the metrics listener and returns its serving task.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    state: &AppState,
+    limits: blockhost_listen::Limits,
+    shutdown: &CancellationToken,
+) -> Result<impl Future<Output = ()> + Send + 'static, DaemonError> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "metrics are served on a non-loopback address; they reveal object counts");
+    }
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+    tracing::info!(%addr, "metrics listening");
+    let app = metrics_router(state.clone());
+    Ok(blockhost_listen::Listener::new(limits).serve_tcp(tcp, None, app, shutdown.clone()))
 }
 
 /// Binds the API socket: refuses to take over a live daemon's socket, replaces a

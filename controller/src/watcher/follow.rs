@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{ChainEvent, decode};
 use super::mapping::Mapper;
 use crate::metrics::Metrics;
-use crate::store::chain::{BlockEvents, BlockRef};
+use crate::store::chain::{BlockEvents, BlockRef, CommitStats};
 use crate::store::{ChangeKind, Store, StoreError};
 use blockhost_chain::node::{Node, NodeError, RawLog};
 use blockhost_crd::{Plan, Resource, Subscription, VirtualMachine, WalletAddress};
@@ -165,25 +165,7 @@ impl<N: Node> Watcher<N> {
             if shutdown.is_cancelled() {
                 return;
             }
-            let result = async {
-                if !chain_checked {
-                    let got = self.node.chain_id().await?;
-                    if got != self.cfg.chain_id {
-                        return Err(WatchError::WrongChain {
-                            want: self.cfg.chain_id,
-                            got,
-                        });
-                    }
-                    chain_checked = true;
-                }
-                if resync {
-                    self.resync().await?;
-                    resync = false;
-                }
-                self.step().await
-            }
-            .await;
-            let wait = match result {
+            let wait = match self.attempt(&mut chain_checked, &mut resync).await {
                 Ok(Progress::More) => {
                     failures = 0;
                     tokio::task::yield_now().await;
@@ -195,49 +177,92 @@ impl<N: Node> Watcher<N> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let kind = match &e {
-                        WatchError::Node(NodeError::Unavailable { .. }) => "unavailable",
-                        WatchError::Node(_) => "node",
-                        WatchError::Store(_) => "store",
-                        WatchError::WrongChain { .. } => "wrong_chain",
-                        WatchError::ReorgTooDeep { .. } => "reorg_too_deep",
-                        WatchError::Inconsistent(_) => "inconsistent",
-                    };
-                    self.metrics
-                        .chain_errors
-                        .get_or_create(&label("kind", kind))
-                        .inc();
-                    let backoff = (self.cfg.poll * 2u32.saturating_pow(failures.min(8)))
-                        .min(Duration::from_secs(30));
-                    tracing::warn!(error = %crate::error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "chain watcher step failed");
-                    backoff
+                    self.failed(&e, failures)
                 }
             };
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            let wake = self.wake.clone();
-            let woken = async {
-                match (&wake, failures) {
-                    // After a failure, the backoff wins over new heads.
-                    (Some(w), 0) => w.notified().await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::pin!(woken);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut sleep => break,
-                    () = &mut woken => break,
-                    c = changes.recv() => match c {
-                        // A plan an operator applied may unblock subscriptions; a
-                        // status the minter wrote may carry a token id.
-                        Ok(c) if c.kind == Plan::KIND || (c.kind == Subscription::KIND && c.what == ChangeKind::Status) => resync = true,
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(_)) => resync = true,
-                        Err(RecvError::Closed) => return,
-                    },
-                }
+            match self.pause(wait, failures, &mut changes, &shutdown).await {
+                None => return,
+                Some(again) => resync |= again,
+            }
+        }
+    }
+
+    /// One attempt: the chain id (until it has been seen to match), a resync
+    /// when one is due, then a step.
+    async fn attempt(
+        &mut self,
+        chain_checked: &mut bool,
+        resync: &mut bool,
+    ) -> Result<Progress, WatchError> {
+        if !*chain_checked {
+            let got = self.node.chain_id().await?;
+            if got != self.cfg.chain_id {
+                return Err(WatchError::WrongChain {
+                    want: self.cfg.chain_id,
+                    got,
+                });
+            }
+            *chain_checked = true;
+        }
+        if *resync {
+            self.resync().await?;
+            *resync = false;
+        }
+        self.step().await
+    }
+
+    /// Counts and logs a failed attempt; returns the backoff before the next.
+    fn failed(&self, e: &WatchError, failures: u32) -> Duration {
+        let kind = match e {
+            WatchError::Node(NodeError::Unavailable { .. }) => "unavailable",
+            WatchError::Node(_) => "node",
+            WatchError::Store(_) => "store",
+            WatchError::WrongChain { .. } => "wrong_chain",
+            WatchError::ReorgTooDeep { .. } => "reorg_too_deep",
+            WatchError::Inconsistent(_) => "inconsistent",
+        };
+        self.metrics
+            .chain_errors
+            .get_or_create(&label("kind", kind))
+            .inc();
+        let backoff =
+            (self.cfg.poll * 2u32.saturating_pow(failures.min(8))).min(Duration::from_secs(30));
+        tracing::warn!(error = %crate::error_chain(e), retry_in_ms = backoff.as_millis() as u64, "chain watcher step failed");
+        backoff
+    }
+
+    /// Waits `wait`, or less when a new head arrives (not after a failure: the
+    /// backoff wins over new heads). Returns whether a resync became due meanwhile
+    /// (a plan an operator applied may unblock subscriptions; a status the minter
+    /// wrote may carry a token id), or `None` on shutdown.
+    async fn pause(
+        &self,
+        wait: Duration,
+        failures: u32,
+        changes: &mut tokio::sync::broadcast::Receiver<crate::store::Change>,
+        shutdown: &CancellationToken,
+    ) -> Option<bool> {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        let woken = async {
+            match (&self.wake, failures) {
+                (Some(w), 0) => w.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::pin!(woken);
+        let mut resync = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = &mut sleep => return Some(resync),
+                () = &mut woken => return Some(resync),
+                c = changes.recv() => match c {
+                    Ok(c) if c.kind == Plan::KIND || (c.kind == Subscription::KIND && c.what == ChangeKind::Status) => resync = true,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => resync = true,
+                    Err(RecvError::Closed) => return None,
+                },
             }
         }
     }
@@ -248,18 +273,13 @@ impl<N: Node> Watcher<N> {
         self.metrics.chain_head_block.set(gauge(head));
         let target = head.saturating_sub(self.cfg.confirmations);
         let cursor = self.store.chain_cursor(&self.cfg.scope)?;
-        let from = match cursor {
-            Some(c) => {
-                // A zero hash marks "before the deployment block" after a reorg
-                // that removed every recorded block: nothing to check there.
-                if c.hash != [0; 32] && self.node.block_hash(c.number).await? != Some(c.hash) {
-                    self.handle_reorg().await?;
-                    return Ok(Progress::More);
-                }
-                c.number + 1
-            }
-            None => self.cfg.deployment_block,
-        };
+        if let Some(c) = cursor
+            && self.cursor_replaced(c).await?
+        {
+            self.handle_reorg().await?;
+            return Ok(Progress::More);
+        }
+        let from = cursor.map_or(self.cfg.deployment_block, |c| c.number + 1);
         if from > target {
             return Ok(Progress::CaughtUp);
         }
@@ -267,27 +287,8 @@ impl<N: Node> Watcher<N> {
         let Some(pre) = self.node.block_hash(to).await? else {
             return Ok(Progress::CaughtUp);
         };
-        let logs = match self
-            .node
-            .logs(from, to, &[self.cfg.subscriptions, self.cfg.nft])
-            .await
-        {
-            Ok(l) => l,
-            Err(NodeError::Refused {
-                method,
-                code,
-                message,
-            }) if self.range > 1 => {
-                let was = self.range;
-                let asked = to - from + 1;
-                self.range = (asked / 2).max(1);
-                self.successes = 0;
-                self.metrics.chain_range_refusals.inc();
-                self.metrics.chain_get_logs_range.set(gauge(self.range));
-                tracing::info!(from, to, code, %message, method, was, now = self.range, "node refused the log range; narrowing");
-                return Ok(Progress::More);
-            }
-            Err(e) => return Err(e.into()),
+        let Some(logs) = self.fetch_logs(from, to).await? else {
+            return Ok(Progress::More);
         };
         if self.node.block_hash(to).await? != Some(pre) {
             tracing::info!(
@@ -301,17 +302,86 @@ impl<N: Node> Watcher<N> {
         // committing would hide that reorg for good. Check again; the next step
         // then undoes it properly.
         if let Some(c) = cursor
-            && c.hash != [0; 32]
-            && self.node.block_hash(c.number).await? != Some(c.hash)
+            && self.cursor_replaced(c).await?
         {
             return Ok(Progress::More);
         }
         let blocks = self.group(logs, from, to, pre)?;
-        let end = BlockRef {
-            number: to,
-            hash: pre,
-        };
         let n_events: usize = blocks.iter().map(|b| b.events.len()).sum();
+        let stats = self
+            .commit(
+                blocks,
+                BlockRef {
+                    number: to,
+                    hash: pre,
+                },
+            )
+            .await?;
+        self.metrics.chain_cursor_block.set(gauge(to));
+        if self.cfg.follow_chain_time
+            && let Some(t) = self.node.block_time(to).await?
+        {
+            tracing::debug!(block = to, time = t, "chain time observed");
+            self.store.observe_chain_time(t);
+        }
+        self.count_commit(&stats);
+        tracing::debug!(
+            from,
+            to,
+            events = n_events,
+            applied = stats.applied,
+            changes = stats.changes,
+            "chain chunk committed"
+        );
+        self.widen_range();
+        Ok(if to < target {
+            Progress::More
+        } else {
+            Progress::CaughtUp
+        })
+    }
+
+    /// Whether the block under the cursor is no longer on the chain. A zero hash
+    /// marks "before the deployment block" after a reorg that removed every
+    /// recorded block: nothing to check there.
+    async fn cursor_replaced(&self, c: BlockRef) -> Result<bool, WatchError> {
+        Ok(c.hash != [0; 32] && self.node.block_hash(c.number).await? != Some(c.hash))
+    }
+
+    /// The chunk's logs, or `None` when the node refused the range and it was
+    /// halved (the caller steps again at once).
+    async fn fetch_logs(&mut self, from: u64, to: u64) -> Result<Option<Vec<RawLog>>, WatchError> {
+        match self
+            .node
+            .logs(from, to, &[self.cfg.subscriptions, self.cfg.nft])
+            .await
+        {
+            Ok(l) => Ok(Some(l)),
+            Err(NodeError::Refused {
+                method,
+                code,
+                message,
+            }) if self.range > 1 => {
+                let was = self.range;
+                let asked = to - from + 1;
+                self.range = (asked / 2).max(1);
+                self.successes = 0;
+                self.metrics.chain_range_refusals.inc();
+                self.metrics.chain_get_logs_range.set(gauge(self.range));
+                tracing::info!(from, to, code, %message, method, was, now = self.range, "node refused the log range; narrowing");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies a chunk's events and moves the cursor to `end`, in one store
+    /// transaction; re-examines waiting subscriptions when plans changed.
+    async fn commit(
+        &self,
+        blocks: Vec<BlockEvents<ChainEvent>>,
+        end: BlockRef,
+    ) -> Result<CommitStats, WatchError> {
         let mapper = self.mapper.clone();
         let scope = self.cfg.scope.clone();
         let window = self.cfg.reorg_window;
@@ -339,13 +409,11 @@ impl<N: Node> Watcher<N> {
                 )
             })
             .await?;
-        self.metrics.chain_cursor_block.set(gauge(to));
-        if self.cfg.follow_chain_time
-            && let Some(t) = self.node.block_time(to).await?
-        {
-            tracing::debug!(block = to, time = t, "chain time observed");
-            self.store.observe_chain_time(t);
-        }
+        Ok(stats)
+    }
+
+    /// Counts a commit's events in the metrics.
+    fn count_commit(&self, stats: &CommitStats) {
         self.metrics
             .chain_events
             .get_or_create(&label("outcome", "applied"))
@@ -356,25 +424,17 @@ impl<N: Node> Watcher<N> {
                 .get_or_create(&label("outcome", "duplicate"))
                 .inc_by(stats.duplicates as u64);
         }
-        tracing::debug!(
-            from,
-            to,
-            events = n_events,
-            applied = stats.applied,
-            changes = stats.changes,
-            "chain chunk committed"
-        );
+    }
+
+    /// After four chunks in a row were accepted, asks for twice the range again
+    /// (up to the configured maximum): a node's limit is often temporary.
+    fn widen_range(&mut self) {
         self.successes += 1;
         if self.successes >= 4 && self.range < self.cfg.max_range {
             self.range = (self.range * 2).min(self.cfg.max_range);
             self.successes = 0;
             self.metrics.chain_get_logs_range.set(gauge(self.range));
         }
-        Ok(if to < target {
-            Progress::More
-        } else {
-            Progress::CaughtUp
-        })
     }
 
     /// Groups and decodes a chunk's logs by block; undecodable logs are skipped

@@ -96,120 +96,158 @@ impl Mapper {
                     block_number: *block_number,
                     transaction_hash: format!("0x{}", hex::encode(transaction_hash)),
                 };
-                let mut sub = Subscription::new(name, spec);
-                match self.signature(user_encrypted, &sub.spec.subscriber) {
-                    Ok(sig) => {
-                        tx.set_signature(*id, Some(sig.as_bytes()))?;
-                        set_condition(
-                            &mut sub.status.conditions,
-                            condition(
-                                ConditionType::PayloadValid,
-                                true,
-                                Reason::Decrypted,
-                                "userEncrypted holds the subscriber's signature",
-                                tx.now(),
-                            ),
-                        );
-                        self.provision(tx, &mut sub)?;
-                    }
-                    Err((reason, message)) => {
-                        sub.status.state = SubscriptionState::PayloadInvalid;
-                        set_condition(
-                            &mut sub.status.conditions,
-                            condition(
-                                ConditionType::PayloadValid,
-                                false,
-                                reason,
-                                &message,
-                                tx.now(),
-                            ),
-                        );
-                        tx.put(&sub)?;
-                        tx.event(
-                            Subscription::KIND,
-                            sub.metadata.name.as_str(),
-                            Note::warning(reason.as_str(), &format!("no VM: {message}")),
-                        )?;
-                        tracing::warn!(
-                            subscription = id,
-                            reason = reason.as_str(),
-                            "purchase not provisioned: {message}"
-                        );
-                    }
-                }
+                self.created(tx, Subscription::new(name, spec), user_encrypted)?;
             }
             ChainEvent::Extended { id, new_expires_at } => {
-                let name = vm_name_for(*id);
-                let Some(mut sub) = tx.get::<Subscription>(name.as_str())? else {
-                    tracing::warn!(
-                        subscription = id,
-                        "extension of a subscription never seen (bought before deploymentBlock?); ignored"
-                    );
-                    return Ok(false);
-                };
-                sub.spec.expires_at = *new_expires_at;
+                self.extended(tx, *id, new_expires_at)?;
+            }
+            ChainEvent::Cancelled { id } => self.cancelled(tx, *id)?,
+            ChainEvent::Transfer { from, to, token } => self.transfer(tx, from, to, *token)?,
+        }
+        Ok(false)
+    }
+
+    /// A purchase: the subscription, and its VM when the buyer's payload holds
+    /// their signature (otherwise the subscription records why there is none).
+    fn created(
+        &self,
+        tx: &mut ChainTxn<'_>,
+        mut sub: Subscription,
+        user_encrypted: &[u8],
+    ) -> Result<(), StoreError> {
+        let id = sub.spec.subscription_id;
+        match self.signature(user_encrypted, &sub.spec.subscriber) {
+            Ok(sig) => {
+                tx.set_signature(id, Some(sig.as_bytes()))?;
+                set_condition(
+                    &mut sub.status.conditions,
+                    condition(
+                        ConditionType::PayloadValid,
+                        true,
+                        Reason::Decrypted,
+                        "userEncrypted holds the subscriber's signature",
+                        tx.now(),
+                    ),
+                );
+                self.provision(tx, &mut sub)?;
+            }
+            Err((reason, message)) => {
+                sub.status.state = SubscriptionState::PayloadInvalid;
+                set_condition(
+                    &mut sub.status.conditions,
+                    condition(
+                        ConditionType::PayloadValid,
+                        false,
+                        reason,
+                        &message,
+                        tx.now(),
+                    ),
+                );
                 tx.put(&sub)?;
-                if let Some(mut vm) = self.own_vm(tx, &sub)? {
-                    vm.spec.expires_at = Some(*new_expires_at);
-                    tx.put(&vm)?;
-                }
                 tx.event(
                     Subscription::KIND,
-                    name.as_str(),
+                    sub.metadata.name.as_str(),
+                    Note::warning(reason.as_str(), &format!("no VM: {message}")),
+                )?;
+                tracing::warn!(
+                    subscription = id,
+                    reason = reason.as_str(),
+                    "purchase not provisioned: {message}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A renewal moves the expiry of the subscription and of its VM.
+    fn extended(
+        &self,
+        tx: &mut ChainTxn<'_>,
+        id: u64,
+        new_expires_at: &chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        let name = vm_name_for(id);
+        let Some(mut sub) = tx.get::<Subscription>(name.as_str())? else {
+            tracing::warn!(
+                subscription = id,
+                "extension of a subscription never seen (bought before deploymentBlock?); ignored"
+            );
+            return Ok(());
+        };
+        sub.spec.expires_at = *new_expires_at;
+        tx.put(&sub)?;
+        if let Some(mut vm) = self.own_vm(tx, &sub)? {
+            vm.spec.expires_at = Some(*new_expires_at);
+            tx.put(&vm)?;
+        }
+        tx.event(
+            Subscription::KIND,
+            name.as_str(),
+            Note::normal(
+                "Extended",
+                &format!("expires at {}", new_expires_at.to_rfc3339()),
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A cancellation deletes the VM and marks the subscription.
+    fn cancelled(&self, tx: &mut ChainTxn<'_>, id: u64) -> Result<(), StoreError> {
+        let name = vm_name_for(id);
+        let Some(mut sub) = tx.get::<Subscription>(name.as_str())? else {
+            tracing::warn!(
+                subscription = id,
+                "cancellation of a subscription never seen; ignored"
+            );
+            return Ok(());
+        };
+        sub.spec.cancelled = true;
+        sub.status.state = SubscriptionState::Cancelled;
+        if self.own_vm(tx, &sub)?.is_some() {
+            tx.delete(VirtualMachine::KIND, name.as_str())?;
+        }
+        tx.put(&sub)?;
+        tx.event(
+            Subscription::KIND,
+            name.as_str(),
+            Note::normal("Cancelled", "cancelled on chain; its VM is deleted"),
+        )?;
+        Ok(())
+    }
+
+    /// An NFT transfer hands the VM to the new holder (mints and burns only
+    /// record the owner).
+    fn transfer(
+        &self,
+        tx: &mut ChainTxn<'_>,
+        from: &[u8; 20],
+        to: &[u8; 20],
+        token: u64,
+    ) -> Result<(), StoreError> {
+        let burn = *to == [0; 20];
+        tx.set_nft_owner(token, (!burn).then_some(*to))?;
+        if *from == [0; 20] || burn {
+            return Ok(());
+        }
+        let subs = tx.list::<Subscription>()?;
+        if let Some(sub) = subs.iter().find(|s| s.status.nft_token_id == Some(token))
+            && let Some(mut vm) = self.own_vm(tx, sub)?
+        {
+            let owner = WalletAddress::from_bytes(*to);
+            if vm.spec.owner != owner {
+                vm.spec.owner = owner;
+                tx.put(&vm)?;
+                tx.event(
+                    VirtualMachine::KIND,
+                    vm.metadata.name.as_str(),
                     Note::normal(
-                        "Extended",
-                        &format!("expires at {}", new_expires_at.to_rfc3339()),
+                        "OwnerChanged",
+                        &format!("access NFT {token} transferred to {owner}"),
                     ),
                 )?;
             }
-            ChainEvent::Cancelled { id } => {
-                let name = vm_name_for(*id);
-                let Some(mut sub) = tx.get::<Subscription>(name.as_str())? else {
-                    tracing::warn!(
-                        subscription = id,
-                        "cancellation of a subscription never seen; ignored"
-                    );
-                    return Ok(false);
-                };
-                sub.spec.cancelled = true;
-                sub.status.state = SubscriptionState::Cancelled;
-                if self.own_vm(tx, &sub)?.is_some() {
-                    tx.delete(VirtualMachine::KIND, name.as_str())?;
-                }
-                tx.put(&sub)?;
-                tx.event(
-                    Subscription::KIND,
-                    name.as_str(),
-                    Note::normal("Cancelled", "cancelled on chain; its VM is deleted"),
-                )?;
-            }
-            ChainEvent::Transfer { from, to, token } => {
-                let burn = *to == [0; 20];
-                tx.set_nft_owner(*token, (!burn).then_some(*to))?;
-                if *from == [0; 20] || burn {
-                    return Ok(false);
-                }
-                let subs = tx.list::<Subscription>()?;
-                if let Some(sub) = subs.iter().find(|s| s.status.nft_token_id == Some(*token))
-                    && let Some(mut vm) = self.own_vm(tx, sub)?
-                {
-                    let owner = WalletAddress::from_bytes(*to);
-                    if vm.spec.owner != owner {
-                        vm.spec.owner = owner;
-                        tx.put(&vm)?;
-                        tx.event(
-                            VirtualMachine::KIND,
-                            vm.metadata.name.as_str(),
-                            Note::normal(
-                                "OwnerChanged",
-                                &format!("access NFT {token} transferred to {owner}"),
-                            ),
-                        )?;
-                    }
-                }
-            }
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Decrypts and checks the buyer's signature; the error is a condition
@@ -264,28 +302,12 @@ impl Mapper {
             .into_iter()
             .find(|p| p.spec.chain_plan_id == Some(sub.spec.plan_id))
         else {
-            sub.status.state = SubscriptionState::PlanUnknown;
             let msg = format!(
                 "no Plan has chainPlanId {}; the VM is created when one is applied",
                 sub.spec.plan_id
             );
-            set_condition(
-                &mut sub.status.conditions,
-                condition(
-                    ConditionType::PlanKnown,
-                    false,
-                    Reason::PlanUnknown,
-                    &msg,
-                    now,
-                ),
-            );
-            tx.put(&*sub)?;
-            tx.event(
-                Subscription::KIND,
-                name.as_str(),
-                Note::warning(Reason::PlanUnknown.as_str(), &msg),
-            )?;
-            return Ok(());
+            let why = (ConditionType::PlanKnown, Reason::PlanUnknown);
+            return hold(tx, sub, SubscriptionState::PlanUnknown, why, &msg);
         };
         set_condition(
             &mut sub.status.conditions,
@@ -306,25 +328,10 @@ impl Mapper {
             let msg = format!(
                 "a VirtualMachine named {name} exists and is not this subscription's; rename or delete it"
             );
-            set_condition(
-                &mut sub.status.conditions,
-                condition(
-                    ConditionType::VmWritten,
-                    false,
-                    Reason::NameTaken,
-                    &msg,
-                    now,
-                ),
-            );
-            sub.status.state = SubscriptionState::Pending;
-            tx.put(&*sub)?;
-            tx.event(
-                Subscription::KIND,
-                name.as_str(),
-                Note::warning(Reason::NameTaken.as_str(), &msg),
-            )?;
-            return Ok(());
+            let why = (ConditionType::VmWritten, Reason::NameTaken);
+            return hold(tx, sub, SubscriptionState::Pending, why, &msg);
         }
+        // The NFT's holder when it has changed hands, else the buyer.
         let owner = match sub
             .status
             .nft_token_id
@@ -333,24 +340,7 @@ impl Mapper {
             Some(holder) => WalletAddress::from_bytes(holder),
             None => sub.spec.subscriber,
         };
-        let vm = VirtualMachine::new(
-            name.clone(),
-            VirtualMachineSpec {
-                owner,
-                source: VmSource::Chain {
-                    subscription_id: sub.spec.subscription_id,
-                },
-                plan: Some(plan.metadata.name.clone()),
-                resources: plan.spec.resources,
-                template: Some(plan.spec.template),
-                expires_at: Some(sub.spec.expires_at),
-                power_state: PowerState::Running,
-                network: NetworkSpec::default(),
-                guest_user: UnixUser::default(),
-                ssh_keys: Vec::new(),
-            },
-        );
-        tx.put(&vm)?;
+        tx.put(&vm_for(&name, sub, &plan, owner))?;
         sub.status.state = SubscriptionState::Active;
         sub.status.vm = Some(name);
         tx.put(&*sub)?;
@@ -452,4 +442,50 @@ impl Mapper {
                 || vm_owner(s).is_some_and(|(have, want)| have != want)
         })
     }
+}
+
+/// Records on the subscription why its VM is not written yet: the condition,
+/// the state, and a warning event.
+fn hold(
+    tx: &mut ChainTxn<'_>,
+    sub: &mut Subscription,
+    state: SubscriptionState,
+    (type_, reason): (ConditionType, Reason),
+    msg: &str,
+) -> Result<(), StoreError> {
+    let now = tx.now();
+    set_condition(
+        &mut sub.status.conditions,
+        condition(type_, false, reason, msg, now),
+    );
+    sub.status.state = state;
+    tx.put(&*sub)?;
+    tx.event(
+        Subscription::KIND,
+        sub.metadata.name.as_str(),
+        Note::warning(reason.as_str(), msg),
+    )?;
+    Ok(())
+}
+
+/// The VM a subscription buys: the plan's resources and template, the
+/// subscription's expiry, owned by `owner`.
+fn vm_for(name: &Name, sub: &Subscription, plan: &Plan, owner: WalletAddress) -> VirtualMachine {
+    VirtualMachine::new(
+        name.clone(),
+        VirtualMachineSpec {
+            owner,
+            source: VmSource::Chain {
+                subscription_id: sub.spec.subscription_id,
+            },
+            plan: Some(plan.metadata.name.clone()),
+            resources: plan.spec.resources,
+            template: Some(plan.spec.template),
+            expires_at: Some(sub.spec.expires_at),
+            power_state: PowerState::Running,
+            network: NetworkSpec::default(),
+            guest_user: UnixUser::default(),
+            ssh_keys: Vec::new(),
+        },
+    )
 }
