@@ -27,9 +27,9 @@ use serde_json::json;
 
 use crate::config_edit::{self, EditError};
 use blockhost_api::config::ConfigError;
-use blockhost_chain::key::KeyError;
 use blockhost_chain::node::NodeError;
 use blockhost_chain::rpc::RpcClient;
+use blockhost_chain::setup::SetupError;
 use blockhost_chain::wallet::{Receipt, ServerWallet, WalletError};
 
 /// Longest plan name accepted (the contract takes any string; signup pages and
@@ -115,15 +115,9 @@ pub enum ChainCliError {
         /// The file.
         path: PathBuf,
     },
-    /// The server key cannot be used.
+    /// The chain client cannot be set up (server key, RPC client, contracts).
     #[error(transparent)]
-    Key(#[from] KeyError),
-    /// The HTTP client for the RPC endpoints could not be built.
-    #[error("cannot set up the RPC client")]
-    Http(#[source] reqwest::Error),
-    /// The configuration was written before deploying: no contracts.
-    #[error(transparent)]
-    NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
+    Setup(#[from] SetupError),
     /// No endpoint answered.
     #[error("cannot reach the chain at {urls}; check chain.rpcUrls and that the node is running")]
     Unreachable {
@@ -233,8 +227,9 @@ pub fn load_chain(path: &Path) -> Result<ChainConfig, ChainCliError> {
 /// The server wallet on the configured chain, after checking that the node
 /// answers and serves that chain.
 pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCliError> {
-    let key = blockhost_chain::key::load_server_key(&chain.server_key_file)?;
-    let rpc = RpcClient::new(chain.rpc_urls.clone()).map_err(ChainCliError::Http)?;
+    let key =
+        blockhost_chain::key::load_server_key(&chain.server_key_file).map_err(SetupError::from)?;
+    let rpc = blockhost_chain::setup::rpc_client(&chain.rpc_urls)?;
     let wallet = ServerWallet::new(&key, chain.chain_id, Arc::new(rpc));
     match wallet.check_chain().await {
         Ok(()) => Ok(wallet),
@@ -707,7 +702,7 @@ pub async fn plan(out: &mut impl Write, cmd: PlanCommand) -> Result<(), ChainCli
     } = cmd;
     validate_plan(&name, cents_per_day).map_err(ChainCliError::Invalid)?;
     let chain = load_chain(&config.config)?;
-    let subs = chain.contracts()?.subscriptions;
+    let subs = chain.contracts().map_err(SetupError::from)?.subscriptions;
     let wallet = server_wallet(&chain).await?;
     let (r, created) = create_plan(
         &wallet,

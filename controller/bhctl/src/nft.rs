@@ -346,7 +346,7 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
     // so this is only used to warn about ownership.
     let signer = eip191::recover(at.secret.as_bytes(), &sig).ok();
 
-    let rpc = RpcClient::new(at.urls.clone()).map_err(ChainCliError::Http)?;
+    let rpc = blockhost_chain::setup::rpc_client(&at.urls)?;
     let payload = fetch_payload(&rpc, &at, token_id).await?;
     if let Some(signer) = signer {
         warn_if_not_owner(&rpc, &at.contract, token_id, signer).await;

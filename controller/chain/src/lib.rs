@@ -19,7 +19,8 @@
 //! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
 //! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
 //!   broadcast, receipts (minting and `bhctl chain deploy`).
-//! - [`key`]: the server key file and its permission rule.
+//! - [`key`]: the server key file and its permission rule; [`setup`]: what can
+//!   stop a client from being set up.
 //! - [`heads`] (feature `heads`, the daemon only): `eth_subscribe("newHeads")`
 //!   over WebSocket, waking the watcher as each block arrives.
 
@@ -32,6 +33,7 @@ pub mod key;
 pub mod nft_payload;
 pub mod node;
 pub mod rpc;
+pub mod setup;
 pub mod tx;
 pub mod user_encrypted;
 pub mod wallet;

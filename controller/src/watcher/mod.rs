@@ -21,8 +21,7 @@ pub mod mapping;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockhost_chain::key::KeyError;
-use blockhost_chain::{heads, rpc, wallet};
+use blockhost_chain::{heads, wallet};
 use blockhost_crd::WalletAddress;
 use blockhost_crd::config::{ChainConfig, Contracts};
 use tokio_util::sync::CancellationToken;
@@ -36,19 +35,8 @@ use mapping::Mapper;
 /// cannot be undone; Ethereum mainnet finalizes in 64–96 blocks).
 pub const MIN_REORG_WINDOW: u64 = 4096;
 
-/// Why the watcher cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    /// The server key file cannot be used.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// The HTTP client could not be built.
-    #[error("cannot set up the RPC client")]
-    Http(#[source] reqwest::Error),
-    /// The configuration was written before deploying: no contracts to watch.
-    #[error(transparent)]
-    NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
-}
+/// Why the watcher cannot start: the chain client's setup.
+pub use blockhost_chain::setup::SetupError as ChainError;
 
 /// The store scope of a chain and contract set.
 pub fn scope(chain_id: u64, contracts: &Contracts) -> String {
@@ -91,11 +79,11 @@ pub fn task(
     // Checked first: without contracts nothing else matters.
     let wc = watch_config(cfg)?;
     let server_key = blockhost_chain::key::load_server_key(&cfg.server_key_file)?;
-    let node = rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?;
+    let node = blockhost_chain::setup::rpc_client(&cfg.rpc_urls)?;
     let wallet = wallet::ServerWallet::new(
         &server_key,
         cfg.chain_id,
-        Arc::new(rpc::RpcClient::new(cfg.rpc_urls.clone()).map_err(ChainError::Http)?),
+        Arc::new(blockhost_chain::setup::rpc_client(&cfg.rpc_urls)?),
     );
     let mapper = Arc::new(Mapper {
         server_key,
