@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 cargo build -q --release -p blockhost-controller -p bhctl --bins
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 T=$(mktemp -d)
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$T"' EXIT
 printf '# bench: local defaults\n' > "$T/blockhost.yaml"

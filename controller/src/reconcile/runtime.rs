@@ -241,8 +241,12 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 struct Queue {
     /// Pending keys by due time, one entry per key.
     delays: DelayQueue<String>,
-    /// Each pending key's entry in `delays` and its due time.
-    pending: HashMap<String, (delay_queue::Key, Instant)>,
+    /// Keys due now, in request order. They bypass `delays`: its timer wheel
+    /// fires on the next millisecond tick at the earliest, which a new purchase
+    /// (trigger → first Proxmox request) would wait for on every hop.
+    ready: std::collections::VecDeque<String>,
+    /// Each pending key's entry in `delays` and its due time (`None`: in `ready`).
+    pending: HashMap<String, (Option<delay_queue::Key>, Instant)>,
     running: HashSet<String>,
     /// Triggered while running: run again right after.
     dirty: HashSet<String>,
@@ -258,15 +262,29 @@ impl Queue {
             self.dirty.insert(key);
             return;
         }
+        let now = Instant::now();
         match self.pending.get_mut(&key) {
+            // In `ready` already: it runs as soon as a slot is free.
+            Some((None, at)) => *at = (*at).min(due),
             Some((_, at)) if *at <= due => {}
-            Some((entry, at)) => {
+            Some((entry, at)) if due <= now => {
+                if let Some(e) = entry.take() {
+                    self.delays.remove(&e);
+                }
+                *at = due;
+                self.ready.push_back(key);
+            }
+            Some((Some(entry), at)) => {
                 self.delays.reset_at(entry, due);
                 *at = due;
             }
+            None if due <= now => {
+                self.pending.insert(key.clone(), (None, due));
+                self.ready.push_back(key);
+            }
             None => {
                 let entry = self.delays.insert_at(key.clone(), due);
-                self.pending.insert(key, (entry, due));
+                self.pending.insert(key, (Some(entry), due));
             }
         }
     }
@@ -345,6 +363,15 @@ pub async fn run<R: Reconciler>(
             next_resync = now + cfg.resync;
         }
         depth.set(i64::try_from(q.pending.len()).unwrap_or(i64::MAX));
+        while tasks.len() < concurrency
+            && let Some(key) = q.ready.pop_front()
+        {
+            q.start(&key);
+            let id = tasks
+                .spawn(attempt(reconciler.clone(), key.clone(), cfg.timeout))
+                .id();
+            q.tasks.insert(id, key);
+        }
         let free = tasks.len() < concurrency && !q.delays.is_empty();
         tokio::select! {
             () = shutdown.cancelled() => break,
