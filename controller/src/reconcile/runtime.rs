@@ -289,10 +289,20 @@ impl Queue {
         }
     }
 
-    /// Marks a key whose due time came as running.
-    fn start(&mut self, key: &str) {
-        self.pending.remove(key);
-        self.running.insert(key.to_owned());
+    /// Starts a reconcile of a key whose due time came, marking it running.
+    fn spawn<R: Reconciler>(
+        &mut self,
+        tasks: &mut JoinSet<Finished>,
+        reconciler: &Arc<R>,
+        key: String,
+        timeout: Duration,
+    ) {
+        self.pending.remove(&key);
+        self.running.insert(key.clone());
+        let id = tasks
+            .spawn(attempt(reconciler.clone(), key.clone(), timeout))
+            .id();
+        self.tasks.insert(id, key);
     }
 
     /// Records the end of a run: the next due time, if any (a trigger that came
@@ -366,11 +376,7 @@ pub async fn run<R: Reconciler>(
         while tasks.len() < concurrency
             && let Some(key) = q.ready.pop_front()
         {
-            q.start(&key);
-            let id = tasks
-                .spawn(attempt(reconciler.clone(), key.clone(), cfg.timeout))
-                .id();
-            q.tasks.insert(id, key);
+            q.spawn(&mut tasks, &reconciler, key, cfg.timeout);
         }
         let free = tasks.len() < concurrency && !q.delays.is_empty();
         tokio::select! {
@@ -385,10 +391,7 @@ pub async fn run<R: Reconciler>(
                 None => triggers_open = false,
             },
             Some(due) = q.delays.next(), if free => {
-                let key = due.into_inner();
-                q.start(&key);
-                let id = tasks.spawn(attempt(reconciler.clone(), key.clone(), cfg.timeout)).id();
-                q.tasks.insert(id, key);
+                q.spawn(&mut tasks, &reconciler, due.into_inner(), cfg.timeout);
             },
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let (key, result, took) = match done {
