@@ -320,11 +320,10 @@ async fn nft_subscription(State(st): State<SignupState>, Path(token): Path<Strin
         Ok(t) => t,
         Err(r) => return r,
     };
+    // The store's token index: one lookup, whatever the number of subscriptions.
     let found = read_store(&st, move |store| {
         Ok(store
-            .list::<Subscription>()?
-            .iter()
-            .find(|s| s.status.nft_token_id == Some(token))
+            .subscription_for_token(token)?
             .map(|s| s.spec.subscription_id))
     })
     .await;

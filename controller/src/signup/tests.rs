@@ -147,3 +147,41 @@ async fn each_address_is_limited_separately_and_files_are_not() {
             .contains("blockhost_signup_api_requests_total{result=\"rate_limited\"} 2")
     );
 }
+
+#[tokio::test]
+async fn the_nft_route_finds_a_minted_subscription_by_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+    let sub: Subscription = serde_json::from_value(serde_json::json!({
+        "apiVersion": "blockhost.io/v1alpha1", "kind": "Subscription",
+        "metadata": {"name": "blockhost-007"},
+        "spec": {"subscriptionId": 7, "planId": 3,
+                 "subscriber": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+                 "expiresAt": "2030-01-01T00:00:00Z", "vmName": "blockhost-007",
+                 "blockNumber": 1, "transactionHash": "0xab"}
+    }))
+    .unwrap();
+    let end = crate::store::chain::BlockRef {
+        number: 1,
+        hash: [1; 32],
+    };
+    store
+        .chain_commit::<()>("s", &[], end, 64, |_, _| Ok(()), |tx| {
+            tx.put(&sub).map(|_| ())
+        })
+        .unwrap();
+    let st = SignupState::new(store.clone(), Arc::new(Metrics::new()), &page(), 60, 64);
+    let app = router(st);
+    let (status, _, _) = get(&app, "/api/v1/nfts/12", [127, 0, 0, 1]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not minted yet");
+    store
+        .update_status_as::<Subscription>(crate::store::Writer::Minter, "blockhost-007", |s| {
+            s.status.nft_token_id = Some(12);
+            true
+        })
+        .unwrap();
+    let (status, _, body) = get(&app, "/api/v1/nfts/12", [127, 0, 0, 1]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["tokenId"].as_u64(), v["subscriptionId"].as_u64()), (Some(12), Some(7)));
+}

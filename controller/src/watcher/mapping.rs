@@ -229,9 +229,8 @@ impl Mapper {
         if *from == [0; 20] || burn {
             return Ok(());
         }
-        let subs = tx.list::<Subscription>()?;
-        if let Some(sub) = subs.iter().find(|s| s.status.nft_token_id == Some(token))
-            && let Some(mut vm) = self.own_vm(tx, sub)?
+        if let Some(sub) = tx.subscription_for_token(token)?
+            && let Some(mut vm) = self.own_vm(tx, &sub)?
         {
             let owner = WalletAddress::from_bytes(*to);
             if vm.spec.owner != owner {

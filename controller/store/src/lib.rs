@@ -13,11 +13,13 @@
 //!
 //! Layout: `objects` maps `"Kind/name"` to the object's JSON; `events` maps
 //! `("Kind/name", seq)` to an event's JSON (bounded per object); `meta` holds the
-//! schema version and the sequences.
+//! schema version and the sequences; `index_nft_token` finds a subscription by
+//! its access NFT ([`index`]).
 
 pub mod alloc;
 pub mod authority;
 pub mod chain;
+mod index;
 pub mod mint;
 pub mod write;
 
@@ -45,14 +47,14 @@ const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_RV: &str = "resource_version";
 pub(crate) const META_EVENT_SEQ: &str = "event_seq";
 
-/// Version of the on-disk layout this code writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version of the on-disk layout this code writes (2: the token index).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// A migration from version `n` to `n + 1`, run inside the upgrade transaction.
 pub type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` upgrades a database from version `i + 1` to `i + 2`.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[index::build];
 
 /// Source of the current time; injectable so tests control expiry and ages.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -368,6 +370,7 @@ impl Store {
             // Creating the tables here means readers never meet a missing table.
             txn.open_table(OBJECTS)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(index::NFT_TOKENS)?;
             alloc::create_tables(&txn)?;
             let mut meta = txn.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|g| g.value());
@@ -708,6 +711,23 @@ impl Store {
         self.get_raw(R::KIND, name)?
             .map(|bytes| decode(&key(R::KIND, name), &bytes))
             .transpose()
+    }
+
+    /// The subscription an access NFT was minted for (`status.nftTokenId`),
+    /// from the token index: one lookup, however many subscriptions there are.
+    pub fn subscription_for_token(
+        &self,
+        token: u64,
+    ) -> Result<Option<blockhost_crd::Subscription>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let index = txn.open_table(index::NFT_TOKENS)?;
+        let Some(name) = index::lookup(&index, token)? else {
+            return Ok(None);
+        };
+        let k = key(blockhost_crd::Subscription::KIND, &name);
+        let objects = txn.open_table(OBJECTS)?;
+        let found = objects.get(k.as_str())?.map(|g| decode(&k, g.value()));
+        found.transpose()
     }
 
     /// Reads one object's stored JSON.
@@ -1175,14 +1195,16 @@ mod tests {
             .unwrap()
             .apply(vec![vm("a", 1)], false)
             .unwrap();
-        static STEPS: &[Migration] = &[add_label_migration];
+        // The shipped migrations, then one more.
+        static STEPS: &[Migration] = &[index::build, add_label_migration];
+        let next = SCHEMA_VERSION + 1;
         let v2 = StoreOptions {
-            schema_version: 2,
+            schema_version: next,
             migrations: STEPS,
             ..StoreOptions::default()
         };
         let s = Store::open(&path, v2.clone()).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), next);
         let v: VirtualMachine = s.get("a").unwrap().unwrap();
         assert_eq!(
             v.metadata.labels.get("migrated").map(String::as_str),
@@ -1192,15 +1214,18 @@ mod tests {
         // Opening the upgraded database with the old code is refused, not misread.
         assert!(matches!(
             Store::open(&path, StoreOptions::default()),
-            Err(StoreError::NewerSchema { found: 2 })
+            Err(StoreError::NewerSchema { found }) if found == next
         ));
         // Without a migration for a step, opening fails and leaves the version alone.
         let v3 = StoreOptions {
-            schema_version: 3,
+            schema_version: next + 1,
             migrations: STEPS,
             ..StoreOptions::default()
         };
         assert!(Store::open(&path, v3).is_err());
-        assert_eq!(Store::open(&path, v2).unwrap().schema_version().unwrap(), 2);
+        assert_eq!(
+            Store::open(&path, v2).unwrap().schema_version().unwrap(),
+            next
+        );
     }
 }

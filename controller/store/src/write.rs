@@ -12,7 +12,9 @@
 //! - creations, spec changes and deletions are events;
 //! - a chain batch records undo: each object as it was before the block first
 //!   touched it;
-//! - a writer changes only the fields it owns ([`crate::authority`]).
+//! - a writer changes only the fields it owns ([`crate::authority`]);
+//! - the token index ([`crate::index`]) follows every object written or
+//!   removed, in the same transaction.
 //!
 //! Changes are collected here and published by the store after the commit.
 
@@ -214,6 +216,16 @@ impl<'t> WriteTxn<'t> {
             out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// The subscription an access NFT was minted for, from the token index
+    /// ([`crate::index`]), seeing this transaction's own writes.
+    pub fn subscription_for_token(&self, token: u64) -> Result<Option<Subscription>, StoreError> {
+        let name = {
+            let t = self.txn.open_table(crate::index::NFT_TOKENS)?;
+            crate::index::lookup(&t, token)?
+        };
+        name.map_or(Ok(None), |n| self.get(&n))
     }
 
     fn alloc<'a>(&'a self, k: &'a str) -> Alloc<'a> {
@@ -478,6 +490,7 @@ impl<'t> WriteTxn<'t> {
         obj.meta_mut().resource_version = Some(self.rv);
         let bytes = encode(k, obj)?;
         self.objects.insert(k, bytes.as_slice())?;
+        crate::index::follow(self.txn, k, prior, Some(&bytes))?;
         self.dirty = true;
         self.changes.push(Change {
             kind: R::KIND,
@@ -493,6 +506,7 @@ impl<'t> WriteTxn<'t> {
     fn remove_object<R: Kind>(&mut self, k: &str, obj: &R, last: &[u8]) -> Result<(), StoreError> {
         self.remember(k, Some(last));
         self.objects.remove(k)?;
+        crate::index::follow(self.txn, k, Some(last), None)?;
         let not_audit = |e: &Event| e.reason != FORCE_DELETED;
         for s in self.event_seqs(k, Some(&not_audit))? {
             self.events.remove((k, s))?;
@@ -582,5 +596,10 @@ impl<'t> WriteTxn<'t> {
 
 /// The name part of a `"Kind/name"` key.
 fn new_name(k: &str) -> String {
-    k.split_once('/').map_or(k, |(_, n)| n).to_owned()
+    name_of(k).to_owned()
+}
+
+/// The name part of a `"Kind/name"` key, borrowed.
+pub(crate) fn name_of(k: &str) -> &str {
+    k.split_once('/').map_or(k, |(_, n)| n)
 }
