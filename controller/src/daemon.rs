@@ -82,9 +82,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let store = open_store(&cfg).await?;
 
     let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(crate::health::Health::new(metrics.clone()));
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
+        health: health.clone(),
         shutdown: shutdown.clone(),
     };
 
@@ -106,6 +108,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             chain,
             store.clone(),
             metrics.clone(),
+            health,
             nudge,
             shutdown.clone(),
         )?);
@@ -130,9 +133,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     }
 
     let app = router(state);
-    blockhost_listen::Listener::new(limits.api.clone())
-        .serve_unix(listener, app, shutdown.clone())
-        .await;
+    let api = blockhost_listen::Listener::new(limits.api.clone());
+    metrics.watch_listener(api.limits().name, api.stats());
+    api.serve_unix(listener, app, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     blockhost_listen::socket::remove_socket(&socket);
@@ -173,7 +176,11 @@ async fn serve_metrics(
         .map_err(|source| DaemonError::MetricsListen { addr, source })?;
     tracing::info!(%addr, "metrics listening");
     let app = metrics_router(state.clone());
-    Ok(blockhost_listen::Listener::new(limits).serve_tcp(tcp, None, app, shutdown.clone()))
+    let served = blockhost_listen::Listener::new(limits);
+    state
+        .metrics
+        .watch_listener(served.limits().name, served.stats());
+    Ok(served.serve_tcp(tcp, None, app, shutdown.clone()))
 }
 
 /// Binds the API socket: refuses to take over a live daemon's socket, replaces a

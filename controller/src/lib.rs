@@ -8,6 +8,8 @@
 //! - [`daemon`]: start-up, configuration, serving, clean shutdown.
 //! - [`listeners`]: every listener's connection limits, fitted under the
 //!   open-file limit.
+//! - [`health`]: the daemon's own conditions (`GET /status`, `bhctl status`):
+//!   RPC endpoints found serving another chain.
 //! - [`watcher`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
 //!   and failover, turning subscription events into specs. The chain client it
 //!   reads through is `blockhost-chain`'s.
@@ -19,6 +21,7 @@
 //!   with a resumable error.
 
 pub mod daemon;
+pub mod health;
 pub mod listeners;
 pub mod metrics;
 pub mod reconcile;

@@ -2,11 +2,19 @@
 //!
 //! One registry owned by [`Metrics`]; other modules hold an `Arc<Metrics>` and bump
 //! the fields directly. Object counts are read from the store at scrape time rather
-//! than tracked, so they can never drift from the truth.
+//! than tracked, so they can never drift from the truth, and so are the
+//! listeners' connection counters ([`Metrics::watch_listener`]), which
+//! `blockhost-listen` keeps per listener.
 
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -59,7 +67,83 @@ pub struct Metrics {
     /// Signup page API requests, by result (`ok`, `not_found`, `bad_request`,
     /// `rate_limited`, `error`).
     pub signup_api_requests: Family<Labels, Counter>,
+    /// Checks that found an RPC endpoint serving another chain, by endpoint.
+    pub chain_endpoint_wrong_chain: Family<Labels, Counter>,
+    /// RPC endpoints out of rotation for serving another chain (1) or back (0).
+    pub chain_endpoint_out_of_rotation: Family<Labels, Gauge>,
     objects: Family<Labels, Gauge>,
+    listeners: Arc<Listeners>,
+}
+
+/// The listeners whose counters are exported, read at scrape time.
+#[derive(Debug, Default)]
+struct Listeners(Mutex<Vec<(&'static str, Arc<blockhost_listen::Stats>)>>);
+
+impl Listeners {
+    fn each(&self) -> Vec<(&'static str, Arc<blockhost_listen::Stats>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One metric per listener counter, labelled `listener`.
+fn encode_listeners<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    all: &[(&'static str, Arc<blockhost_listen::Stats>)],
+    (name, help): (&str, &str),
+    value: impl Fn(&blockhost_listen::Stats) -> M,
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = all.first() else {
+        return Ok(());
+    };
+    let mut family = enc.encode_descriptor(name, help, None, value(first).metric_type())?;
+    for (listener, stats) in all {
+        let labels = [("listener", *listener)];
+        value(stats).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Listeners {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let all = self.each();
+        let e = &mut enc;
+        encode_listeners(
+            e,
+            &all,
+            (
+                "listener_connections_accepted",
+                "Connections accepted, by listener",
+            ),
+            |s| ConstCounter::new(s.accepted()),
+        )?;
+        encode_listeners(
+            e,
+            &all,
+            (
+                "listener_connections_refused",
+                "Connections closed on arrival over a connection cap, by listener",
+            ),
+            |s| ConstCounter::new(s.refused()),
+        )?;
+        encode_listeners(
+            e,
+            &all,
+            (
+                "listener_connections_idle_closed",
+                "Connections closed for idleness, by listener",
+            ),
+            |s| ConstCounter::new(s.idle_closed()),
+        )?;
+        encode_listeners(
+            e,
+            &all,
+            (
+                "listener_connections_open",
+                "Connections open now, by listener",
+            ),
+            |s| ConstGauge::new(i64::try_from(s.open()).unwrap_or(i64::MAX)),
+        )
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -91,6 +175,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("blockhost");
         let info = reg(&mut r, "build_info", "Version of the running daemon", Family::<Labels, Gauge>::default());
+        let listeners = Arc::new(Listeners::default());
+        r.register_collector(Box::new(listeners.clone()));
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())]).set(1);
         // Fields are evaluated in order, so the registry is moved in last.
         Self {
@@ -113,9 +199,19 @@ impl Metrics {
             chain_mints: reg(&mut r, "chain_mints", "Access NFT mint steps, by outcome", Family::<Labels, Counter>::default()),
             chain_mints_pending: reg(&mut r, "chain_mints_pending", "Access NFT mints awaiting a receipt", Gauge::default()),
             signup_api_requests: reg(&mut r, "signup_api_requests", "Signup page status and NFT lookups, by result", Family::<Labels, Counter>::default()),
+            chain_endpoint_wrong_chain: reg(&mut r, "chain_endpoint_wrong_chain", "Checks that found an RPC endpoint serving another chain, by endpoint", Family::<Labels, Counter>::default()),
+            chain_endpoint_out_of_rotation: reg(&mut r, "chain_endpoint_out_of_rotation", "RPC endpoints out of rotation for serving another chain (1), by endpoint", Family::<Labels, Gauge>::default()),
             objects: reg(&mut r, "objects", "Objects in the store, by kind", Family::<Labels, Gauge>::default()),
+            listeners,
             registry: r,
         }
+    }
+
+    /// Exports a listener's connection counters under `listener="name"`.
+    pub fn watch_listener(&self, name: &'static str, stats: Arc<blockhost_listen::Stats>) {
+        let mut all = self.listeners.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(n, _)| *n != name);
+        all.push((name, stats));
     }
 
     /// Renders without refreshing store-derived gauges (tests, or no store at hand).

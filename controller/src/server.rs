@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::{ChangeKind, Store, StoreError, Writer};
 use blockhost_api::{
-    API_PREFIX, ApplyResponse, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES, VersionInfo,
+    API_PREFIX, ApplyResponse, DaemonStatus, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES,
+    VersionInfo,
 };
 
 /// Shared state of the handlers.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub store: Store,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The daemon's own conditions (`GET /status`).
+    pub health: Arc<crate::health::Health>,
     /// Cancelled at shutdown; ends open watch streams so shutdown is not held up.
     pub shutdown: CancellationToken,
 }
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .route("/status", get(status))
         .nest(API_PREFIX, objects)
         .fallback(|| async {
             ApiError::new(
@@ -201,6 +205,12 @@ async fn version(State(state): State<AppState>) -> Result<Json<VersionInfo>, Api
         version: env!("CARGO_PKG_VERSION").into(),
         schema_version,
     }))
+}
+
+async fn status(State(state): State<AppState>) -> Json<DaemonStatus> {
+    Json(DaemonStatus {
+        conditions: state.health.conditions(),
+    })
 }
 
 #[derive(Debug, Deserialize)]

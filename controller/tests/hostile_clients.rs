@@ -258,3 +258,54 @@ fn hostile_label_text_reaches_describe_escaped_and_json_exact() {
         "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\r\nFake: line \u{202e}txt.exe"
     );
 }
+
+/// One listener's value of a `blockhost_listener_connections_*` metric in the
+/// daemon's `/metrics`, read over the API socket.
+fn listener_metric(socket: &Path, metric: &str, listener: &str) -> Option<u64> {
+    let o = Command::new("curl")
+        .args(["-sf", "--unix-socket", socket.to_str().unwrap()])
+        .arg("http://blockhostd/metrics")
+        .output()
+        .expect("curl is needed (scripts/setup.sh installs it)");
+    let prefix = format!("blockhost_listener_connections_{metric}{{listener=\"{listener}\"}} ");
+    stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_refused_over_a_cap_are_counted_in_metrics_per_listener() {
+    const ADDR: &str = "127.0.111.1:18713";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("blockhost.yaml"),
+        format!("metrics:\n  listen: {ADDR}\n  connections:\n    max: 4\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path());
+    let refused = || listener_metric(&d.socket, "refused_total", "metrics");
+    assert_eq!(
+        refused(),
+        Some(0),
+        "exported before any refusal; log:\n{}",
+        d.log()
+    );
+    assert!(listener_metric(&d.socket, "accepted_total", "api").is_some());
+    // Twelve idle clients against a cap of four: eight closed on arrival.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(tokio::net::TcpStream::connect(ADDR).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused() < Some(8) {
+        assert!(Instant::now() < deadline, "refused: {:?}", refused());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(), Some(8));
+    assert_eq!(listener_metric(&d.socket, "open", "metrics"), Some(4));
+    assert_eq!(
+        listener_metric(&d.socket, "accepted_total", "metrics"),
+        Some(4)
+    );
+    drop(held);
+}

@@ -59,9 +59,14 @@ fn populated(dir: &std::path::Path, n: u64) -> Store {
         hash: [1; 32],
     };
     store
-        .chain_commit::<()>("bench", &[], end, 64, |_, _| Ok(()), |tx| {
-            (0..n).try_for_each(|i| tx.put(&sub(i)).map(|_| ()))
-        })
+        .chain_commit::<()>(
+            "bench",
+            &[],
+            end,
+            64,
+            |_, _| Ok(()),
+            |tx| (0..n).try_for_each(|i| tx.put(&sub(i)).map(|_| ())),
+        )
         .unwrap();
     store
         .write(Writer::Minter, false, |w| {
@@ -139,7 +144,7 @@ async fn bench_nft_lookup() {
             }
         })
         .await;
-        println!(
+        eprintln!(
             "RESULT nft lookup at {n} subscriptions: {indexed:.1} µs/request through the router \
              ({requests} requests); the former scan alone: {scan:.1} µs/request ({scans} scans)"
         );

@@ -11,6 +11,7 @@
 //! | GET | `/healthz` | liveness (`ok`) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/version` | daemon version and store schema version |
+//! | GET | `/status` | the daemon's own conditions ([`DaemonStatus`]) |
 //! | GET | `{API_PREFIX}/{plural}` | list (`?watch=true`: newline-delimited JSON stream) |
 //! | GET | `{API_PREFIX}/{plural}/{name}` | one object |
 //! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating); `?force=true` deletes a VM the chain owns, with an event naming the caller's uid |
@@ -87,6 +88,14 @@ pub struct VersionInfo {
     pub version: String,
     /// The store's schema version.
     pub schema_version: u64,
+}
+
+/// Answer to `GET /status`: what is wrong with the daemon itself rather than
+/// with an object (an RPC endpoint serving another chain: `ChainEndpoints`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// One per aspect checked so far; empty before anything was checked.
+    pub conditions: Vec<blockhost_crd::Condition>,
 }
 
 // What happened to each object: the store returns these and the API carries

@@ -229,7 +229,7 @@ pub fn load_chain(path: &Path) -> Result<ChainConfig, ChainCliError> {
 pub async fn server_wallet(chain: &ChainConfig) -> Result<ServerWallet, ChainCliError> {
     let key =
         blockhost_chain::key::load_server_key(&chain.server_key_file).map_err(SetupError::from)?;
-    let rpc = blockhost_chain::setup::rpc_client(&chain.rpc_urls)?;
+    let rpc = blockhost_chain::setup::rpc_client(&chain.rpc_urls, Some(chain.chain_id))?;
     let wallet = ServerWallet::new(&key, chain.chain_id, Arc::new(rpc));
     match wallet.check_chain().await {
         Ok(()) => Ok(wallet),

@@ -139,6 +139,12 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show the daemon's own conditions (an RPC endpoint serving another chain).
+    Status {
+        /// Output format (json and yaml keep the exact text).
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Deploy the contracts (operators; signs with the configured server key).
     Chain {
         /// What to do.
@@ -221,6 +227,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Delete { what, names, force } => {
             delete(&client, &mut out, what, &names, force).await
         }
+        Command::Status { output } => status(&client, &mut out, output).await,
         Command::Chain { command } => chain::chain(&mut out, command).await.map_err(Into::into),
         Command::Plan { command } => chain::plan(&mut out, command).await.map_err(Into::into),
         Command::Nft { command } => nft::nft(&mut out, command).await.map_err(Into::into),
@@ -267,6 +274,19 @@ async fn get(
     // `-o json` of one object prints the daemon's document and stops there.
     if watch && !(name.is_some() && format == Format::Json) {
         watch_changes(client, out, what, plural, name, format, now).await?;
+    }
+    Ok(())
+}
+
+/// `status`: the daemon's conditions; text for people is escaped.
+async fn status(client: &Client, out: &mut impl Write, format: Format) -> Result<(), CliError> {
+    let body = client.request(Method::GET, "/status", None).await?;
+    let status: blockhost_api::DaemonStatus = serde_json::from_slice(&body)?;
+    match format {
+        Format::Table | Format::Wide | Format::Name => {
+            output::status_table(out, &status.conditions, chrono::Utc::now())?
+        }
+        _ => output::print_value(out, &serde_json::from_slice(&body)?, format)?,
     }
     Ok(())
 }

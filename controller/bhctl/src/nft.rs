@@ -138,6 +138,8 @@ enum CallResult {
 struct Endpoints {
     /// JSON-RPC endpoints, tried in order.
     urls: Vec<String>,
+    /// The chain they must serve, when they come from the configuration.
+    chain_id: Option<u64>,
     /// The AccessCredentialNFT contract.
     contract: WalletAddress,
     /// The text the holder signs (the operator's public secret).
@@ -162,9 +164,9 @@ fn endpoints(
         ),
         (None, false) => None,
     };
-    let urls = match (rpc_url, &chain) {
-        (Some(u), _) => vec![u],
-        (None, Some(c)) => c.rpc_urls.clone(),
+    let (urls, chain_id) = match (rpc_url, &chain) {
+        (Some(u), _) => (vec![u], None),
+        (None, Some(c)) => (c.rpc_urls.clone(), Some(c.chain_id)),
         (None, None) => return Err(ChainCliError::Invalid("give --rpc-url".into())),
     };
     let contract = match (nft_contract, &chain) {
@@ -181,6 +183,7 @@ fn endpoints(
         .unwrap_or_else(|| DEFAULT_PUBLIC_SECRET.into());
     Ok(Endpoints {
         urls,
+        chain_id,
         contract,
         secret,
     })
@@ -346,7 +349,7 @@ pub async fn nft(out: &mut impl Write, cmd: NftCommand) -> Result<(), ChainCliEr
     // so this is only used to warn about ownership.
     let signer = eip191::recover(at.secret.as_bytes(), &sig).ok();
 
-    let rpc = blockhost_chain::setup::rpc_client(&at.urls)?;
+    let rpc = blockhost_chain::setup::rpc_client(&at.urls, at.chain_id)?;
     let payload = fetch_payload(&rpc, &at, token_id).await?;
     if let Some(signer) = signer {
         warn_if_not_owner(&rpc, &at.contract, token_id, signer).await;

@@ -374,6 +374,16 @@ fn conditions_and_events(
     indented_events(out, events, now)
 }
 
+/// `bhctl status`: the daemon's own conditions.
+pub fn status_table(
+    out: &mut impl Write,
+    conditions: &[Condition],
+    now: DateTime<Utc>,
+) -> io::Result<()> {
+    writeln!(out, "Conditions:")?;
+    conditions_table(out, conditions, now)
+}
+
 fn conditions_table(
     out: &mut impl Write,
     conditions: &[Condition],

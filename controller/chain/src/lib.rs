@@ -16,7 +16,9 @@
 //!
 //! And the chain client, shared by the daemon and `bhctl chain …`:
 //! - [`node`]: the node operations the watcher needs, as a trait (fakes in tests).
-//! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints.
+//! - [`rpc`]: plain JSON-RPC over reqwest with failover across endpoints;
+//!   [`endpoints`]: which of them serve the configured chain (checked per
+//!   endpoint, again after a failure; another chain's is out of rotation).
 //! - [`wallet`]: the server key on chain: nonces, EIP-1559 fees, signing,
 //!   broadcast, receipts (minting and `bhctl chain deploy`).
 //! - [`key`]: the server key file and its permission rule; [`setup`]: what can
@@ -27,6 +29,7 @@
 pub mod admin;
 pub mod bindings;
 pub mod ecies;
+pub mod endpoints;
 #[cfg(feature = "heads")]
 pub mod heads;
 pub mod key;

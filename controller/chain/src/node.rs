@@ -55,6 +55,19 @@ pub enum NodeError {
         /// Its message.
         message: String,
     },
+    /// No endpoint serving the configured chain answered: `endpoint` (redacted)
+    /// serves another and is out of rotation.
+    #[error(
+        "the RPC endpoint {endpoint} serves chain id {got}, not {want} (chain.chainId), and no endpoint on chain {want} answered; point chain.rpcUrls at a node of chain {want}"
+    )]
+    WrongChain {
+        /// The endpoint, scheme, host and port only.
+        endpoint: String,
+        /// The configured chain id.
+        want: u64,
+        /// What it reports.
+        got: u64,
+    },
     /// The answer does not have the expected shape.
     #[error("malformed answer to {method}: {detail}")]
     Malformed {

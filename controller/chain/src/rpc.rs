@@ -11,13 +11,18 @@
 //!
 //! Every answer is checked: hex shapes, lengths, and a body-size cap (a hostile or
 //! broken node cannot make the daemon buffer gigabytes; an oversized `eth_getLogs`
-//! answer is reported as a refusal so the watcher narrows its range).
+//! answer is reported as a refusal so the watcher narrows its range). Given the
+//! expected chain id ([`RpcClient::for_chain`]), every endpoint is checked to
+//! serve that chain before it is used and again after a failure; one on another
+//! chain is left out of rotation ([`crate::endpoints`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::endpoints::{ChainCheck, EndpointEvents, Gate};
 use crate::node::{Node, NodeError, RawLog};
 
 /// Largest answer accepted from a node.
@@ -31,6 +36,8 @@ pub struct RpcClient {
     urls: Vec<String>,
     current: AtomicUsize,
     ids: AtomicUsize,
+    /// The expected chain and each endpoint's standing; `None`: unchecked.
+    check: Option<ChainCheck>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +58,20 @@ enum Transport {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{url} did not answer eth_chainId with a chain id")]
+    NoChainId { url: String },
+    #[error("{url} serves chain id {got}, not {want}; it is out of rotation")]
+    WrongChain { url: String, want: u64, got: u64 },
+}
+
+impl Transport {
+    /// Of two failures, the one worth reporting: another chain beats the rest.
+    fn keep(last: Option<Self>, e: Self) -> Option<Self> {
+        match last {
+            Some(w @ Self::WrongChain { .. }) if !matches!(e, Self::WrongChain { .. }) => Some(w),
+            _ => Some(e),
+        }
+    }
 }
 
 impl RpcClient {
@@ -66,7 +87,41 @@ impl RpcClient {
             urls,
             current: AtomicUsize::new(0),
             ids: AtomicUsize::new(1),
+            check: None,
         })
+    }
+
+    /// A client for `urls` that uses only endpoints serving chain `chain_id`
+    /// (checked with `eth_chainId` before first use and after a failure).
+    pub fn for_chain(urls: Vec<String>, chain_id: u64) -> Result<Self, reqwest::Error> {
+        let n = urls.len();
+        let mut c = Self::new(urls)?;
+        c.check = Some(ChainCheck::new(chain_id, n));
+        Ok(c)
+    }
+
+    /// Hands what the chain-id checks find to `events` (the daemon's metrics
+    /// and status); without it they are only logged.
+    pub fn with_endpoint_events(mut self, events: Arc<dyn EndpointEvents>) -> Self {
+        if let Some(c) = &mut self.check {
+            c.events = events;
+        }
+        self
+    }
+
+    /// How long an endpoint on another chain stays out before it is asked
+    /// again, and how long a verified one is used before it is asked again
+    /// (tests shorten them; see [`crate::endpoints`] for the defaults).
+    pub fn with_check_intervals(
+        mut self,
+        reprobe_after: Duration,
+        recheck_after: Duration,
+    ) -> Self {
+        if let Some(c) = &mut self.check {
+            c.reprobe_after = reprobe_after;
+            c.recheck_after = recheck_after;
+        }
+        self
     }
 
     /// The endpoint in use (for logs and metrics; URLs may carry API keys in
@@ -140,27 +195,18 @@ impl RpcClient {
             let Some(url) = self.urls.get(i) else {
                 continue;
             };
-            match self.post(url, &body).await {
-                Ok(mut v) => {
+            let answer = match self.admit(i, url, method).await {
+                Ok(Some(probe)) => Ok(probe),
+                Ok(None) => self.post(url, &body).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(v) => {
                     if step > 0 {
                         tracing::warn!(endpoint = %self.current_host_of(i), "RPC failover: using another endpoint");
                         self.current.store(i, Ordering::Relaxed);
                     }
-                    if let Some(err) = v.get_mut("error").filter(|e| !e.is_null()) {
-                        let refused = NodeError::Refused {
-                            method,
-                            code: err["code"].as_i64().unwrap_or(0),
-                            message: err["message"]
-                                .as_str()
-                                .unwrap_or("(no message)")
-                                .chars()
-                                .take(300)
-                                .collect(),
-                        };
-                        let data = err.get_mut("data").map(Value::take);
-                        return Err((refused, data));
-                    }
-                    return Ok(v["result"].take());
+                    return answer_of(method, v);
                 }
                 Err(Transport::TooLarge { .. }) if method == "eth_getLogs" => {
                     return Err((
@@ -173,25 +219,100 @@ impl RpcClient {
                     ));
                 }
                 Err(e) => {
+                    if let Some(c) = &self.check {
+                        c.failed(i);
+                    }
                     tracing::debug!(error = %blockhost_crd::error_chain(&e), "RPC endpoint failed");
-                    last = Some(e);
+                    last = Transport::keep(last, e);
                 }
             }
         }
-        Err((
-            NodeError::Unavailable {
-                tried: n,
-                source: match last {
-                    Some(e) => Box::new(e),
-                    None => "no RPC URL configured".into(),
-                },
-            },
-            None,
-        ))
+        Err((none_answered(n, last), None))
+    }
+
+    /// Checks endpoint `i`'s chain when it is due: `Ok(None)` to go ahead,
+    /// `Ok(Some(answer))` when the call was `eth_chainId` and the check
+    /// answered it, `Err` when the endpoint is out (another chain) or failed.
+    async fn admit(
+        &self,
+        i: usize,
+        url: &str,
+        method: &'static str,
+    ) -> Result<Option<Value>, Transport> {
+        let Some(check) = &self.check else {
+            return Ok(None);
+        };
+        let (want, redacted) = (check.want, redact(url));
+        match check.gate(i, method == "eth_chainId") {
+            Gate::Use => return Ok(None),
+            Gate::Skip { got } => {
+                return Err(Transport::WrongChain {
+                    url: redacted,
+                    want,
+                    got,
+                });
+            }
+            Gate::Probe => {}
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "eth_chainId", "params": []});
+        let v = self.post(url, &body).await?;
+        let Some(got) = v
+            .get("result")
+            .and_then(|r| quantity("eth_chainId", r).ok())
+        else {
+            return Err(Transport::NoChainId { url: redacted });
+        };
+        if !check.probed(i, &redacted, got) {
+            return Err(Transport::WrongChain {
+                url: redacted,
+                want,
+                got,
+            });
+        }
+        Ok((method == "eth_chainId").then_some(v))
     }
 
     fn current_host_of(&self, i: usize) -> String {
         self.urls.get(i).map(|u| redact(u)).unwrap_or_default()
+    }
+}
+
+/// A JSON-RPC answer's result, or its error (with the error's `data`).
+fn answer_of(method: &'static str, mut v: Value) -> Result<Value, (NodeError, Option<Value>)> {
+    if let Some(err) = v.get_mut("error").filter(|e| !e.is_null()) {
+        let refused = NodeError::Refused {
+            method,
+            code: err["code"].as_i64().unwrap_or(0),
+            message: err["message"]
+                .as_str()
+                .unwrap_or("(no message)")
+                .chars()
+                .take(300)
+                .collect(),
+        };
+        let data = err.get_mut("data").map(Value::take);
+        return Err((refused, data));
+    }
+    Ok(v["result"].take())
+}
+
+/// The error when no endpoint answered: another chain when that kept one out.
+fn none_answered(tried: usize, last: Option<Transport>) -> NodeError {
+    match last {
+        Some(Transport::WrongChain { url, want, got }) => NodeError::WrongChain {
+            endpoint: url,
+            want,
+            got,
+        },
+        Some(e) => NodeError::Unavailable {
+            tried,
+            source: Box::new(e),
+        },
+        None => NodeError::Unavailable {
+            tried,
+            source: "no RPC URL configured".into(),
+        },
     }
 }
 

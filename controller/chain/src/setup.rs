@@ -17,7 +17,17 @@ pub enum SetupError {
     NotDeployed(#[from] blockhost_crd::config::ContractsNotSet),
 }
 
-/// The RPC client over the configured endpoints (failover in order).
-pub fn rpc_client(urls: &[String]) -> Result<crate::rpc::RpcClient, SetupError> {
-    crate::rpc::RpcClient::new(urls.to_vec()).map_err(SetupError::Http)
+/// The RPC client over the configured endpoints (failover in order), using
+/// only those that serve `chain_id` when it is known (`chain.chainId`; `bhctl
+/// nft` on a user's machine may have only a URL).
+pub fn rpc_client(
+    urls: &[String],
+    chain_id: Option<u64>,
+) -> Result<crate::rpc::RpcClient, SetupError> {
+    let urls = urls.to_vec();
+    match chain_id {
+        Some(id) => crate::rpc::RpcClient::for_chain(urls, id),
+        None => crate::rpc::RpcClient::new(urls),
+    }
+    .map_err(SetupError::Http)
 }

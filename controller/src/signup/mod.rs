@@ -368,7 +368,7 @@ pub async fn task(
     let page = PageConfig::new(chain, contracts, signup, &key.public_key());
     let mut state = SignupState::new(
         store,
-        metrics,
+        metrics.clone(),
         &page,
         signup.status_requests_per_minute,
         signup.client_ipv6_prefix,
@@ -406,9 +406,9 @@ pub async fn task(
         "signup page listening"
     );
     let app = router(state);
-    Ok(Some(
-        blockhost_listen::Listener::new(limits).serve_tcp(listener, tls, app, shutdown),
-    ))
+    let served = blockhost_listen::Listener::new(limits);
+    metrics.watch_listener(served.limits().name, served.stats());
+    Ok(Some(served.serve_tcp(listener, tls, app, shutdown)))
 }
 
 /// Refuses a TLS key others may read (group read is allowed: `ssl-cert`).

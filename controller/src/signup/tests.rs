@@ -166,9 +166,14 @@ async fn the_nft_route_finds_a_minted_subscription_by_its_token() {
         hash: [1; 32],
     };
     store
-        .chain_commit::<()>("s", &[], end, 64, |_, _| Ok(()), |tx| {
-            tx.put(&sub).map(|_| ())
-        })
+        .chain_commit::<()>(
+            "s",
+            &[],
+            end,
+            64,
+            |_, _| Ok(()),
+            |tx| tx.put(&sub).map(|_| ()),
+        )
         .unwrap();
     let st = SignupState::new(store.clone(), Arc::new(Metrics::new()), &page(), 60, 64);
     let app = router(st);
@@ -183,5 +188,8 @@ async fn the_nft_route_finds_a_minted_subscription_by_its_token() {
     let (status, _, body) = get(&app, "/api/v1/nfts/12", [127, 0, 0, 1]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["tokenId"].as_u64(), v["subscriptionId"].as_u64()), (Some(12), Some(7)));
+    assert_eq!(
+        (v["tokenId"].as_u64(), v["subscriptionId"].as_u64()),
+        (Some(12), Some(7))
+    );
 }

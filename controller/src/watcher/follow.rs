@@ -177,6 +177,8 @@ impl<N: Node> Watcher<N> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    // A failure may be a reconnect to a node now on another chain.
+                    chain_checked = false;
                     self.failed(&e, failures)
                 }
             };
@@ -187,8 +189,8 @@ impl<N: Node> Watcher<N> {
         }
     }
 
-    /// One attempt: the chain id (until it has been seen to match), a resync
-    /// when one is due, then a step.
+    /// One attempt: the chain id (until it has been seen to match, and again
+    /// after a failed attempt), a resync when one is due, then a step.
     async fn attempt(
         &mut self,
         chain_checked: &mut bool,
@@ -215,6 +217,7 @@ impl<N: Node> Watcher<N> {
     fn failed(&self, e: &WatchError, failures: u32) -> Duration {
         let kind = match e {
             WatchError::Node(NodeError::Unavailable { .. }) => "unavailable",
+            WatchError::Node(NodeError::WrongChain { .. }) => "wrong_chain",
             WatchError::Node(_) => "node",
             WatchError::Store(_) => "store",
             WatchError::WrongChain { .. } => "wrong_chain",

@@ -73,18 +73,21 @@ pub fn task(
     cfg: &ChainConfig,
     store: Store,
     metrics: Arc<Metrics>,
+    health: Arc<crate::health::Health>,
     nudge: Option<tokio::sync::mpsc::Sender<crate::reconcile::runtime::Trigger>>,
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ChainError> {
     // Checked first: without contracts nothing else matters.
     let wc = watch_config(cfg)?;
     let server_key = blockhost_chain::key::load_server_key(&cfg.server_key_file)?;
-    let node = blockhost_chain::setup::rpc_client(&cfg.rpc_urls)?;
-    let wallet = wallet::ServerWallet::new(
-        &server_key,
-        cfg.chain_id,
-        Arc::new(blockhost_chain::setup::rpc_client(&cfg.rpc_urls)?),
-    );
+    // Both clients use only endpoints on chain.chainId and report to the
+    // daemon's ChainEndpoints condition.
+    let client = || {
+        blockhost_chain::setup::rpc_client(&cfg.rpc_urls, Some(cfg.chain_id))
+            .map(|c| c.with_endpoint_events(health.clone()))
+    };
+    let node = client()?;
+    let wallet = wallet::ServerWallet::new(&server_key, cfg.chain_id, Arc::new(client()?));
     let mapper = Arc::new(Mapper {
         server_key,
         public_secret: cfg.public_secret.clone(),

@@ -173,12 +173,17 @@ mod tests {
         assert_eq!(found(&s, 4), None, "nothing minted yet");
         mint(&s, 7, 4);
         mint(&s, 8, 5);
-        assert_eq!((found(&s, 4), found(&s, 5), found(&s, 6)), (Some(7), Some(8), None));
+        assert_eq!(
+            (found(&s, 4), found(&s, 5), found(&s, 6)),
+            (Some(7), Some(8), None)
+        );
         // A transfer: the watcher finds the subscription in its own batch, and
         // its later write of the subscription (without a token) keeps the entry.
         chain(&s, 2, |tx| {
             tx.set_nft_owner(4, Some([9; 20]))?;
-            let held = tx.subscription_for_token(4)?.map(|s| s.spec.subscription_id);
+            let held = tx
+                .subscription_for_token(4)?
+                .map(|s| s.spec.subscription_id);
             assert_eq!(held, Some(7));
             let mut later = sub(7);
             later.spec.expires_at = "2031-01-01T00:00:00Z".parse().unwrap();
@@ -189,13 +194,22 @@ mod tests {
         mint(&s, 8, 6);
         assert_eq!((found(&s, 5), found(&s, 6)), (None, Some(8)));
         // Deleted on chain: gone from the index in the same transaction.
-        chain(&s, 3, |tx| tx.delete(Subscription::KIND, "blockhost-007").map(|_| ()));
+        chain(&s, 3, |tx| {
+            tx.delete(Subscription::KIND, "blockhost-007").map(|_| ())
+        });
         assert_eq!(found(&s, 4), None);
         // The reorg undoes the deletion: the restored object is indexed again.
         assert_eq!(s.chain_revert(SCOPE, block(2)).unwrap(), 1);
         assert_eq!(found(&s, 4), Some(7));
         // And undoing the block that created them removes their entries.
-        s.chain_revert(SCOPE, BlockRef { number: 0, hash: [0; 32] }).unwrap();
+        s.chain_revert(
+            SCOPE,
+            BlockRef {
+                number: 0,
+                hash: [0; 32],
+            },
+        )
+        .unwrap();
         assert_eq!((found(&s, 4), found(&s, 6)), (None, None));
         assert_eq!(s.count(Subscription::KIND).unwrap(), 0);
     }
@@ -224,7 +238,10 @@ mod tests {
         assert_eq!(found(&s, 4), Some(7), "built by the migration");
         // Once: a later open does not rebuild (an entry removed by hand stays gone).
         let txn = s.inner.db.begin_write().unwrap();
-        txn.open_table(NFT_TOKENS).unwrap().remove((4, "blockhost-007")).unwrap();
+        txn.open_table(NFT_TOKENS)
+            .unwrap()
+            .remove((4, "blockhost-007"))
+            .unwrap();
         txn.commit().unwrap();
         drop(s);
         let s = Store::open(&path, StoreOptions::default()).unwrap();

@@ -110,6 +110,12 @@ impl Anvil {
 
     /// Starts anvil on `host:port` (a loopback address of the test's own range).
     pub fn start_on(host: &str, port: u16) -> Anvil {
+        Self::start_chain(host, port, 31337)
+    }
+
+    /// Starts anvil on `host:port` serving chain id `chain_id`.
+    pub fn start_chain(host: &str, port: u16, chain_id: u64) -> Anvil {
+        let chain_id = chain_id.to_string();
         let child = Command::new(anvil_bin())
             .args([
                 "--host",
@@ -118,7 +124,7 @@ impl Anvil {
                 &port.to_string(),
                 "--silent",
                 "--chain-id",
-                "31337",
+                &chain_id,
                 // Old states are dropped, not written to ~/.foundry/anvil/tmp:
                 // the 100,000-block benchmark once wrote 36 GB there and filled
                 // the disk. No test reads state at old blocks.
@@ -363,19 +369,33 @@ pub fn spawn_watcher_woken(
         plan_defaults: PlanDefaults::default(),
     });
     let metrics = Arc::new(Metrics::new());
-    let mut w = Watcher::new(
-        RpcClient::new(urls).unwrap(),
-        store.clone(),
-        mapper,
-        cfg,
-        metrics.clone(),
-    );
+    // As the daemon's: only endpoints on the configured chain are used.
+    let client = RpcClient::for_chain(urls, cfg.chain_id).unwrap();
+    let mut w = Watcher::new(client, store.clone(), mapper, cfg, metrics.clone());
     if let Some(wake) = wake {
         w = w.with_wake(wake);
     }
     let stop = CancellationToken::new();
     let task = tokio::spawn(w.run(stop.clone()));
     (stop, task, metrics)
+}
+
+/// A watcher task on `store` reading through `client`, counting into `metrics`.
+pub fn spawn_watcher_on(
+    store: &Store,
+    client: RpcClient,
+    cfg: WatchConfig,
+    metrics: Arc<Metrics>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mapper = Arc::new(Mapper {
+        server_key: server_key(),
+        public_secret: "blockhost-access".into(),
+        plan_defaults: PlanDefaults::default(),
+    });
+    let w = Watcher::new(client, store.clone(), mapper, cfg, metrics);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(w.run(stop.clone()));
+    (stop, task)
 }
 
 /// Polls `f` until it returns `Some`, failing after `secs`.
