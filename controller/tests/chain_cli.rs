@@ -488,7 +488,10 @@ fn bad_inputs_give_clear_messages() {
     let cfg = write_config(dir.path(), &anvil.url, 1, &key);
     fails_with(
         &deploy_with(&cfg),
-        "the RPC endpoint serves chain 31337, but the configuration says 1",
+        &format!(
+            "the RPC endpoint {} serves chain id 31337, not 1",
+            anvil.url
+        ),
     );
     let cfg = write_config(dir.path(), &anvil.url, 31337, &key);
     // A payment token that is not a contract is refused before deploying.

@@ -4,7 +4,9 @@
 //! limit lowered to 300 — afterwards a status request and `bhctl get vms`
 //! still answer within a second, and the idle connections are cut. Also: a
 //! regular file at the socket path survives a start, and hostile label text
-//! reaches `bhctl describe` escaped while `-o json` keeps it exact.
+//! reaches `bhctl describe` escaped while `-o json` keeps it exact; a flood
+//! over the metrics listener's cap shows in `/metrics` as refused connections
+//! of `listener="metrics"`.
 //!
 //! Needs no outside tools (no chain is reached: the RPC URL is dead). About
 //! 15 s in all.
@@ -308,4 +310,11 @@ async fn connections_refused_over_a_cap_are_counted_in_metrics_per_listener() {
         Some(4)
     );
     drop(held);
+    // No chain configured: `bhctl status` has no condition to show.
+    let o = d.bhctl(&["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Conditions:\n  <none>\n");
+    let o = d.bhctl(&["status", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["conditions"], serde_json::json!([]));
 }
