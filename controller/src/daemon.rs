@@ -83,11 +83,20 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(crate::health::Health::new(metrics.clone()));
+    let agent = blockhost_root_agent::client::RootAgentClient::new(&cfg.root_agent.socket);
+    let firewall = cfg.firewall.clone().map(|fw| {
+        Arc::new(crate::firewall::HostFirewall::new(
+            agent.clone(),
+            fw,
+            metrics.clone(),
+        ))
+    });
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
         shutdown: shutdown.clone(),
+        firewall: firewall.clone(),
     };
 
     // Every listener's connection cap, fitted under the open-file limit.
@@ -98,6 +107,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
 
     let mut tasks = tokio::task::JoinSet::new();
 
+    // The host firewall first: installed through the root agent, then checked.
+    if let Some(fw) = firewall {
+        tracing::info!(agent = %cfg.root_agent.socket.display(), "installing the host firewall through the root agent");
+        tasks.spawn(fw.run(shutdown.clone()));
+    }
+
     // Reconcilers: only when a Proxmox cluster is configured.
     let nudge = crate::reconcile::vm::setup::spawn(&cfg, &store, &metrics, &shutdown, &mut tasks)
         .map_err(DaemonError::Reconciler)?;
@@ -106,6 +121,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     if let Some(chain) = &cfg.chain {
         tasks.spawn(crate::watcher::task(
             chain,
+            cfg.admin.as_ref().map(|a| (a, agent.clone())),
             store.clone(),
             metrics.clone(),
             health,

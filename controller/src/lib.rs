@@ -13,6 +13,8 @@
 //! - [`watcher`]: the chain watcher: `eth_getLogs` with confirmations, reorg undo
 //!   and failover, turning subscription events into specs. The chain client it
 //!   reads through is `blockhost-chain`'s.
+//! - [`firewall`]: the host firewall through the root agent (installed at
+//!   start, checked every minute, `GET /firewall`).
 //! - [`signup`]: the public signup page and its rate-limited status endpoint.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`reconcile`]: the reconcile runtime (keyed queue, backoff, resync) and the
@@ -21,6 +23,7 @@
 //!   with a resumable error.
 
 pub mod daemon;
+pub mod firewall;
 pub mod health;
 pub mod listeners;
 pub mod metrics;

@@ -71,6 +71,15 @@ pub struct Metrics {
     pub chain_endpoint_wrong_chain: Family<Labels, Counter>,
     /// RPC endpoints out of rotation for serving another chain (1) or back (0).
     pub chain_endpoint_out_of_rotation: Family<Labels, Gauge>,
+    /// Admin commands read from the chain, by result (`accepted`, `replayed`,
+    /// `stale`, `future`, `other_wallet`, `unknown_command`, `undecryptable`,
+    /// `malformed`, `bad_params`).
+    pub admin_commands: Family<Labels, Counter>,
+    /// Accepted knocks the root agent was asked to open, by result (`opened`, `failed`).
+    pub admin_knocks: Family<Labels, Counter>,
+    /// Host firewall installs and checks through the root agent, by result
+    /// (`applied`, `in_force`, `drift`, `failed`).
+    pub host_firewall: Family<Labels, Counter>,
     objects: Family<Labels, Gauge>,
     listeners: Arc<Listeners>,
 }
@@ -201,6 +210,9 @@ impl Metrics {
             signup_api_requests: reg(&mut r, "signup_api_requests", "Signup page status and NFT lookups, by result", Family::<Labels, Counter>::default()),
             chain_endpoint_wrong_chain: reg(&mut r, "chain_endpoint_wrong_chain", "Checks that found an RPC endpoint serving another chain, by endpoint", Family::<Labels, Counter>::default()),
             chain_endpoint_out_of_rotation: reg(&mut r, "chain_endpoint_out_of_rotation", "RPC endpoints out of rotation for serving another chain (1), by endpoint", Family::<Labels, Gauge>::default()),
+            admin_commands: reg(&mut r, "admin_commands", "Admin commands read from the chain, by result", Family::<Labels, Counter>::default()),
+            admin_knocks: reg(&mut r, "admin_knocks", "Accepted knocks the root agent was asked to open, by result", Family::<Labels, Counter>::default()),
+            host_firewall: reg(&mut r, "host_firewall", "Host firewall installs and checks through the root agent, by result", Family::<Labels, Counter>::default()),
             objects: reg(&mut r, "objects", "Objects in the store, by kind", Family::<Labels, Gauge>::default()),
             listeners,
             registry: r,

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::{ChangeKind, Store, StoreError, Writer};
 use blockhost_api::{
-    API_PREFIX, ApplyResponse, DaemonStatus, DeleteResponse, ErrorBody, ErrorInfo, MAX_BODY_BYTES,
-    VersionInfo,
+    API_PREFIX, ApplyResponse, DaemonStatus, DeleteResponse, ErrorBody, ErrorInfo, FirewallReport,
+    MAX_BODY_BYTES, VersionInfo,
 };
 
 /// Shared state of the handlers.
@@ -39,6 +39,8 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// Cancelled at shutdown; ends open watch streams so shutdown is not held up.
     pub shutdown: CancellationToken,
+    /// The host firewall (`GET /firewall`); `None` without a `firewall` section.
+    pub firewall: Option<Arc<crate::firewall::HostFirewall>>,
 }
 
 /// The whole API.
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/status", get(status))
+        .route("/firewall", get(firewall))
         .nest(API_PREFIX, objects)
         .fallback(|| async {
             ApiError::new(
@@ -208,8 +211,29 @@ async fn version(State(state): State<AppState>) -> Result<Json<VersionInfo>, Api
 }
 
 async fn status(State(state): State<AppState>) -> Json<DaemonStatus> {
-    Json(DaemonStatus {
-        conditions: state.health.conditions(),
+    let mut conditions = state.health.conditions();
+    conditions.extend(state.firewall.as_ref().and_then(|f| f.condition()));
+    Json(DaemonStatus { conditions })
+}
+
+/// The firewall in force and the open knocks, as the root agent reads them now.
+async fn firewall(State(state): State<AppState>) -> Result<Json<FirewallReport>, ApiError> {
+    let Some(fw) = &state.firewall else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotConfigured",
+            "blockhostd has no firewall section in its configuration, so it manages no host firewall",
+        ));
+    };
+    fw.report().await.map(Json).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "RootAgent",
+            format!(
+                "cannot ask the root agent: {}",
+                blockhost_root_agent::error_chain(&e)
+            ),
+        )
     })
 }
 
@@ -401,13 +425,18 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let object = match (q.kind, q.name) {
         (Some(kind), Some(name)) => {
-            let kind = blockhost_crd::resource::kind_for(&kind).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("unknown kind {kind:?}"),
-                )
-            })?;
+            let host = kind
+                .eq_ignore_ascii_case(blockhost_crd::resource::HOST_KIND)
+                .then_some(blockhost_crd::resource::HOST_KIND);
+            let kind = host
+                .or_else(|| blockhost_crd::resource::kind_for(&kind))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("unknown kind {kind:?}"),
+                    )
+                })?;
             Some((kind, name))
         }
         (None, None) => None,

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod admin;
 pub mod chain;
 pub mod firewall;
+pub use admin::{AdminConfig, RootAgentConfig};
 pub mod signup;
 pub use chain::{ChainConfig, Contracts, ContractsNotSet, PlanDefaults};
 pub use firewall::FirewallConfig;
@@ -58,6 +60,17 @@ pub struct DaemonConfig {
     /// The public signup page; absent: not served. Needs `chain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signup: Option<SignupConfig>,
+    /// The host's default-deny firewall, installed and verified through the
+    /// root agent at start; absent: blockhostd leaves the host's firewall alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallConfig>,
+    /// Admin commands over the chain (knocks); absent: none are read. Needs
+    /// `chain` and `firewall`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// The root agent (used with `firewall` or `admin`).
+    #[serde(default, skip_serializing_if = "RootAgentConfig::is_default")]
+    pub root_agent: RootAgentConfig,
 }
 
 impl Default for DaemonConfig {
@@ -72,6 +85,9 @@ impl Default for DaemonConfig {
             proxmox: None,
             network: NetworkConfig::default(),
             signup: None,
+            firewall: None,
+            admin: None,
+            root_agent: RootAgentConfig::default(),
         }
     }
 }
@@ -400,6 +416,7 @@ impl DaemonConfig {
                 v6.gateway, v6.prefix
             ));
         }
+        self.validate_admin()?;
         if let Some(s) = &self.signup {
             let Some(chain) = &self.chain else {
                 return Err(
@@ -430,5 +447,28 @@ impl DaemonConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl DaemonConfig {
+    /// `admin` needs a chain to read commands from and a firewall for a knock
+    /// to mean anything (the original opened ports on an open host).
+    fn validate_admin(&self) -> Result<(), String> {
+        let Some(a) = &self.admin else {
+            return Ok(());
+        };
+        if self.chain.is_none() {
+            return Err(
+                "admin needs a chain section: commands are transactions on the watched chain"
+                    .into(),
+            );
+        }
+        let Some(fw) = &self.firewall else {
+            return Err(
+                "admin needs a firewall section: without the default-deny firewall the management ports are open anyway and a knock protects nothing"
+                    .into(),
+            );
+        };
+        a.check(&fw.knock_tcp_ports)
     }
 }

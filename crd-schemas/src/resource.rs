@@ -87,6 +87,13 @@ pub const KINDS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The kind under which events about the host itself are logged (admin
+/// commands, firewall), with the name [`HOST_ADMIN`]: not an object kind, only
+/// an event log (`GET …/events?kind=Host&name=admin`).
+pub const HOST_KIND: &str = "Host";
+/// The name of the host's admin-command event log.
+pub const HOST_ADMIN: &str = "admin";
+
 /// Resolves what a user typed (`vm`, `vms`, `virtualmachine`, `VirtualMachine`, …) to a kind.
 pub fn kind_for(word: &str) -> Option<&'static str> {
     let w = word.to_ascii_lowercase();

@@ -12,6 +12,7 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/version` | daemon version and store schema version |
 //! | GET | `/status` | the daemon's own conditions ([`DaemonStatus`]) |
+//! | GET | `/firewall` | the host firewall in force and the open knocks, asked of the root agent ([`FirewallReport`]) |
 //! | GET | `{API_PREFIX}/{plural}` | list (`?watch=true`: newline-delimited JSON stream) |
 //! | GET | `{API_PREFIX}/{plural}/{name}` | one object |
 //! | DELETE | `{API_PREFIX}/{plural}/{name}` | delete (or mark Terminating); `?force=true` deletes a VM the chain owns, with an event naming the caller's uid |
@@ -96,6 +97,40 @@ pub struct VersionInfo {
 pub struct DaemonStatus {
     /// One per aspect checked so far; empty before anything was checked.
     pub conditions: Vec<blockhost_crd::Condition>,
+}
+
+/// Answer to `GET /firewall`: the host firewall as the root agent reads it
+/// back, compared with the configuration, and the open knocks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirewallReport {
+    /// The table in force is exactly the one the configuration builds.
+    pub in_force: bool,
+    /// What differs, one sentence each (empty when `inForce`).
+    pub problems: Vec<String>,
+    /// The rules in force, as nftables lists them (empty when the table is absent).
+    pub ruleset: String,
+    /// Open knocks.
+    pub knocks: Vec<KnockReport>,
+    /// When the agent was asked, Unix seconds.
+    pub checked_at: u64,
+}
+
+/// One open knock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnockReport {
+    /// The admin's address; absent: any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::IpAddr>,
+    /// The TCP port.
+    pub port: u16,
+    /// The knock's whole duration, in seconds.
+    pub timeout_secs: u64,
+    /// Seconds left until the kernel closes it.
+    pub expires_secs: u64,
+    /// When it closes, Unix seconds.
+    pub expires_at: u64,
 }
 
 // What happened to each object: the store returns these and the API carries

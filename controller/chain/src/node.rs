@@ -32,6 +32,32 @@ impl RawLog {
     }
 }
 
+/// A transaction as the admin-command reader needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTx {
+    /// Transaction hash.
+    pub hash: [u8; 32],
+    /// Index in the block.
+    pub index: u64,
+    /// Sender (as the node recovered it).
+    pub from: [u8; 20],
+    /// Recipient; `None` for a contract creation.
+    pub to: Option<[u8; 20]>,
+    /// Input data.
+    pub input: Vec<u8>,
+}
+
+/// A block's header fields and the transactions sent to one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockTxs {
+    /// Block hash.
+    pub hash: [u8; 32],
+    /// Block timestamp, Unix seconds.
+    pub timestamp: u64,
+    /// Its transactions to the address asked for, in block order.
+    pub txs: Vec<RawTx>,
+}
+
 /// Why a node request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -97,6 +123,13 @@ pub trait Node: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<u64>, NodeError>> + Send {
         async { Ok(None) }
     }
+    /// The block at a height with its transactions to `to` (`None` above the
+    /// head): where admin commands are read.
+    fn block_txs_to(
+        &self,
+        number: u64,
+        to: [u8; 20],
+    ) -> impl Future<Output = Result<Option<BlockTxs>, NodeError>> + Send;
     /// `eth_getLogs` over `[from, to]` for the given emitters.
     fn logs(
         &self,

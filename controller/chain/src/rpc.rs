@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::endpoints::{ChainCheck, EndpointEvents, Gate};
-use crate::node::{Node, NodeError, RawLog};
+use crate::node::{BlockTxs, Node, NodeError, RawLog, RawTx};
 
 /// Largest answer accepted from a node.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -454,6 +454,44 @@ impl Node for RpcClient {
             return Ok(None);
         }
         quantity("eth_getBlockByNumber", &v["timestamp"]).map(Some)
+    }
+
+    async fn block_txs_to(&self, number: u64, to: [u8; 20]) -> Result<Option<BlockTxs>, NodeError> {
+        const M: &str = "eth_getBlockByNumber";
+        let v = self.call(M, json!([hex_q(number), true])).await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        let got = quantity(M, &v["number"])?;
+        if got != number {
+            return Err(malformed(M, format!("asked for block {number}, got {got}")));
+        }
+        let all = v["transactions"]
+            .as_array()
+            .ok_or_else(|| malformed(M, "block without a transaction list"))?;
+        let mut txs = Vec::new();
+        for t in all {
+            // Contract creations have `to: null`; they are never commands.
+            let dest = match t.get("to") {
+                Some(a) if !a.is_null() => fixed::<20>(M, a, "to")?,
+                _ => continue,
+            };
+            if dest != to {
+                continue;
+            }
+            txs.push(RawTx {
+                hash: fixed(M, &t["hash"], "hash")?,
+                index: quantity(M, &t["transactionIndex"])?,
+                from: fixed(M, &t["from"], "from")?,
+                to: Some(dest),
+                input: data(M, &t["input"], "input")?,
+            });
+        }
+        Ok(Some(BlockTxs {
+            hash: fixed(M, &v["hash"], "hash")?,
+            timestamp: quantity(M, &v["timestamp"])?,
+            txs,
+        }))
     }
 
     async fn logs(

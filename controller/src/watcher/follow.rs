@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+use super::admin::{self, AdminReader};
 use super::events::{ChainEvent, decode};
 use super::mapping::Mapper;
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ use crate::store::chain::{BlockEvents, BlockRef, CommitStats};
 use crate::store::{ChangeKind, Store, StoreError};
 use blockhost_chain::node::{Node, NodeError, RawLog};
 use blockhost_crd::{Plan, Resource, Subscription, VirtualMachine, WalletAddress};
+use blockhost_root_agent::client::RootAgentClient;
 
 /// What the loop needs to know about the chain.
 #[derive(Debug, Clone)]
@@ -49,6 +51,63 @@ pub struct WatchConfig {
     /// Advance the store's clock to confirmed block timestamps
     /// (`chain.followChainTime`).
     pub follow_chain_time: bool,
+}
+
+/// What a batch applies: a contract's event, or a transaction to the admin
+/// target (a command, decided in the batch's transaction).
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A decoded contract event.
+    Chain(ChainEvent),
+    /// A transaction to the admin target.
+    Admin(admin::AdminTx),
+}
+
+/// Adds the admin transactions to the chunk's blocks (after each block's logs),
+/// keeping blocks in order. A block both lists name must carry one hash.
+fn merge(
+    blocks: Vec<BlockEvents<ChainEvent>>,
+    admin_txs: Vec<(BlockRef, Vec<admin::AdminTx>)>,
+) -> Result<Vec<BlockEvents<Item>>, WatchError> {
+    let mut by_block: BTreeMap<u64, BlockEvents<Item>> = blocks
+        .into_iter()
+        .map(|b| {
+            let events = b
+                .events
+                .into_iter()
+                .map(|(id, ev)| (id, Item::Chain(ev)))
+                .collect();
+            (
+                b.block.number,
+                BlockEvents {
+                    block: b.block,
+                    events,
+                },
+            )
+        })
+        .collect();
+    for (block, txs) in admin_txs {
+        let entry = by_block.entry(block.number).or_insert_with(|| BlockEvents {
+            block,
+            events: Vec::new(),
+        });
+        if entry.block.hash != block.hash {
+            return Err(WatchError::Inconsistent(format!(
+                "block {} has one hash in its logs and another with its transactions",
+                block.number
+            )));
+        }
+        for (i, t) in txs.into_iter().enumerate() {
+            // Ids of transactions cannot collide with log ids (`0xhash:index`).
+            let id = format!(
+                "0x{}:tx{i}:0x{}",
+                hex::encode(block.hash),
+                hex::encode(t.hash)
+            );
+            entry.events.push((id, Item::Admin(t)));
+        }
+    }
+    Ok(by_block.into_values().collect())
 }
 
 /// Why a step failed.
@@ -101,6 +160,9 @@ pub struct Watcher<N: Node> {
     successes: u32,
     /// Woken by new-head notifications (see `blockhost_chain::heads`).
     wake: Option<Arc<tokio::sync::Notify>>,
+    /// Admin commands: how to read them, and the root agent that opens knocks
+    /// (`None`: decided and logged, nothing opened — tests of the reader).
+    admin: Option<(Arc<AdminReader>, Option<RootAgentClient>)>,
 }
 
 impl<N: Node> std::fmt::Debug for Watcher<N> {
@@ -139,7 +201,14 @@ impl<N: Node> Watcher<N> {
             range,
             successes: 0,
             wake: None,
+            admin: None,
         }
+    }
+
+    /// Also reads admin commands, opening accepted knocks through `agent`.
+    pub fn with_admin(mut self, reader: Arc<AdminReader>, agent: Option<RootAgentClient>) -> Self {
+        self.admin = Some((reader, agent));
+        self
     }
 
     /// Steps as soon as `wake` is notified (a new head), not only every poll.
@@ -290,28 +359,11 @@ impl<N: Node> Watcher<N> {
         let Some(pre) = self.node.block_hash(to).await? else {
             return Ok(Progress::CaughtUp);
         };
-        let Some(logs) = self.fetch_logs(from, to).await? else {
+        let Some(blocks) = self.read_chunk(from, to, pre, cursor).await? else {
             return Ok(Progress::More);
         };
-        if self.node.block_hash(to).await? != Some(pre) {
-            tracing::info!(
-                block = to,
-                "block changed while reading logs; reading again"
-            );
-            return Ok(Progress::More);
-        }
-        // The chunk must extend the cursor: if the cursor block was replaced
-        // while we read, `to` may sit on a branch that does not contain it, and
-        // committing would hide that reorg for good. Check again; the next step
-        // then undoes it properly.
-        if let Some(c) = cursor
-            && self.cursor_replaced(c).await?
-        {
-            return Ok(Progress::More);
-        }
-        let blocks = self.group(logs, from, to, pre)?;
         let n_events: usize = blocks.iter().map(|b| b.events.len()).sum();
-        let stats = self
+        let (stats, decided) = self
             .commit(
                 blocks,
                 BlockRef {
@@ -328,6 +380,7 @@ impl<N: Node> Watcher<N> {
             self.store.observe_chain_time(t);
         }
         self.count_commit(&stats);
+        self.execute(decided);
         tracing::debug!(
             from,
             to,
@@ -342,6 +395,68 @@ impl<N: Node> Watcher<N> {
         } else {
             Progress::CaughtUp
         })
+    }
+
+    /// Reads the chunk `from..=to` whose end block is `pre`: its logs and admin
+    /// transactions, by block. `None` when the caller should step again at once:
+    /// the node refused the range (halved), or the chain moved while we read.
+    async fn read_chunk(
+        &mut self,
+        from: u64,
+        to: u64,
+        pre: [u8; 32],
+        cursor: Option<BlockRef>,
+    ) -> Result<Option<Vec<BlockEvents<Item>>>, WatchError> {
+        let Some(logs) = self.fetch_logs(from, to).await? else {
+            return Ok(None);
+        };
+        let admin_txs = match &self.admin {
+            Some((reader, _)) => {
+                let now = self.store.now().timestamp();
+                match admin::fetch(&self.node, reader.target(), (from, to), pre, now).await? {
+                    Some(t) => t,
+                    None => return Ok(None),
+                }
+            }
+            None => Vec::new(),
+        };
+        if self.node.block_hash(to).await? != Some(pre) {
+            tracing::info!(
+                block = to,
+                "block changed while reading logs; reading again"
+            );
+            return Ok(None);
+        }
+        // The chunk must extend the cursor: if the cursor block was replaced
+        // while we read, `to` may sit on a branch that does not contain it, and
+        // committing would hide that reorg for good. Check again; the next step
+        // then undoes it properly.
+        if let Some(c) = cursor
+            && self.cursor_replaced(c).await?
+        {
+            return Ok(None);
+        }
+        let blocks = self.group(logs, from, to, pre)?;
+        Ok(Some(merge(blocks, admin_txs)?))
+    }
+
+    /// Counts the decided admin commands and has the accepted ones opened.
+    fn execute(&self, decided: Vec<admin::Decided>) {
+        for d in decided {
+            self.metrics
+                .admin_commands
+                .get_or_create(&label("result", d.result()))
+                .inc();
+            if let (Ok(knock), Some((_, Some(agent)))) = (d.outcome, &self.admin) {
+                tokio::spawn(admin::execute(
+                    agent.clone(),
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    d.tx,
+                    knock,
+                ));
+            }
+        }
     }
 
     /// Whether the block under the cursor is no longer on the chain. A zero hash
@@ -380,26 +495,40 @@ impl<N: Node> Watcher<N> {
 
     /// Applies a chunk's events and moves the cursor to `end`, in one store
     /// transaction; re-examines waiting subscriptions when plans changed.
+    /// Returns the admin commands decided in it (executed only now that the
+    /// transaction, with their nonces, is durable).
     async fn commit(
         &self,
-        blocks: Vec<BlockEvents<ChainEvent>>,
+        blocks: Vec<BlockEvents<Item>>,
         end: BlockRef,
-    ) -> Result<CommitStats, WatchError> {
+    ) -> Result<(CommitStats, Vec<admin::Decided>), WatchError> {
         let mapper = self.mapper.clone();
+        let reader = self.admin.as_ref().map(|(r, _)| r.clone());
         let scope = self.cfg.scope.clone();
         let window = self.cfg.reorg_window;
-        let stats = self
+        let out = self
             .store
             .blocking(move |store| {
                 let plans_changed = std::cell::Cell::new(false);
-                store.chain_commit(
+                let now = store.now().timestamp();
+                let mut decided = Vec::new();
+                let stats = store.chain_commit(
                     &scope,
                     &blocks,
                     end,
                     window,
-                    |tx, ev: &ChainEvent| {
-                        if mapper.apply(tx, ev)? {
-                            plans_changed.set(true);
+                    |tx, item: &Item| {
+                        match item {
+                            Item::Chain(ev) => {
+                                if mapper.apply(tx, ev)? {
+                                    plans_changed.set(true);
+                                }
+                            }
+                            Item::Admin(a) => {
+                                if let Some(r) = &reader {
+                                    decided.push(r.decide(tx, a, now)?);
+                                }
+                            }
                         }
                         Ok(())
                     },
@@ -409,10 +538,11 @@ impl<N: Node> Watcher<N> {
                         }
                         Ok(())
                     },
-                )
+                )?;
+                Ok((stats, decided))
             })
             .await?;
-        Ok(stats)
+        Ok(out)
     }
 
     /// Counts a commit's events in the metrics.

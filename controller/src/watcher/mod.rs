@@ -6,6 +6,9 @@
 //! Module map:
 //! - [`events`]: raw logs → typed events, every number range-checked.
 //! - [`mapping`]: typed events → specs, inside the batch's store transaction.
+//! - [`admin`]: admin commands — the admin wallet's transactions to the target,
+//!   decided in the batch's transaction (nonce with the cursor), then opened
+//!   through the root agent.
 //! - [`follow`]: the loop — confirmations, chunked `eth_getLogs` with range
 //!   adaptation, reorg detection and undo, resync; woken early by
 //!   `blockhost_chain::heads`.
@@ -14,6 +17,7 @@
 //! `crate::store::chain`: one transaction per batch holds the specs and the
 //! cursor, so a crash can never separate them.
 
+pub mod admin;
 pub mod events;
 pub mod follow;
 pub mod mapping;
@@ -23,7 +27,8 @@ use std::time::Duration;
 
 use blockhost_chain::{heads, wallet};
 use blockhost_crd::WalletAddress;
-use blockhost_crd::config::{ChainConfig, Contracts};
+use blockhost_crd::config::{AdminConfig, ChainConfig, Contracts};
+use blockhost_root_agent::client::RootAgentClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -68,9 +73,12 @@ pub fn watch_config(cfg: &ChainConfig) -> Result<WatchConfig, ChainError> {
 
 /// Checks the configuration (server key, RPC client) and returns the task of
 /// the watcher and the minter, which runs until `shutdown`. `nudge` queues a VM
-/// for the reconciler (absent when Proxmox is not driven).
+/// for the reconciler (absent when Proxmox is not driven); with `admin`, admin
+/// commands are read and knocks opened through the root agent.
+#[allow(clippy::too_many_arguments)]
 pub fn task(
     cfg: &ChainConfig,
+    admin: Option<(&AdminConfig, RootAgentClient)>,
     store: Store,
     metrics: Arc<Metrics>,
     health: Arc<crate::health::Health>,
@@ -88,6 +96,18 @@ pub fn task(
     };
     let node = client()?;
     let wallet = wallet::ServerWallet::new(&server_key, cfg.chain_id, Arc::new(client()?));
+    let admin = admin.map(|(a, agent)| {
+        tracing::info!(
+            admin = %a.wallet,
+            target = %a.target(),
+            agent = %agent.socket().display(),
+            "admin commands are read"
+        );
+        (
+            Arc::new(admin::AdminReader::new(a, server_key.clone())),
+            agent,
+        )
+    });
     let mapper = Arc::new(Mapper {
         server_key,
         public_secret: cfg.public_secret.clone(),
@@ -125,7 +145,10 @@ pub fn task(
         metrics.clone() as Arc<dyn heads::HeadEvents>,
         shutdown.clone(),
     );
-    let w = Watcher::new(node, store, mapper, wc, metrics).with_wake(wake);
+    let mut w = Watcher::new(node, store, mapper, wc, metrics).with_wake(wake);
+    if let Some((reader, agent)) = admin {
+        w = w.with_admin(reader, Some(agent));
+    }
     let stop = shutdown.clone();
     Ok(async move {
         tokio::join!(w.run(shutdown), minter.run(stop), heads);

@@ -19,7 +19,7 @@ use super::follow::{Progress, WatchConfig, Watcher};
 use super::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions, Writer};
-use blockhost_chain::node::{Node, NodeError, RawLog};
+use blockhost_chain::node::{BlockTxs, Node, NodeError, RawLog};
 
 const SUBS: [u8; 20] = [0x51; 20];
 const NFT: [u8; 20] = [0x4e; 20];
@@ -90,6 +90,24 @@ impl Node for FakeNode {
             .blocks
             .get(number as usize)
             .map(|b| b.0))
+    }
+    async fn block_txs_to(
+        &self,
+        number: u64,
+        _to: [u8; 20],
+    ) -> Result<Option<BlockTxs>, NodeError> {
+        // No test here sends admin commands (the namespace tests do, on anvil).
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .blocks
+            .get(number as usize)
+            .map(|b| BlockTxs {
+                hash: b.0,
+                timestamp: 0,
+                txs: Vec::new(),
+            }))
     }
     async fn logs(
         &self,

@@ -21,6 +21,10 @@
 //! - `chain_nft_owners`: (scope, token id) → current holder (20 bytes), from
 //!   `Transfer` events, so a transfer seen before the minter records the token id
 //!   is not lost.
+//! - `admin_nonces`: admin command nonce → the command's timestamp: a command
+//!   is executed at most once, whatever block or reorg delivers it again. Not
+//!   undone by a reorg (an executed command stays executed), pruned once far
+//!   beyond the age a command may have.
 //!
 //! Objects are written through the store's one write path ([`WriteTxn`]) as
 //! [`Writer::Chain`], and so is their undo: a reverted block's change is undone
@@ -42,6 +46,11 @@ const BLOCKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chain_
 const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("chain_applied");
 const SIGNATURES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chain_signatures");
 const NFT_OWNERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chain_nft_owners");
+const ADMIN_NONCES: TableDefinition<&str, i64> = TableDefinition::new("admin_nonces");
+
+/// Nonces of commands dated this long before the newest are forgotten: such a
+/// command is refused as stale whatever its nonce (the limit is 300 s).
+pub const ADMIN_NONCE_KEEP_SECS: i64 = 24 * 3600;
 
 /// A block by number and hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +211,33 @@ impl ChainTxn<'_> {
     }
 }
 
+impl ChainTxn<'_> {
+    /// Records an admin command's nonce; `false` when it was recorded before (a
+    /// replay). Written in the batch's transaction, so the nonce is durable with
+    /// the cursor before the command is executed.
+    pub fn record_admin_nonce(&mut self, nonce: &str, timestamp: i64) -> Result<bool, StoreError> {
+        let mut t = self.w.txn().open_table(ADMIN_NONCES)?;
+        if t.get(nonce)?.is_some() {
+            return Ok(false);
+        }
+        t.insert(nonce, timestamp)?;
+        let horizon = timestamp.saturating_sub(ADMIN_NONCE_KEEP_SECS);
+        t.retain(|_, ts| ts >= horizon)?;
+        self.w.mark_dirty();
+        Ok(true)
+    }
+}
+
 impl Store {
+    /// Whether an admin command nonce was recorded (tests, diagnostics).
+    pub fn admin_nonce_seen(&self, nonce: &str) -> Result<bool, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let Some(t) = crate::read_table(&txn, ADMIN_NONCES)? else {
+            return Ok(false);
+        };
+        Ok(t.get(nonce)?.is_some())
+    }
+
     /// The last processed block of a scope; `None` before the first batch.
     pub fn chain_cursor(&self, scope: &str) -> Result<Option<BlockRef>, StoreError> {
         let txn = self.inner.db.begin_read()?;

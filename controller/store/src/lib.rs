@@ -315,6 +315,9 @@ fn encode<T: serde::Serialize + ?Sized>(k: &str, value: &T) -> Result<Vec<u8>, S
 /// resolves user input first), so an unknown one is a programming error that
 /// degrades to a lookup that finds nothing rather than touching another kind.
 fn canonical_kind(kind: &str) -> &'static str {
+    if kind == blockhost_crd::resource::HOST_KIND {
+        return blockhost_crd::resource::HOST_KIND;
+    }
     blockhost_crd::resource::KINDS
         .iter()
         .find(|(k, _, _)| *k == kind)
