@@ -211,6 +211,9 @@ pub enum ChainCliError {
         /// What is missing.
         what: &'static str,
     },
+    /// The admin key file cannot be used (`bhctl admin knock --key-file`).
+    #[error("cannot use the admin key")]
+    AdminKey(#[source] blockhost_chain::key::KeyError),
     /// Writing output failed.
     #[error("cannot write output")]
     Io(#[from] std::io::Error),

@@ -5,6 +5,7 @@
 //! Output for people goes to stdout as tables; `-o json|yaml|name` is for scripts.
 //! Errors go to stderr and the exit code is 1.
 
+pub mod admin;
 pub mod chain;
 pub mod config_edit;
 pub mod manifest;
@@ -102,6 +103,9 @@ pub enum Command {
         /// After listing, keep printing changes until interrupted.
         #[arg(short, long)]
         watch: bool,
+        /// With `events`: the host's own events (admin commands, knocks).
+        #[arg(long, conflicts_with_all = ["name", "watch"])]
+        host: bool,
     },
     /// Show an object in detail: spec, status, conditions and recent events.
     Describe {
@@ -144,6 +148,18 @@ pub enum Command {
         /// Output format (json and yaml keep the exact text).
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// The host firewall (on the host, through blockhostd and the root agent).
+    Firewall {
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::FirewallCommand,
+    },
+    /// Admin commands over the chain (the admin, with the admin wallet's key).
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::AdminCommand,
     },
     /// Deploy the contracts (operators; signs with the configured server key).
     Chain {
@@ -200,6 +216,9 @@ pub enum CliError {
     /// A template command failed.
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    /// Arguments that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
     /// Writing output failed (a closed pipe is not an error).
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
@@ -216,7 +235,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             name,
             output,
             watch,
-        } => get(&client, &mut out, what, name.as_deref(), output, watch).await,
+            host,
+        } => {
+            let name = match (host, what) {
+                (true, GetType::Events) => Some(EventsOf::Host),
+                (true, _) => return Err(CliError::Usage("--host goes with `get events`")),
+                (false, _) => name.map(EventsOf::Vm),
+            };
+            get(&client, &mut out, what, name, output, watch).await
+        }
         Command::Describe { what, name } => describe(&client, &mut out, what, &name).await,
         Command::Apply {
             file,
@@ -228,6 +255,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             delete(&client, &mut out, what, &names, force).await
         }
         Command::Status { output } => status(&client, &mut out, output).await,
+        Command::Firewall { command } => admin::firewall(&client, &mut out, command).await,
+        Command::Admin { command } => admin::admin(&mut out, command).await.map_err(Into::into),
         Command::Chain { command } => chain::chain(&mut out, command).await.map_err(Into::into),
         Command::Plan { command } => chain::plan(&mut out, command).await.map_err(Into::into),
         Command::Nft { command } => nft::nft(&mut out, command).await.map_err(Into::into),
@@ -252,14 +281,18 @@ async fn get(
     client: &Client,
     out: &mut impl Write,
     what: GetType,
-    name: Option<&str>,
+    name: Option<EventsOf>,
     format: Format,
     watch: bool,
 ) -> Result<(), CliError> {
     let now = chrono::Utc::now();
     if what == GetType::Events {
-        return get_events(client, out, name, format, now).await;
+        return get_events(client, out, name.as_ref(), format, now).await;
     }
+    let name = match &name {
+        Some(EventsOf::Vm(n)) => Some(n.as_str()),
+        _ => None,
+    };
     let plural = match what {
         GetType::Vms => "virtualmachines",
         GetType::Subscriptions => "subscriptions",
@@ -291,16 +324,30 @@ async fn status(client: &Client, out: &mut impl Write, format: Format) -> Result
     Ok(())
 }
 
-/// `get events [VM]`: the event log, or one VM's events.
+/// Whose events `get events` shows; for other kinds, the object's name.
+#[derive(Debug, Clone)]
+enum EventsOf {
+    /// A VM (or, for other kinds, the object named).
+    Vm(String),
+    /// The host's own log (`Host/admin`).
+    Host,
+}
+
+/// `get events [VM | --host]`: the event log, one VM's events, or the host's.
 async fn get_events(
     client: &Client,
     out: &mut impl Write,
-    name: Option<&str>,
+    name: Option<&EventsOf>,
     format: Format,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), CliError> {
     let path = match name {
-        Some(n) => format!("{API_PREFIX}/events?kind=VirtualMachine&name={n}"),
+        Some(EventsOf::Host) => format!(
+            "{API_PREFIX}/events?kind={}&name={}",
+            blockhost_crd::resource::HOST_KIND,
+            blockhost_crd::resource::HOST_ADMIN
+        ),
+        Some(EventsOf::Vm(n)) => format!("{API_PREFIX}/events?kind=VirtualMachine&name={n}"),
         None => format!("{API_PREFIX}/events"),
     };
     let body = client.request(Method::GET, &path, None).await?;
