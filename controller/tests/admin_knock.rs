@@ -514,3 +514,50 @@ fn knocks_over_the_chain_open_the_host_on_time_and_nothing_else_does() {
         "the command sent while down was not applied"
     );
 }
+
+/// Benchmark (ignored by default; `--ignored --nocapture` prints the figures):
+/// from an admin transaction being mined (anvil mines on send, so: when
+/// `eth_sendTransaction` returns) to port 22 answering from the admin's
+/// machine, over `BLOCKHOST_BENCH_KNOCKS` knocks (default 20) of 1 s each, with
+/// new heads over WebSocket and 0 confirmations. Probes every ~20 ms.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_mined_to_open() {
+    if !available() {
+        return;
+    }
+    let rig = Rig::start();
+    let n: usize = std::env::var("BLOCKHOST_BENCH_KNOCKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let probe = Duration::from_millis(20);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let json = json!({"command": COMMAND, "params": {"ports": [22], "duration": 1}, "nonce": format!("bench-{i}"), "timestamp": now()});
+        let server = SecretKey::from_slice(&hex::decode(SERVER_KEY).unwrap()).unwrap();
+        let data =
+            blockhost_chain::admin::encrypt(&server.public_key(), json.to_string().as_bytes())
+                .unwrap();
+        let tx = json!({"from": ADMIN, "to": ADMIN, "data": format!("0x{}", hex::encode(data))});
+        rig.rpc_try("eth_sendTransaction", json!([tx])).unwrap();
+        let mined = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(10), || rig.reaches(ADMIN4, 22, probe)),
+            "knock {i} did not open"
+        );
+        lat.push(mined.elapsed());
+        assert!(
+            eventually(Duration::from_secs(10), || !rig.reaches(ADMIN4, 22, probe)),
+            "knock {i} did not close"
+        );
+    }
+    lat.sort();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
+    println!(
+        "admin knock, mined -> port open ({n} knocks, new heads, 0 confirmations): p50 {:?}, p99 {:?}, max {:?}",
+        pct(50),
+        pct(99),
+        lat[lat.len() - 1]
+    );
+}

@@ -122,3 +122,53 @@ impl RootAgentConfig {
 fn default_socket() -> PathBuf {
     DEFAULT_AGENT_SOCKET.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::DaemonConfig;
+
+    fn check(extra: &str) -> Result<DaemonConfig, String> {
+        let text = format!(
+            r#"{{"chain": {{"chainId": 1, "rpcUrls": ["http://127.0.0.1:8545"], "serverKeyFile": "/k"}}{extra}}}"#
+        );
+        let c: DaemonConfig = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const ADMIN: &str =
+        r#""wallet": "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc", "command": "open-sesame""#;
+
+    #[test]
+    fn admin_needs_a_firewall_and_ports_it_can_open() {
+        let c = check(&format!(r#", "firewall": {{}}, "admin": {{{ADMIN}}}"#)).unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!((a.default_duration_secs, a.target()), (300, a.wallet));
+        assert_eq!(
+            c.root_agent.socket.to_str(),
+            Some(super::DEFAULT_AGENT_SOCKET)
+        );
+        for (extra, want) in [
+            (format!(r#", "admin": {{{ADMIN}}}"#), "needs a firewall section"),
+            (
+                format!(r#", "firewall": {{"knockTcpPorts": [22]}}, "admin": {{{ADMIN}, "allowedPorts": [22, 8006]}}"#),
+                "port 8006 is not in firewall.knockTcpPorts",
+            ),
+            (
+                format!(r#", "firewall": {{}}, "admin": {{{ADMIN}, "defaultPorts": [8006], "allowedPorts": [22]}}"#),
+                "admin.defaultPorts: port 8006",
+            ),
+            (
+                format!(r#", "firewall": {{}}, "admin": {{{ADMIN}, "defaultDurationSecs": 0}}"#),
+                "out of range",
+            ),
+            (
+                r#", "firewall": {}, "admin": {"wallet": "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc", "command": "short"}"#.into(),
+                "8-64 printable characters",
+            ),
+        ] {
+            let err = check(&extra).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+    }
+}

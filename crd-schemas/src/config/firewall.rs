@@ -1,7 +1,7 @@
 //! The host firewall's settings: exactly what the root agent's `firewall-apply`
-//! action takes, and the type of the `firewall` section blockhostd's configuration
-//! is to get (not wired into `DaemonConfig` yet: the daemon does not call the agent
-//! yet). One type for both ends, checked when parsed on each side.
+//! action takes, and the type of the `firewall` section of blockhostd's
+//! configuration (which blockhostd sends to the agent at start). One type for
+//! both ends, checked when parsed on each side.
 //!
 //! The ruleset built from it is default-deny for traffic to the host: only what is
 //! listed here (and the essentials every host needs: established connections,
