@@ -184,6 +184,9 @@ pub async fn fetch<N: Node>(
         if number == to && b.hash != to_hash {
             return Ok(None);
         }
+        if i64::try_from(b.timestamp).unwrap_or(i64::MAX) < now - READ_WINDOW_SECS {
+            break;
+        }
         let txs: Vec<AdminTx> = b
             .txs
             .into_iter()
@@ -202,9 +205,6 @@ pub async fn fetch<N: Node>(
                 },
                 txs,
             ));
-        }
-        if i64::try_from(b.timestamp).unwrap_or(i64::MAX) < now - READ_WINDOW_SECS {
-            break;
         }
     }
     Ok(Some(out))

@@ -19,7 +19,7 @@ use super::follow::{Progress, WatchConfig, Watcher};
 use super::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions, Writer};
-use blockhost_chain::node::{BlockTxs, Node, NodeError, RawLog};
+use blockhost_chain::node::{BlockTxs, Node, NodeError, RawLog, RawTx};
 
 const SUBS: [u8; 20] = [0x51; 20];
 const NFT: [u8; 20] = [0x4e; 20];
@@ -37,6 +37,8 @@ struct Chain {
     salt: u8,
     max_range: Option<u64>,
     calls: usize,
+    /// Transactions to the admin target by block, with the block's timestamp.
+    txs: std::collections::HashMap<u64, (u64, Vec<RawTx>)>,
 }
 
 #[derive(Clone, Default)]
@@ -91,23 +93,14 @@ impl Node for FakeNode {
             .get(number as usize)
             .map(|b| b.0))
     }
-    async fn block_txs_to(
-        &self,
-        number: u64,
-        _to: [u8; 20],
-    ) -> Result<Option<BlockTxs>, NodeError> {
-        // No test here sends admin commands (the namespace tests do, on anvil).
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .blocks
-            .get(number as usize)
-            .map(|b| BlockTxs {
-                hash: b.0,
-                timestamp: 0,
-                txs: Vec::new(),
-            }))
+    async fn block_txs_to(&self, number: u64, to: [u8; 20]) -> Result<Option<BlockTxs>, NodeError> {
+        let c = self.0.lock().unwrap();
+        let (timestamp, txs) = c.txs.get(&number).cloned().unwrap_or_default();
+        Ok(c.blocks.get(number as usize).map(|b| BlockTxs {
+            hash: b.0,
+            timestamp,
+            txs: txs.into_iter().filter(|t| t.to == Some(to)).collect(),
+        }))
     }
     async fn logs(
         &self,
@@ -742,4 +735,91 @@ async fn undoing_an_extension_keeps_the_minted_token_id() {
     );
     let vm: VirtualMachine = store.get("blockhost-003").unwrap().unwrap();
     assert_eq!(vm.spec.expires_at.unwrap().timestamp(), 1_900_000_000);
+}
+
+const ADMIN: [u8; 20] = [0xad; 20];
+
+fn admin_tx(from: [u8; 20], json: &str, i: u8) -> RawTx {
+    RawTx {
+        hash: [i; 32],
+        index: u64::from(i),
+        from,
+        to: Some(ADMIN),
+        input: blockhost_chain::admin::encrypt(&server().public_key(), json.as_bytes()).unwrap(),
+    }
+}
+
+/// Mines one block carrying `txs`, dated `time`.
+fn mine_txs(node: &FakeNode, time: i64, txs: Vec<RawTx>) -> u64 {
+    let n = node.mine(vec![]);
+    node.0.lock().unwrap().txs.insert(n, (time as u64, txs));
+    n
+}
+
+#[tokio::test]
+async fn admin_commands_are_decided_once_with_the_cursor_and_old_blocks_are_not_read() {
+    let (_d, store, node, w) = setup(0);
+    let cfg: blockhost_crd::config::AdminConfig = serde_json::from_value(serde_json::json!({
+        "wallet": format!("0x{}", hex::encode(ADMIN)),
+        "command": "open-sesame",
+    }))
+    .unwrap();
+    let reader = Arc::new(super::admin::AdminReader::new(&cfg, server()));
+    let mut w = w.with_admin(reader, None);
+    let now = store.now().timestamp();
+    let cmd = |nonce: &str, t: i64| {
+        format!(r#"{{"command":"open-sesame","nonce":"{nonce}","timestamp":{t}}}"#)
+    };
+    // Mined long ago, within no age: not read at all, so no event.
+    mine_txs(
+        &node,
+        now - 3600,
+        vec![admin_tx(ADMIN, &cmd("old", now), 1)],
+    );
+    mine_txs(
+        &node,
+        now,
+        vec![
+            admin_tx(ADMIN, &cmd("a", now), 2),
+            admin_tx(ADMIN, &cmd("a", now), 3),
+            admin_tx([0x01; 20], &cmd("b", now), 4),
+        ],
+    );
+    // A transfer without data to the admin wallet is not a command.
+    let mut funding = admin_tx([0x02; 20], "{}", 5);
+    funding.input.clear();
+    mine_txs(&node, now, vec![funding]);
+    drain(&mut w).await;
+    let events = store
+        .events(
+            Some((
+                blockhost_crd::resource::HOST_KIND,
+                blockhost_crd::resource::HOST_ADMIN,
+            )),
+            100,
+        )
+        .unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["KnockAccepted", "Replayed", "OtherWallet"],
+        "{events:#?}"
+    );
+    assert!(store.admin_nonce_seen("a").unwrap());
+    assert!(!store.admin_nonce_seen("old").unwrap());
+    // Read again (a restart from an older cursor is the same): nothing twice.
+    drain(&mut w).await;
+    assert_eq!(
+        store
+            .events(
+                Some((
+                    blockhost_crd::resource::HOST_KIND,
+                    blockhost_crd::resource::HOST_ADMIN
+                )),
+                100
+            )
+            .unwrap()
+            .len(),
+        3
+    );
 }

@@ -468,3 +468,69 @@ mod hex32 {
             .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+
+    #[test]
+    fn an_admin_nonce_is_new_once_and_lands_with_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+        let end = |n| BlockRef {
+            number: n,
+            hash: [n as u8; 32],
+        };
+        let blocks = [BlockEvents {
+            block: end(1),
+            events: vec![
+                ("0x01:tx0".to_string(), "n-1"),
+                ("0x01:tx1".to_string(), "n-1"),
+            ],
+        }];
+        let mut fresh = Vec::new();
+        store
+            .chain_commit(
+                "s",
+                &blocks,
+                end(1),
+                100,
+                |tx, nonce: &&str| {
+                    fresh.push(tx.record_admin_nonce(nonce, 1_800_000_000)?);
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+            .unwrap();
+        // The same nonce twice in one batch: the second is a replay.
+        assert_eq!(fresh, [true, false]);
+        assert!(store.admin_nonce_seen("n-1").unwrap());
+        assert_eq!(store.chain_cursor("s").unwrap(), Some(end(1)));
+        // A failed batch records neither its nonce nor its cursor.
+        let err = store.chain_commit(
+            "s",
+            &[BlockEvents {
+                block: end(2),
+                events: vec![("0x02:tx0".to_string(), "n-2")],
+            }],
+            end(2),
+            100,
+            |tx, nonce: &&str| {
+                tx.record_admin_nonce(nonce, 1_800_000_000)?;
+                Err(StoreError::NotFound {
+                    kind: "Host",
+                    name: "boom".into(),
+                })
+            },
+            |_| Ok(()),
+        );
+        assert!(err.is_err());
+        assert!(!store.admin_nonce_seen("n-2").unwrap());
+        assert_eq!(store.chain_cursor("s").unwrap(), Some(end(1)));
+        // A reorg does not forget an executed command's nonce.
+        store.chain_revert("s", end(0)).unwrap();
+        assert!(store.admin_nonce_seen("n-1").unwrap());
+    }
+}
