@@ -11,8 +11,8 @@
 //! open, SIGKILL of blockhostd and of the agent still closes it on time; a
 //! command sent while both were down is applied at catch-up.
 //!
-//! Needs root, `ip`, `nft`, `setpriv` and anvil (`BLOCKHOST_ANVIL`, or the
-//! repository's node_modules); skipped without them unless
+//! Needs root, `ip`, `nft`, `setpriv`, `curl` and anvil (`BLOCKHOST_ANVIL`, the
+//! repository's node_modules, or PATH); skipped without them unless
 //! `BLOCKHOST_REQUIRE_TOOLS=1`. Needs `cargo build -p bhctl -p
 //! blockhost-root-agent` first. About 40 s, most of it waiting for knocks to
 //! expire.
@@ -46,11 +46,22 @@ const KNOCK_SECS: u64 = 4;
 const FAIL: Duration = Duration::from_millis(500);
 const OK: Duration = Duration::from_secs(3);
 
+/// `BLOCKHOST_ANVIL`, else the repository's pinned anvil, else one on PATH
+/// (`scripts/env.sh` puts the pinned one there).
 fn anvil_bin() -> PathBuf {
-    std::env::var_os("BLOCKHOST_ANVIL").map_or_else(
-        || common::repo_root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"),
-        PathBuf::from,
-    )
+    if let Some(p) = std::env::var_os("BLOCKHOST_ANVIL") {
+        return PathBuf::from(p);
+    }
+    let pinned = common::repo_root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    if pinned.exists() {
+        return pinned;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("anvil"))
+        .find(|p| p.exists())
+        .unwrap_or(pinned)
 }
 
 fn sibling(name: &str) -> PathBuf {
