@@ -47,10 +47,15 @@ msg="$(printf '%s\n' "$1" | sed -n '/^----- BEGIN SIGN-IN MESSAGE -----$/,/^----
 exec "$dir/cast" wallet sign --mnemonic "$dir/mnemonic" --mnemonic-index "$BLOCKHOST_TEST_WALLET" "$msg"
 "#;
 
-/// Where the guest image is: `BLOCKHOST_GUEST_IMAGE`, else the image builder's
-/// cached output.
+/// Where the guest image is: `BLOCKHOST_GUEST_IMAGE`, else the image the guest
+/// image's boot test last built or took from its cache (`target/guest-image`;
+/// `scripts/test.sh` runs that test first).
 pub fn guest_image() -> Option<PathBuf> {
-    std::env::var_os("BLOCKHOST_GUEST_IMAGE").map(PathBuf::from)
+    if let Some(p) = std::env::var_os("BLOCKHOST_GUEST_IMAGE") {
+        return Some(PathBuf::from(p));
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent()?;
+    blockhost_image::build::current(&target.join("guest-image")).map(|img| img.image)
 }
 
 /// Everything the suite needs: the whole-system tools plus qemu, qemu-img,
@@ -68,7 +73,9 @@ pub fn guest_tools_available() -> bool {
     match guest_image() {
         Some(p) if p.is_file() => {}
         Some(p) => missing.push(format!("the guest image {}", p.display())),
-        None => missing.push("BLOCKHOST_GUEST_IMAGE (the guest image)".into()),
+        None => missing.push(
+            "the guest image (BLOCKHOST_GUEST_IMAGE, or run `cargo test -p blockhost-login --test guest_image -- --ignored` first, which builds it)".into(),
+        ),
     }
     if missing.is_empty() {
         return true;

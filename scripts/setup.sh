@@ -13,29 +13,43 @@ APT_PACKAGES=(
   jq curl ca-certificates
   iproute2 nftables               # root agent namespace tests (ip netns, veth, nft)
   python3 python3-venv            # the venv holding fakepve; bench and test helpers
-  mmdebstrap eatmydata squashfs-tools xorriso mtools grub-common grub-pc-bin grub-efi-amd64-bin  # the installer ISO (iso/installer/build.sh)
-  qemu-system-x86 ovmf            # the installer ISO's tests (BIOS and UEFI boots)
-  # The guest template image (iso/guest) and its boot test: mmdebstrap from Debian's
-  # registry (archive keyring), partitions and file systems without mounting vfat,
-  # qemu under TCG with SeaBIOS and OVMF, the cloud-init ISO.
-  mmdebstrap debian-archive-keyring eatmydata fdisk e2fsprogs dosfstools mtools
-  qemu-system-x86 qemu-utils ovmf xorriso
+  # The installer ISO (iso/installer/build.sh) and the guest template image
+  # (iso/guest): mmdebstrap from Debian's registry (archive keyring), partitions and
+  # file systems without mounting vfat, GRUB for BIOS and UEFI, the ISO and
+  # cloud-init drives.
+  mmdebstrap debian-archive-keyring eatmydata squashfs-tools xorriso mtools fdisk e2fsprogs dosfstools
+  grub-common grub-pc-bin grub-efi-amd64-bin
+  # qemu under TCG with SeaBIOS and OVMF: the installer's and the image's boot tests,
+  # the real-guest stand-in's VMs and their copy-on-write overlays.
+  qemu-system-x86 qemu-utils ovmf
   debhelper dpkg-dev lintian       # packaging/build-debs.sh (systemd-analyze comes with systemd)
-  qemu-system-x86 qemu-utils xorriso iproute2  # real guests: the stand-in's VMs, overlays, cloud-init ISOs, namespaces
 )
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# Node.js and npm from Debian only when the machine has none: an image may ship its
-# own build, which Debian's npm package conflicts with.
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
+find_missing() {
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # Node.js and npm from Debian only when the machine has none: an image may ship its
+  # own build, which Debian's npm package conflicts with.
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+}
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+find_missing
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # An install can remove a package that was there: a machine with a newer
+  # qemu-utils from backports loses it when Debian's qemu-system-x86 comes in.
+  # Ask again, once, for whatever is missing now.
+  find_missing
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages removed by the first install: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    find_missing
+    [ ${#missing[@]} -eq 0 ] || { echo "setup: still missing after installing: ${missing[*]}" >&2; exit 1; }
+  fi
 fi
 
 # npm tools, exactly as locked.

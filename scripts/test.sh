@@ -29,13 +29,16 @@ fi
 # The PAM, signing-page, chain and Proxmox end-to-end suites are cargo tests too:
 # they start sshd, chromium, anvil and fakepve themselves.
 step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fast
-# The VM suites boot real guests and the installer under TCG (minutes each): the guest
-# template's boot test, the real-guest end-to-end tests and the installer ISO. They
-# are opt-in until they have run green end to end on an idle machine.
+# The VM suites boot real guests and the installer under TCG (minutes each), in this
+# order: the guest template's boot test builds (or finds in target/guest-image) the
+# image the real-guest end-to-end tests then boot; the installer ISO last.
 if [ "${BLOCKHOST_VM_TESTS:-0}" = "1" ]; then
-  step "VM suites (guest image, real guests, installer ISO)" \
-    cargo test --all-features --no-fail-fast -p blockhost-login --test guest_image \
-      -p blockhost-controller --test e2e_guests -p blockhost-installer --test iso -- --ignored
+  step "VM suite: guest image boot" \
+    cargo test --all-features -p blockhost-login --test guest_image -- --ignored
+  step "VM suite: real guests end to end" \
+    cargo test --all-features -p blockhost-controller --test e2e_guests -- --ignored --test-threads 1
+  step "VM suite: installer ISO" \
+    cargo test --all-features -p blockhost-installer --test iso -- --ignored
 fi
 if [ "$QUICK" -eq 0 ] && [ -x contracts/test.sh ]; then
   step "contracts (forge + freshness + selectors)" contracts/test.sh

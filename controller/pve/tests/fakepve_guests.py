@@ -155,14 +155,15 @@ def user_data(config, vmid):
     return '\n'.join(lines) + '\n'
 
 
-def network_config(config):
-    """NoCloud network-config version 1 from the netN/ipconfigN pairs and the DNS settings."""
+def network_config(config, vmid):
+    """NoCloud network-config version 1 from the netN/ipconfigN pairs and the DNS settings; each NIC
+    matched by the MAC qemu gives it (guest_mac, with the same vmid)."""
     out = ['version: 1', 'config:']
     for key in sorted(k for k in config if re.fullmatch(r'net\d+', k)):
         n = key[3:]
         if not config.get('ipconfig' + n):
             continue
-        mac = guest_mac(config[key], 0)
+        mac = guest_mac(config[key], vmid)
         ipc = dict(split_props('x,' + config['ipconfig' + n])[1])
         out += ['  - type: physical', '    name: eth' + n, "    mac_address: '{0}'".format(mac.lower()),
                 '    subnets:']
@@ -211,7 +212,7 @@ def guest_mac(net_value, vmid):
 
 def write_cloudinit_iso(config, vmid, path):
     """The cidata ISO (user-data, meta-data, network-config); instance-id changes with the config."""
-    ud, nc = user_data(config, vmid), network_config(config)
+    ud, nc = user_data(config, vmid), network_config(config, vmid)
     instance = hashlib.sha1((ud + nc).encode()).hexdigest()
     staging = path + '.d'
     shutil.rmtree(staging, ignore_errors=True)
@@ -727,6 +728,35 @@ def real_guest_pve(base=FakePve):
                 await g.qmp('cont')
                 vm.qmpstatus = g.qmpstatus = 'running'
             return await self.task(vm.node, 'qmresume', vm.vmid, user, body, vm=vm)
+
+        def _routes_qemu(self):
+            # fakepve answers a qemu disk resize from the API schema alone; PVE records the new
+            # size= in the drive's config, which the guest's disk (disks_for) and maxdisk follow.
+            return super()._routes_qemu() + [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
+
+        async def _qm_resize(self, v, user):
+            """PVE::API2::Qemu's resize_vm: grow only, `+N` relative or an absolute size."""
+            vm = self.find(v['node'], v['vmid'])
+            self.require(user, '/vms/{0}'.format(vm.vmid), 'VM.Config.Disk')
+            if not str(v.get('skiplock', '0')) in ('1', 'true'):
+                self._check_lock(vm)
+            disk, text = v['disk'], str(v['size'])
+            if vm.config.get(disk) is None:
+                raise PveError(500, "disk '{0}' does not exist".format(disk))
+            volume, props = split_props(vm.config[disk])
+            size, request = parse_size(props.get('size', '0')), parse_size(text.lstrip('+'))
+            if not request:
+                raise PveError(400, "invalid format - unable to parse size '{0}'".format(text))
+            new = size + request if text.startswith('+') else request
+            if new < size:
+                raise PveError(500, 'shrinking disks is not supported')
+
+            async def body():
+                # A running guest's overlay grows at its next start (disks_for); PVE would
+                # block_resize it live, which the VM's kernel sees at once.
+                props['size'] = '{0}G'.format(new >> 30) if new % (1 << 30) == 0 else str(new)
+                vm.config[disk] = ','.join([volume] + ['{0}={1}'.format(k, x) for k, x in props.items()])
+            return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
 
         def _qm_free(self, volid):
             super()._qm_free(volid)

@@ -295,6 +295,7 @@ pub fn cached(
         && img.image.exists()
     {
         tracing::info!(image = %img.image.display(), "guest image from the cache");
+        mark_current(root, &record)?;
         return Ok(img);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -309,7 +310,32 @@ pub fn cached(
         path: record.clone(),
         source,
     })?;
+    mark_current(root, &record)?;
     Ok(img)
+}
+
+/// The record of the image the last [`cached`] call returned, for harnesses that
+/// boot it without the binaries that key it (the real-guest end-to-end tests run
+/// after the boot test built or found it).
+const CURRENT: &str = "current.json";
+
+/// Points `root/current.json` at `record` (a copy: the record is small).
+fn mark_current(root: &Path, record: &Path) -> Result<(), BuildError> {
+    let current = root.join(CURRENT);
+    let tmp = root.join(".current.json.tmp");
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { what, path, source }
+    };
+    std::fs::copy(record, &tmp).map_err(io("cannot copy the image record to", &tmp))?;
+    std::fs::rename(&tmp, &current).map_err(io("cannot replace", &current))
+}
+
+/// The image the last [`cached`] call under `root` returned, if it still exists.
+pub fn current(root: &Path) -> Option<BuiltImage> {
+    let text = std::fs::read_to_string(root.join(CURRENT)).ok()?;
+    let img = from_record(&serde_json::from_str(&text).ok()?)?;
+    img.image.exists().then_some(img)
 }
 
 fn from_record(v: &serde_json::Value) -> Option<BuiltImage> {
