@@ -101,14 +101,24 @@ async fn purchase_to_wallet_login_and_back() {
         USER_INDEX,
         &user,
         &host,
-        "id -un; hostname; cat /etc/blockhost/access.json; echo kept-across-boots > ~/marker",
+        "id -un; hostname; echo kept-across-boots > ~/marker",
     );
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some(user.as_str()), "{out}");
     assert_eq!(lines.next(), Some("blockhost-001"), "{out}");
-    // The access file came through the guest agent and names the holder and token.
-    assert!(out.contains(USER), "{out}");
-    assert!(out.contains(&format!("\"nft_token_id\": {token}")), "{out}");
+    // The access file came through the guest agent and names the holder; the
+    // token id follows once the minter recorded it (the file is first written
+    // before the mint, so that the VM is usable as soon as it boots).
+    let token_line = format!("\"nft_token_id\": {token}");
+    g.wait(120, "the access file in the VM names the token", || {
+        let o = g.ssh(USER_INDEX, &user, &host, "cat /etc/blockhost/access.json");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && text.contains(USER) && text.contains(&token_line) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        Err(text)
+    });
     // IPv4 reaches the same VM.
     let v4 = vm["status"]["addresses"]["ipv4"]
         .as_str()

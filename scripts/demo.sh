@@ -3,42 +3,61 @@
 # HTTPS) and blockhostd start; the operator deploys the contracts and creates a
 # plan with bhctl; a user buys a subscription with cast (their signature
 # ECIES-encrypted to the server by npm eciesjs); blockhostd provisions the VM
-# and mints the access NFT; the user decrypts it with bhctl. With --real the VM is
-# real: the stand-in boots it in qemu from the guest image on a bridge in a
+# and mints the access NFT; the user decrypts it with bhctl. The VM is real: the
+# stand-in boots it in qemu from the guest template image on a bridge in a
 # network namespace, and the demo ends with the buyer's wallet login (the PAM
 # module's message signed by `cast wallet sign`) printing `uname -a` and `id`
-# from inside the VM (this mode has not yet run green end to end).
-#   scripts/demo.sh          the fast run: VMs are rows in fakepve, nothing boots
-#   scripts/demo.sh --real   run the flow with a real VM (needs BLOCKHOST_GUEST_IMAGE)
+# from inside the VM.
+#   scripts/demo.sh          the whole flow with a real VM (builds the guest image
+#                            the first time: a few minutes; the boot under TCG too)
+#   scripts/demo.sh --fake   the fast run: VMs are rows in fakepve, nothing boots
 #   scripts/demo.sh --keep   leave everything running until Ctrl-C
-# The real VM needs root (namespace, tap), qemu (scripts/setup.sh) and the guest
-# image: BLOCKHOST_GUEST_IMAGE=path/to/image.qcow2. qemu uses KVM when a probe
-# boot under /dev/kvm works and TCG otherwise (a boot takes a minute or more).
+# The real VM needs root (namespace, tap, the image build's loop devices) and qemu
+# (scripts/setup.sh installs it). The image: BLOCKHOST_GUEST_IMAGE=path.qcow2, else
+# the last one built under target/guest-image (by the boot test or an earlier demo),
+# else one is built with `bhctl template build`. qemu uses KVM when a probe boot
+# under /dev/kvm works and TCG otherwise.
 # Ports: anvil 127.0.0.1:${DEMO_ANVIL_PORT:-18545}, fakepve ${DEMO_PVE_HOST:-127.0.14.1}:8006,
 # the signup page http://127.0.0.1:${DEMO_SIGNUP_PORT:-18080}/.
 # Keys: anvil's well-known dev keys only (never use them on a real chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KEEP=0; REAL=0
+KEEP=0; REAL=1
 for a in "$@"; do
   case "$a" in
     --keep) KEEP=1 ;;
     --fake) REAL=0 ;;
     --real) REAL=1 ;;
-    *) echo "usage: scripts/demo.sh [--real] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: scripts/demo.sh [--fake] [--keep]" >&2; exit 2 ;;
   esac
 done
 GUEST_IMAGE=${BLOCKHOST_GUEST_IMAGE:-}
-if [ "$REAL" -eq 1 ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "the real VM needs root (network namespace, tap); or run scripts/demo.sh without --real" >&2; exit 1; }
-  [ -n "$GUEST_IMAGE" ] && [ -f "$GUEST_IMAGE" ] || {
-    echo "no guest image: set BLOCKHOST_GUEST_IMAGE to the template image (qcow2), or run scripts/demo.sh without --real" >&2; exit 1; }
+if [ "$REAL" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
+  echo "the real VM needs root (network namespace, tap, loop devices); run it as root, or scripts/demo.sh --fake" >&2
+  exit 1
+fi
+if [ "$REAL" -eq 1 ] && [ -n "$GUEST_IMAGE" ] && [ ! -f "$GUEST_IMAGE" ]; then
+  echo "BLOCKHOST_GUEST_IMAGE=$GUEST_IMAGE does not exist; unset it to use or build target/guest-image's" >&2
+  exit 1
 fi
 bash scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build -q --release -p blockhost-controller -p bhctl --bins
-BIN=$PWD/target/release
+BIN=$TARGET/release
+if [ "$REAL" -eq 1 ] && [ -z "$GUEST_IMAGE" ] && [ -f "$TARGET/guest-image/current.json" ]; then
+  GUEST_IMAGE=$(jq -r '.image // empty' "$TARGET/guest-image/current.json")
+  [ -f "$GUEST_IMAGE" ] || GUEST_IMAGE=""
+fi
+if [ "$REAL" -eq 1 ] && [ -z "$GUEST_IMAGE" ]; then
+  echo "== the guest template image: blockhost-guest package, then bhctl template build"
+  GUEST_DEB=$(bash packaging/build-debs.sh --no-check --out "$TARGET/guest-image/demo/debs" blockhost-guest | tail -n 1)
+  echo "\$ bhctl template build --builder iso/guest --guest-deb $GUEST_DEB --output $TARGET/guest-image/demo/blockhost-guest-trixie-amd64.qcow2"
+  "$BIN/bhctl" template build --builder iso/guest --guest-deb "$GUEST_DEB" \
+    --output "$TARGET/guest-image/demo/blockhost-guest-trixie-amd64.qcow2" --cache "$TARGET/guest-image/apt-cache"
+  GUEST_IMAGE=$TARGET/guest-image/demo/blockhost-guest-trixie-amd64.qcow2
+fi
 DIR=$(mktemp -d /tmp/blockhost-demo.XXXXXX)
 ANVIL_PORT=${DEMO_ANVIL_PORT:-18545}
 PVE_HOST=${DEMO_PVE_HOST:-127.0.14.1}

@@ -30,15 +30,16 @@ fi
 # they start sshd, chromium, anvil and fakepve themselves.
 step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fast
 # The VM suites boot real guests and the installer under TCG (minutes each), in this
-# order: the guest template's boot test builds (or finds in target/guest-image) the
+# order (`--workspace`, so they reuse the build above instead of resolving features
+# per package and compiling everything again): the guest template's boot test builds (or finds in target/guest-image) the
 # image the real-guest end-to-end tests then boot; the installer ISO last.
 if [ "${BLOCKHOST_VM_TESTS:-0}" = "1" ]; then
   step "VM suite: guest image boot" \
-    cargo test --all-features -p blockhost-login --test guest_image -- --ignored
+    cargo test --workspace --all-features --test guest_image -- --ignored
   step "VM suite: real guests end to end" \
-    cargo test --all-features -p blockhost-controller --test e2e_guests -- --ignored --test-threads 1
+    cargo test --workspace --all-features --test e2e_guests -- --ignored --test-threads 1
   step "VM suite: installer ISO" \
-    cargo test --all-features -p blockhost-installer --test iso -- --ignored
+    cargo test --workspace --all-features --test iso -- --ignored
 fi
 if [ "$QUICK" -eq 0 ] && [ -x contracts/test.sh ]; then
   step "contracts (forge + freshness + selectors)" contracts/test.sh

@@ -11,8 +11,9 @@
 #                  [--cache DIR] [--suite trixie] [--mirror URL] [--size 3G] [--name NAME]
 #   --deb     local .deb installed into the image (blockhost-guest; repeatable)
 #   --output  directory for NAME.qcow2, NAME.manifest, NAME.sha256, NAME.json
-#   --cache   apt cache kept between builds (downloaded .debs and package lists);
-#             rebuildable, delete it any time. Default: DIR/../apt-cache
+#   --cache   cache kept between builds (downloaded .debs, package lists and the
+#             Debian base as base-SUITE-KEY.tar.zst, rebuilt weekly); rebuildable,
+#             delete it any time. Default: DIR/../apt-cache
 #   --suite   Debian release (default trixie, the base of Proxmox VE 9)
 #   --mirror  Debian mirror (default: deb.debian.org with SUITE-updates and the
 #             security archive, which mmdebstrap adds for stable releases)
@@ -102,28 +103,42 @@ mkfs.ext4 -q -L root -U "$root_uuid" "${loop}p2" >&2
 mkdir -p "$mnt"
 mnt_ "${loop}p2" "$mnt"
 
-progress "installing Debian $suite and blockhost-guest (mmdebstrap; apt cache $cache)"
-pkgs="$(grep -v '^#' "$here/packages.txt" | tr -s '[:space:]' ',' | sed 's/^,//; s/,$//')"
-include=(--include="$pkgs")
-for d in "${debs[@]}"; do include+=(--include="$d"); done
-# The cache hooks follow mmdebstrap(1)'s example. Package lists are cached too and
-# refreshed in a setup hook (mmdebstrap skips its own update when lists exist), so
-# a warm update only fetches what changed and the image still gets today's
-# packages. Every download, cached or not, is checked against the signed Release files.
-mmdebstrap --mode=root --variant=apt --architectures=amd64 --components=main \
-  --skip=essential/unlink \
-  --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
-  --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount \
-  --setup-hook='mkdir -p "$1"/var/cache/apt/archives/ "$1"/var/lib/apt/lists/' \
-  --setup-hook="sync-in '$cache/archives' /var/cache/apt/archives/" \
-  --setup-hook="sync-in '$cache/lists' /var/lib/apt/lists/" \
-  --setup-hook='APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get update -q' \
-  --customize-hook="sync-out /var/cache/apt/archives '$cache/archives'" \
-  --customize-hook="sync-out /var/lib/apt/lists '$cache/lists'" \
-  --aptopt='Acquire::Languages "none"' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-  "${include[@]}" "$suite" "$mnt" ${mirror:+"$mirror"} >&2
+# The Debian base (mmdebstrap of packages.txt) is kept as a tarball in the cache,
+# keyed by the suite, the mirror, packages.txt and this step's own text, and rebuilt
+# after BASE_MAX_DAYS; every build, warm or cold, then upgrades it from the archive
+# and installs the given .debs, so a warm build still gets today's packages.
+BASE_MAX_DAYS=7
+base_recipe='base-v1 variant=apt components=main eatmydata docs-excluded'
+base_key="$(printf '%s\n' "$suite" "${mirror:-default}" "$base_recipe" | cat - "$here/packages.txt" | sha256sum | cut -c1-16)"
+base_tar="$cache/base-$suite-$base_key.tar.zst"
+if [ -f "$base_tar" ] && [ -n "$(find "$base_tar" -mtime -"$BASE_MAX_DAYS" 2>/dev/null)" ]; then
+  progress "unpacking the cached Debian $suite base ($base_tar)"
+  tar -C "$mnt" --zstd --xattrs --xattrs-include='*' --numeric-owner -xpf "$base_tar"
+else
+  progress "installing Debian $suite (mmdebstrap; apt cache $cache)"
+  rm -f "$cache"/base-"$suite"-*.tar.zst
+  pkgs="$(grep -v '^#' "$here/packages.txt" | tr -s '[:space:]' ',' | sed 's/^,//; s/,$//')"
+  # The cache hooks follow mmdebstrap(1)'s example. Package lists are cached too and
+  # refreshed in a setup hook (mmdebstrap skips its own update when lists exist), so
+  # a warm update only fetches what changed. Every download, cached or not, is
+  # checked against the signed Release files.
+  mmdebstrap --mode=root --variant=apt --architectures=amd64 --components=main \
+    --skip=essential/unlink \
+    --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
+    --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount \
+    --setup-hook='mkdir -p "$1"/var/cache/apt/archives/ "$1"/var/lib/apt/lists/' \
+    --setup-hook="sync-in '$cache/archives' /var/cache/apt/archives/" \
+    --setup-hook="sync-in '$cache/lists' /var/lib/apt/lists/" \
+    --setup-hook='APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get update -q' \
+    --customize-hook="sync-out /var/cache/apt/archives '$cache/archives'" \
+    --customize-hook="sync-out /var/lib/apt/lists '$cache/lists'" \
+    --aptopt='Acquire::Languages "none"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --include="$pkgs" "$suite" "$mnt" ${mirror:+"$mirror"} >&2
+  tar -C "$mnt" --zstd --xattrs --xattrs-include='*' --numeric-owner -cpf "$base_tar.part" .
+  mv "$base_tar.part" "$base_tar"
+fi
 
 progress "configuring: serial console, cloud-init, network, locale"
 for fs in proc sys dev dev/pts; do mkdir -p "$mnt/$fs"; done
@@ -132,6 +147,33 @@ mnt_ -t sysfs sysfs "$mnt/sys"
 mnt_ --bind /dev "$mnt/dev"
 mnt_ --bind /dev/pts "$mnt/dev/pts"
 in_root() { chroot "$mnt" "$@"; }
+
+# Today's packages and blockhost-guest, through the same apt cache (bind-mounted)
+# and the host's resolver (the image's own resolv.conf is put back afterwards).
+mkdir -p "$mnt/var/cache/apt/archives" "$mnt/var/lib/apt/lists"
+mnt_ --bind "$cache/archives" "$mnt/var/cache/apt/archives"
+mnt_ --bind "$cache/lists" "$mnt/var/lib/apt/lists"
+resolv_saved=""
+if [ -e "$mnt/etc/resolv.conf" ] || [ -L "$mnt/etc/resolv.conf" ]; then
+  mv "$mnt/etc/resolv.conf" "$mnt/etc/resolv.conf.blockhost-build"
+  resolv_saved=1
+fi
+cp -L /etc/resolv.conf "$mnt/etc/resolv.conf"
+mkdir -p "$mnt/tmp/blockhost-debs"
+cp "${debs[@]}" "$mnt/tmp/blockhost-debs/"
+apt_in_root() {
+  in_root env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Languages=none \
+    -o DPkg::Options::=--force-unsafe-io -o DPkg::Options::=--force-confold "$@" >&2
+}
+apt_in_root update
+apt_in_root -y upgrade
+in_debs=()
+for d in "${debs[@]}"; do in_debs+=("/tmp/blockhost-debs/$(basename "$d")"); done
+apt_in_root -y install --no-install-recommends "${in_debs[@]}"
+rm -rf "$mnt/tmp/blockhost-debs" "$mnt/etc/resolv.conf"
+if [ -n "$resolv_saved" ]; then mv "$mnt/etc/resolv.conf.blockhost-build" "$mnt/etc/resolv.conf"; fi
+umount "$mnt/var/lib/apt/lists" "$mnt/var/cache/apt/archives"
+mounted=("${mounted[@]:0:${#mounted[@]}-2}")
 
 cat > "$mnt/etc/fstab" <<EOF
 # Written by BlockHost's image builder.
