@@ -109,6 +109,17 @@ impl GuestRig {
     /// anvil on `port`, the real-guest stand-in, blockhostd; `plan_memory_mib`
     /// is the VM size plans get (small: TCG is slow and cores are shared).
     pub async fn start(name: &str, port: u16, plan_memory_mib: u32) -> GuestRig {
+        Self::start_with_signup(name, port, plan_memory_mib, None).await
+    }
+
+    /// [`GuestRig::start`] with blockhostd's signup page on `signup` (a loopback
+    /// `host:port`) when given.
+    pub async fn start_with_signup(
+        name: &str,
+        port: u16,
+        plan_memory_mib: u32,
+        signup: Option<&str>,
+    ) -> GuestRig {
         let image = guest_image().expect("guest_tools_available checked the image");
         let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("real-guests")
@@ -145,7 +156,10 @@ impl GuestRig {
         let mut rig = Rig::start_on(port, 0, pve, &tuning, |text, _| {
             (
                 format!(
-                    "{text}  planDefaults:\n    resources: {{cores: 1, memoryMiB: {plan_memory_mib}, diskGiB: 4}}\n"
+                    "{text}  planDefaults:\n    resources: {{cores: 1, memoryMiB: {plan_memory_mib}, diskGiB: 4}}\n{}",
+                    signup
+                        .map(|l| format!("signup:\n  listen: {l}\n  statusRequestsPerMinute: 600\n"))
+                        .unwrap_or_default()
                 ),
                 String::new(),
             )

@@ -35,6 +35,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::repo_root;
 use guests_support::*;
 use serde_json::json;
 use support::*;
@@ -111,13 +112,22 @@ async fn purchase_to_wallet_login_and_back() {
     // before the mint, so that the VM is usable as soon as it boots).
     let token_line = format!("\"nft_token_id\": {token}");
     g.wait(120, "the access file in the VM names the token", || {
-        let o = g.ssh(USER_INDEX, &user, &host, "cat /etc/blockhost/access.json");
+        // The file is root 0600 in the guest; the VM's user has sudo (cloud-init).
+        let o = g.ssh(
+            USER_INDEX,
+            &user,
+            &host,
+            "sudo -n cat /etc/blockhost/access.json",
+        );
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         if o.status.success() && text.contains(USER) && text.contains(&token_line) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
-        Err(text)
+        Err(format!(
+            "{text} {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
     });
     // IPv4 reaches the same VM.
     let v4 = vm["status"]["addresses"]["ipv4"]
@@ -134,10 +144,13 @@ async fn purchase_to_wallet_login_and_back() {
         "transferFrom(address,address,uint256)",
         &[USER, FRIEND, &token.to_string()],
     );
-    let (host2, user2) = nft_details(&g, FRIEND, token);
-    assert_eq!(
-        (host2.as_str(), user2.as_str()),
-        (host.as_str(), user.as_str())
+    // The NFT's payload stays encrypted under the key of the buyer's signature
+    // (the server never sees one from the new holder), so the seller hands the
+    // connection details over with the token; what the chain moves is the right
+    // to log in.
+    assert!(
+        g.decrypt(FRIEND, token).is_err(),
+        "the new holder's own signature decrypted a payload made for the buyer's"
     );
     g.wait_login(60, FRIEND_INDEX, &user, &host, "id -un");
     let refused = g.ssh(USER_INDEX, &user, &host, "id -un");
@@ -247,5 +260,98 @@ async fn sigkill_while_three_provision() {
         "{guests:?}"
     );
     assert_eq!(g.pve_vms().len(), 3);
+    g.assert_pve_accepted_everything();
+}
+
+/// The signup page in Chromium (`signup/tests/signup_page.mjs` in its
+/// purchase-only mode, an injected EIP-1193 wallet for anvil's dev account 5):
+/// it buys, waits through the real boot and the mint, and shows the decrypted
+/// connection details; those details, and nothing else, are what the test then
+/// logs in with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a VM suite (TCG boots, minutes each): run by scripts/test.sh"]
+async fn the_signup_page_shows_details_that_log_in() {
+    if !guest_tools_available() {
+        return;
+    }
+    let root = repo_root();
+    for need in [
+        std::path::PathBuf::from("/usr/bin/chromium"),
+        root.join("node_modules/playwright-core"),
+    ] {
+        if !need.exists() {
+            assert!(
+                std::env::var("BLOCKHOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "BLOCKHOST_REQUIRE_TOOLS=1 but {} is missing (scripts/setup.sh installs it)",
+                need.display()
+            );
+            eprintln!("skipping: {} is missing", need.display());
+            return;
+        }
+    }
+    let page_addr = "127.0.0.1:18697";
+    let g = GuestRig::start_with_signup("signup", 18696, 1024, Some(page_addr)).await;
+    assert_eq!(g.create_plan("basic", 150), 1);
+    g.wait(30, "plan-1 mirrored", || {
+        g.item("plans", "plan-1").ok_or_else(|| "absent".to_owned())
+    });
+    // The page's buyer holds stablecoin and no allowance: the page approves.
+    g.send(
+        FRIEND,
+        &g.c.usdc.clone(),
+        "mint(address,uint256)",
+        &[FRIEND, "1000000000"],
+    );
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-guests-signup");
+    std::fs::create_dir_all(&shots).unwrap();
+    let args = json!({
+        "url": format!("http://{page_addr}/"),
+        "rpc": g.anvil.url,
+        "shots": shots,
+        "buyer": FRIEND,
+        "purchaseOnly": true,
+        "purchaseTimeoutMs": BOOT_SECS * 1000,
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(repo_root().join("signup/tests/signup_page.mjs"))
+            .arg(args.to_string())
+            .current_dir(repo_root())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let buy = &seen["purchase"];
+    assert_eq!(buy["state"], "done", "{seen}");
+    assert_eq!(seen["foreignRequests"], json!([]), "{seen}");
+    let shown = &buy["details"];
+    let host = shown["host"].as_str().unwrap().to_owned();
+    let user = shown["user"].as_str().unwrap().to_owned();
+    assert_eq!(shown["port"], json!("22"), "{seen}");
+    eprintln!(
+        "the page shows {user}@{host} (screenshots in {})",
+        shots.display()
+    );
+    // The page's details are the NFT's (the holder decrypts the same).
+    let token = g.wait_token_for("blockhost-001", 60);
+    let d = g.decrypt(FRIEND, token).unwrap();
+    assert_eq!(
+        (d["hostname"].as_str(), d["username"].as_str()),
+        (Some(host.as_str()), Some(user.as_str()))
+    );
+    let out = g.wait_login(BOOT_SECS, FRIEND_INDEX, &user, &host, "id -un; hostname");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [user.as_str(), "blockhost-001"],
+        "{out}"
+    );
     g.assert_pve_accepted_everything();
 }

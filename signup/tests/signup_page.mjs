@@ -5,6 +5,9 @@
 // played by the shim. Run by controller/tests/signup_browser.rs.
 //
 // Usage: node signup_page.mjs '{"url","rpc","shots","buyer","poor","owner","subscriptions","deactivatePlan2"}'
+//        node signup_page.mjs '{"url","rpc","shots","buyer","purchaseOnly":true,"purchaseTimeoutMs"}'
+// The second form only buys (step 5) and waits as long as a real VM's boot takes
+// (e2e/real_guests.rs logs in with the details it prints).
 // Prints one JSON object with what the page showed. Any request to an origin
 // other than the page's and the RPC's is blocked and reported.
 import { chromium } from 'playwright-core';
@@ -14,7 +17,9 @@ import { join } from 'node:path';
 
 const args = JSON.parse(process.argv[2] || '{}');
 const { url, rpc, shots, buyer, poor, owner, subscriptions, deactivatePlan2 } = args;
-if (!deactivatePlan2) {
+const purchaseOnly = args.purchaseOnly === true;
+const purchaseTimeout = args.purchaseTimeoutMs || 240000;
+if (!url || !rpc || !shots || !buyer || (!purchaseOnly && !deactivatePlan2)) {
   console.error('usage: node signup_page.mjs JSON (see the file header)');
   process.exit(2);
 }
@@ -134,41 +139,44 @@ try {
     await page.screenshot({ path: join(shots, name), fullPage: true });
   };
 
-  // 1. No wallet: plans are still shown, buying is impossible.
-  let page = await visit(null);
-  result.states.noWallet = { ...(await notice(page)), plans: await page.$$eval('#plans .plan', (p) => p.length) };
-  await page.waitForFunction(() => document.getElementById('price').textContent.length > 0);
-  await shot(page, 'no-wallet-desktop.png');
-  await shot(page, 'no-wallet-phone.png', PHONE);
-  await page.close();
+  let page;
+  if (!purchaseOnly) {
+    // 1. No wallet: plans are still shown, buying is impossible.
+    page = await visit(null);
+    result.states.noWallet = { ...(await notice(page)), plans: await page.$$eval('#plans .plan', (p) => p.length) };
+    await page.waitForFunction(() => document.getElementById('price').textContent.length > 0);
+    await shot(page, 'no-wallet-desktop.png');
+    await shot(page, 'no-wallet-phone.png', PHONE);
+    await page.close();
 
-  // 2. Wrong chain; the switch is refused, then accepted.
-  page = await visit({ account: buyer, chainId: '0x1', switch: 'refuse' });
-  result.states.wrongChain = { ...(await notice(page)), price: await page.$eval('#price', (e) => e.textContent) };
-  await shot(page, 'wrong-chain-phone.png', PHONE);
-  await page.click('#switch-chain');
-  result.states.switchRefused = await waitNotice(page, ['switch-refused']);
-  await page.evaluate(() => { window.__shim.switch = 'accept'; });
-  await page.click('#switch-chain');
-  result.states.switched = await waitNotice(page, ['ready', 'insufficient']);
-  await page.close();
+    // 2. Wrong chain; the switch is refused, then accepted.
+    page = await visit({ account: buyer, chainId: '0x1', switch: 'refuse' });
+    result.states.wrongChain = { ...(await notice(page)), price: await page.$eval('#price', (e) => e.textContent) };
+    await shot(page, 'wrong-chain-phone.png', PHONE);
+    await page.click('#switch-chain');
+    result.states.switchRefused = await waitNotice(page, ['switch-refused']);
+    await page.evaluate(() => { window.__shim.switch = 'accept'; });
+    await page.click('#switch-chain');
+    result.states.switched = await waitNotice(page, ['ready', 'insufficient']);
+    await page.close();
 
-  // 3. Insufficient balance: a wallet with no stablecoin, announced through
-  // EIP-6963 only, connected with the button.
-  page = await visit({ account: poor, connected: false, eip6963: true });
-  result.states.connect = await notice(page);
-  await page.click('#connect');
-  result.states.insufficient = { ...(await waitNotice(page, ['insufficient', 'ready'])), buyDisabled: await page.$eval('#buy', (b) => b.disabled) };
-  await shot(page, 'insufficient-desktop.png');
-  await page.close();
+    // 3. Insufficient balance: a wallet with no stablecoin, announced through
+    // EIP-6963 only, connected with the button.
+    page = await visit({ account: poor, connected: false, eip6963: true });
+    result.states.connect = await notice(page);
+    await page.click('#connect');
+    result.states.insufficient = { ...(await waitNotice(page, ['insufficient', 'ready'])), buyDisabled: await page.$eval('#buy', (b) => b.disabled) };
+    await shot(page, 'insufficient-desktop.png');
+    await page.close();
 
-  // 4. Rejected signature.
-  page = await visit({ account: buyer, sign: 'reject' });
-  await waitNotice(page, ['ready']);
-  await page.click('#buy');
-  result.states.rejected = { ...(await waitNotice(page, ['rejected', 'error', 'reverted'])), signStep: await stepState(page, 'sign') };
-  await shot(page, 'rejected-phone.png', PHONE);
-  await page.close();
+    // 4. Rejected signature.
+    page = await visit({ account: buyer, sign: 'reject' });
+    await waitNotice(page, ['ready']);
+    await page.click('#buy');
+    result.states.rejected = { ...(await waitNotice(page, ['rejected', 'error', 'reverted'])), signStep: await stepState(page, 'sign') };
+    await shot(page, 'rejected-phone.png', PHONE);
+    await page.close();
+  }
 
   // 5. The purchase, through to the decrypted connection details.
   page = await visit({ account: buyer });
@@ -177,7 +185,7 @@ try {
   await page.fill('#days', '30');
   await waitNotice(page, ['ready']);
   await page.click('#buy');
-  const end = await waitNotice(page, ['done', 'error', 'rejected', 'reverted'], 240000);
+  const end = await waitNotice(page, ['done', 'error', 'rejected', 'reverted'], purchaseTimeout);
   const steps = {};
   for (const s of ['sign', 'approve', 'pay', 'provision', 'mint']) steps[s] = await stepState(page, s);
   const details = async (root) => page.$eval(root, (r) => ({
@@ -195,42 +203,44 @@ try {
   await shot(page, 'purchased-desktop.png');
   await shot(page, 'purchased-phone.png', PHONE);
   await page.close();
+  if (!purchaseOnly) {
 
-  // 6. My VMs in a fresh page: decrypt (re-signing) and renew.
-  page = await visit({ account: buyer });
-  await page.waitForFunction(() => document.getElementById('vms').dataset.state === 'loaded');
-  const card = '#vms .vm';
-  result.myVms = {
-    tokenId: await page.$eval(card, (c) => c.dataset.token),
-    expiresBefore: await page.$eval(`${card} .expiry`, (e) => e.dataset.expires),
-  };
-  await page.click(`${card} .decrypt`);
-  await page.waitForSelector(`${card} .details`, { timeout: 30000 });
-  result.myVms.details = await details(card);
-  await page.fill(`${card} .renew-days`, '10');
-  await page.click(`${card} .renew`);
-  result.myVms.renewNotice = await waitNotice(page, ['done', 'error', 'rejected', 'reverted', 'insufficient'], 60000, 'Renewed');
-  await page.waitForFunction(() => document.getElementById('vms').dataset.state === 'loaded');
-  result.myVms.expiresAfter = await page.$eval(`${card} .expiry`, (e) => e.dataset.expires);
-  await page.click(`${card} .decrypt`);
-  await page.waitForSelector(`${card} .details`);
-  await shot(page, 'my-vms-desktop.png');
-  await shot(page, 'my-vms-phone.png', PHONE);
-  await page.close();
+    // 6. My VMs in a fresh page: decrypt (re-signing) and renew.
+    page = await visit({ account: buyer });
+    await page.waitForFunction(() => document.getElementById('vms').dataset.state === 'loaded');
+    const card = '#vms .vm';
+    result.myVms = {
+      tokenId: await page.$eval(card, (c) => c.dataset.token),
+      expiresBefore: await page.$eval(`${card} .expiry`, (e) => e.dataset.expires),
+    };
+    await page.click(`${card} .decrypt`);
+    await page.waitForSelector(`${card} .details`, { timeout: 30000 });
+    result.myVms.details = await details(card);
+    await page.fill(`${card} .renew-days`, '10');
+    await page.click(`${card} .renew`);
+    result.myVms.renewNotice = await waitNotice(page, ['done', 'error', 'rejected', 'reverted', 'insufficient'], 60000, 'Renewed');
+    await page.waitForFunction(() => document.getElementById('vms').dataset.state === 'loaded');
+    result.myVms.expiresAfter = await page.$eval(`${card} .expiry`, (e) => e.dataset.expires);
+    await page.click(`${card} .decrypt`);
+    await page.waitForSelector(`${card} .details`);
+    await shot(page, 'my-vms-desktop.png');
+    await shot(page, 'my-vms-phone.png', PHONE);
+    await page.close();
 
-  // 7. A reverted transaction: the plan is withdrawn between the quote and the
-  // purchase, and the wallet sends without estimating.
-  page = await visit({ account: buyer, gas: '0x1c9c380' });
-  await waitNotice(page, ['ready']);
-  await page.check('#plans input[value="2"]');
-  await page.fill('#days', '3');
-  await waitNotice(page, ['ready']);
-  await anvil('eth_sendTransaction', [{ from: owner, to: subscriptions, data: deactivatePlan2 }]);
-  await page.click('#buy');
-  result.states.reverted = { ...(await waitNotice(page, ['reverted', 'error', 'rejected'])), payStep: await stepState(page, 'pay') };
-  await shot(page, 'reverted-desktop.png');
-  await shot(page, 'reverted-phone.png', PHONE);
-  await page.close();
+    // 7. A reverted transaction: the plan is withdrawn between the quote and the
+    // purchase, and the wallet sends without estimating.
+    page = await visit({ account: buyer, gas: '0x1c9c380' });
+    await waitNotice(page, ['ready']);
+    await page.check('#plans input[value="2"]');
+    await page.fill('#days', '3');
+    await waitNotice(page, ['ready']);
+    await anvil('eth_sendTransaction', [{ from: owner, to: subscriptions, data: deactivatePlan2 }]);
+    await page.click('#buy');
+    result.states.reverted = { ...(await waitNotice(page, ['reverted', 'error', 'rejected'])), payStep: await stepState(page, 'pay') };
+    await shot(page, 'reverted-desktop.png');
+    await shot(page, 'reverted-phone.png', PHONE);
+    await page.close();
+  }
 } catch (e) {
   console.error(e && e.stack ? e.stack : String(e));
   console.error(JSON.stringify(result, null, 1));
