@@ -28,7 +28,8 @@ real qemu guests booting overlays of IMAGE in a network namespace of their own (
 the hello line then also names the namespace (`netns`), the accelerator (`accel`) and the serial log
 directory (`serial_dir`), and the `guests` command describes every qemu process. On exit (stdin
 closed, SIGTERM or SIGINT) the qemu processes, the namespace and the overlays are removed; the serial
-logs stay in DIR/serial.
+logs stay in DIR/serial. `guest_exec` runs a command inside a running real guest (through its agent) and
+returns its exit code and output.
 """
 
 import argparse
@@ -153,6 +154,9 @@ async def command(pve, cmd):
     if op == 'guests':
         node = getattr(pve, 'guest_node', None)
         return node.describe() if node else []
+    if op == 'guest_exec':
+        from fakepve_guests import guest_exec
+        return await guest_exec(pve.guest_node, cmd['vmid'], cmd['argv'], cmd.get('timeout', 60))
     if op == 'standalone_boot':
         return await pve.guest_node.standalone_boot(cmd['address'], cmd['gateway'], memory=cmd.get('memory', 1024))
     if op == 'lose_quorum':
