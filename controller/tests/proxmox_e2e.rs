@@ -356,3 +356,138 @@ fn sigkill_during_20_creates_leaves_exactly_20_running_vms() {
     }
     pve.assert_no_validation_errors();
 }
+
+/// The reasons and messages of a VM's events, oldest first.
+fn events(d: &common::Daemon, name: &str) -> Vec<(String, String)> {
+    let o = d.bhctl(&["get", "events", name, "-o", "json"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let ev: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    ev["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A condition of a VM object, by type.
+fn condition(v: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    v["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == json!(type_))
+        .cloned()
+}
+
+/// The entries of a VM's `ipfilter-net0`, sorted.
+fn ipfilter(pve: &mut FakePve, vmid: u64) -> Vec<String> {
+    let fw = pve.firewall(vmid);
+    let mut v: Vec<String> = fw["ipset"]["ipfilter-net0"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ipfilter-net0: {fw}"))
+        .iter()
+        .map(|e| e["cidr"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_vm_is_kept_to_its_own_addresses_by_its_proxmox_firewall_and_drift_is_set_back() {
+    let mut pve = start_fakepve();
+    pve.auto_agent();
+    pve.cmd(json!({"op": "cluster_firewall", "enable": true}));
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        firewall_check_secs: 1,
+        ..Tuning::default()
+    };
+    write_config(dir.path(), &pve, &tuning);
+    let d = daemon(dir.path());
+
+    apply(&d, &vm_manifest("web", ""));
+    let obj = wait_phase(&d, "web", "Running", LIMIT);
+    let id = vmid(&obj);
+    let v4 = obj["status"]["addresses"]["ipv4"].as_str().unwrap();
+    let v6 = obj["status"]["addresses"]["ipv6"].as_str().unwrap();
+    let mut own = vec![v4.to_owned(), v6.to_owned()];
+    own.sort();
+
+    // Proxmox side, through the API fakepve validated against PVE 9's schema.
+    let fw = pve.firewall(id);
+    let o = &fw["options"];
+    for (k, want) in [
+        ("enable", 1),
+        ("ipfilter", 1),
+        ("macfilter", 1),
+        ("dhcp", 0),
+        ("ndp", 1),
+        ("radv", 0),
+    ] {
+        assert_eq!(o[k], json!(want), "{k}: {fw}");
+    }
+    assert_eq!(o["policy_in"], json!("ACCEPT"), "{fw}");
+    assert_eq!(o["policy_out"], json!("ACCEPT"), "{fw}");
+    assert_eq!(ipfilter(&mut pve, id), own, "exactly its own addresses");
+    let net0 = pve.vm_named("web").unwrap()["config"]["net0"].clone();
+    assert!(net0.as_str().unwrap().contains("firewall=1"), "{net0}");
+    let c = condition(&obj, "Firewall").expect("a Firewall condition");
+    assert_eq!(c["status"], json!("True"), "{c}");
+    // No firewall section, so no root agent: said, not hidden.
+    let c = condition(&obj, "PortIsolated").expect("a PortIsolated condition");
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("False"), &json!("NoRootAgent")),
+        "{c}"
+    );
+
+    // Drift behind BlockHost's back: the filter off, a neighbour's address in
+    // place of the VM's own.
+    pve.cmd(json!({"op": "firewall_edit", "vmid": id,
+        "options": {"enable": 0, "ipfilter": 0},
+        "ipset": {"ipfilter-net0": ["10.20.0.99", v6]}}));
+    wait_for(&d, LIMIT, "the firewall to be set back", || {
+        let fw = pve.firewall(id);
+        let set = ipfilter(&mut pve, id);
+        if fw["options"]["enable"] == json!(1) && set == own {
+            Ok(())
+        } else {
+            Err(format!("{fw}"))
+        }
+    });
+    let drift: Vec<String> = wait_for(&d, LIMIT, "a DriftCorrected event", || {
+        let e: Vec<String> = events(&d, "web")
+            .into_iter()
+            .filter(|(r, _)| r == "DriftCorrected")
+            .map(|(_, m)| m)
+            .collect();
+        if e.is_empty() {
+            Err("none yet".into())
+        } else {
+            Ok(e)
+        }
+    });
+    assert!(
+        drift[0].contains("10.20.0.99 removed") && drift[0].contains("option enable 0 (want 1)"),
+        "{drift:?}"
+    );
+
+    // Delete: Proxmox drops the VM's firewall with it.
+    let o = d.bhctl(&["delete", "vm", "web"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    wait_for(&d, LIMIT, "web to be deleted", || match get_vm(&d, "web") {
+        None => Ok(()),
+        Some(v) => Err(format!("phase {}", v["status"]["phase"])),
+    });
+    assert_eq!(
+        pve.firewall(id),
+        json!(null),
+        "no firewall left for VM {id}"
+    );
+    pve.assert_no_validation_errors();
+}

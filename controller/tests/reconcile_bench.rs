@@ -148,6 +148,7 @@ async fn start(n: usize, resync: Duration) -> Bench {
                 log_tail: 5,
             },
             settled: Default::default(),
+            guard: Default::default(),
             cfg,
         },
         runs: AtomicU64::new(0),

@@ -46,6 +46,12 @@ named! {
         Lost,
         /// VM: the guest agent answers (VM reconciler).
         GuestAgent,
+        /// VM: its Proxmox firewall filters its NIC to its own MAC and addresses
+        /// (VM reconciler).
+        Firewall,
+        /// VM: its bridge port is isolated from the other VMs' (VM reconciler,
+        /// through the root agent).
+        PortIsolated,
         /// VM: every wanted address is allocated (the store's allocator).
         AddressesAllocated,
         /// Subscription: its access NFT is minted (minter).
@@ -81,6 +87,18 @@ named! {
         Waiting,
         /// GuestAgent: no answer within the timeout; a reconcile ran out of time.
         Timeout,
+        /// Firewall: enabled with IP and MAC filtering, the IP set holds exactly the
+        /// VM's addresses.
+        InForce,
+        /// Firewall: configured on the VM, but the datacenter firewall is off, so
+        /// Proxmox enforces none of it.
+        ClusterFirewallDisabled,
+        /// PortIsolated: the root agent set the port's isolation flag.
+        Isolated,
+        /// PortIsolated: no root agent is configured (no `firewall` section).
+        NoRootAgent,
+        /// PortIsolated: the root agent refused or could not be reached.
+        AgentFailed,
         // VM reconciler, failures (Ready=False).
         /// Proxmox: the VM, node or task does not exist.
         NotFound,

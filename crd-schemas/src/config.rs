@@ -260,6 +260,11 @@ pub struct ProxmoxConfig {
     /// Seconds between full resyncs (one `cluster/resources` call each).
     #[serde(default = "default_resync_secs")]
     pub resync_secs: u32,
+    /// Seconds between read-backs of each VM's Proxmox firewall and bridge port
+    /// isolation (neither shows in the cluster listing): drift there is set back
+    /// within this time. Four Proxmox reads per VM each time.
+    #[serde(default = "default_firewall_check_secs")]
+    pub firewall_check_secs: u32,
 }
 
 fn default_vmid_first() -> crate::Vmid {
@@ -288,6 +293,9 @@ fn default_concurrency() -> u32 {
 }
 fn default_resync_secs() -> u32 {
     60
+}
+fn default_firewall_check_secs() -> u32 {
+    600
 }
 
 /// What to do when a managed VM vanishes from Proxmox behind our back.

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::firewall::{ClusterFirewallOptions, FirewallOptions, IpSetEntry};
 use crate::propstring::DiskSize;
 use crate::types::{
     CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, NodeSummary, ShutdownOptions, TaskExit,
@@ -115,6 +116,64 @@ pub trait Pve: Send + Sync {
         vmid: VmId,
         path: &str,
         content: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `GET /cluster/firewall/options`: whether the datacenter firewall is on (no VM
+    /// firewall is in force without it).
+    fn cluster_firewall_options(
+        &self,
+    ) -> impl Future<Output = Result<ClusterFirewallOptions>> + Send;
+
+    /// `GET /nodes/{node}/qemu/{vmid}/firewall/options`.
+    fn vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+    ) -> impl Future<Output = Result<FirewallOptions>> + Send;
+
+    /// `PUT …/firewall/options`: sets the options that are `Some`, leaves the others.
+    fn set_vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+        options: &FirewallOptions,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `GET …/firewall/ipset/{name}`: the set's entries; [`crate::ErrorKind::NotFound`]
+    /// when the VM has no such set.
+    fn vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<IpSetEntry>>> + Send;
+
+    /// `POST …/firewall/ipset`: creates an empty set.
+    fn create_vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        comment: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `POST …/firewall/ipset/{name}`: adds an address or network.
+    fn add_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+        comment: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `DELETE …/firewall/ipset/{name}/{cidr}`: removes one entry (as PVE stores it).
+    fn delete_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// `GET /nodes/{node}/tasks/{upid}/status` (the node comes from the UPID).
@@ -264,6 +323,62 @@ impl<T: Pve + ?Sized> Pve for std::sync::Arc<T> {
         content: &str,
     ) -> impl Future<Output = Result<()>> + Send {
         (**self).agent_file_write(node, vmid, path, content)
+    }
+    fn cluster_firewall_options(
+        &self,
+    ) -> impl Future<Output = Result<ClusterFirewallOptions>> + Send {
+        (**self).cluster_firewall_options()
+    }
+    fn vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+    ) -> impl Future<Output = Result<FirewallOptions>> + Send {
+        (**self).vm_firewall_options(node, vmid)
+    }
+    fn set_vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+        options: &FirewallOptions,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_vm_firewall_options(node, vmid, options)
+    }
+    fn vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<IpSetEntry>>> + Send {
+        (**self).vm_ipset(node, vmid, name)
+    }
+    fn create_vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        comment: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).create_vm_ipset(node, vmid, name, comment)
+    }
+    fn add_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+        comment: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).add_vm_ipset_entry(node, vmid, name, cidr, comment)
+    }
+    fn delete_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).delete_vm_ipset_entry(node, vmid, name, cidr)
     }
     fn task_status(&self, upid: &Upid) -> impl Future<Output = Result<TaskStatus>> + Send {
         (**self).task_status(upid)

@@ -17,6 +17,7 @@ use crate::api::Pve;
 use crate::auth::{Clock, Credentials, Secret, SystemClock, Ticket};
 use crate::de;
 use crate::error::{Error, Result};
+use crate::firewall::{ClusterFirewallOptions, FirewallOptions, IpSetEntry};
 use crate::propstring::DiskSize;
 use crate::tls::{self, TlsMode};
 use crate::types::{
@@ -589,6 +590,120 @@ impl Pve for PveClient {
                 &["nodes", node, "qemu", &vmid, "agent", "file-write"],
                 &[],
                 Some(&form),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn cluster_firewall_options(&self) -> Result<ClusterFirewallOptions> {
+        self.call(Method::GET, &["cluster", "firewall", "options"], &[], None)
+            .await
+    }
+
+    async fn vm_firewall_options(&self, node: &str, vmid: VmId) -> Result<FirewallOptions> {
+        let vmid = vmid.to_string();
+        self.call(
+            Method::GET,
+            &["nodes", node, "qemu", &vmid, "firewall", "options"],
+            &[],
+            None,
+        )
+        .await
+    }
+
+    async fn set_vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+        options: &FirewallOptions,
+    ) -> Result<()> {
+        let vmid = vmid.to_string();
+        let _: IgnoredAny = self
+            .call(
+                Method::PUT,
+                &["nodes", node, "qemu", &vmid, "firewall", "options"],
+                &[],
+                Some(&options.to_form()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn vm_ipset(&self, node: &str, vmid: VmId, name: &str) -> Result<Vec<IpSetEntry>> {
+        let vmid = vmid.to_string();
+        self.call(
+            Method::GET,
+            &["nodes", node, "qemu", &vmid, "firewall", "ipset", name],
+            &[],
+            None,
+        )
+        .await
+    }
+
+    async fn create_vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        let vmid = vmid.to_string();
+        let mut form = vec![p("name", name)];
+        if let Some(c) = comment {
+            form.push(p("comment", c));
+        }
+        let _: IgnoredAny = self
+            .call(
+                Method::POST,
+                &["nodes", node, "qemu", &vmid, "firewall", "ipset"],
+                &[],
+                Some(&form),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn add_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        let vmid = vmid.to_string();
+        let mut form = vec![p("cidr", cidr)];
+        if let Some(c) = comment {
+            form.push(p("comment", c));
+        }
+        let _: IgnoredAny = self
+            .call(
+                Method::POST,
+                &["nodes", node, "qemu", &vmid, "firewall", "ipset", name],
+                &[],
+                Some(&form),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+    ) -> Result<()> {
+        let vmid = vmid.to_string();
+        // The path segment is percent-encoded, so a network's `/` stays inside it.
+        let _: IgnoredAny = self
+            .call(
+                Method::DELETE,
+                &[
+                    "nodes", node, "qemu", &vmid, "firewall", "ipset", name, cidr,
+                ],
+                &[],
+                None,
             )
             .await?;
         Ok(())

@@ -154,6 +154,12 @@ pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(to_bool::<D::Error>(scalar(d)?)?.unwrap_or(false))
 }
 
+/// Like [`bool`], with `null` and absence (with `#[serde(default)]`) as `None`: for
+/// options whose absence means PVE's default, which differs per option.
+pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    to_bool::<D::Error>(scalar(d)?)
+}
+
 /// A string that PVE sometimes sends as a number (names like `100`, tags, ids).
 pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match scalar(d)? {

@@ -159,6 +159,8 @@ fn is_not_found_message(message: &str) -> bool {
         || m.contains("no such vm")
         || m.contains("no such cluster node")
         || m.contains("unable to parse worker upid")
+        // A VM's firewall IP set (PVE's IPSet.pm: `no such IPSet '…'`).
+        || m.contains("no such ipset")
         || (m.starts_with("vm ") && m.contains("does not exist"))
 }
 

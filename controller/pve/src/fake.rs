@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::api::Pve;
 use crate::de::parse_bool;
 use crate::error::{Error, Result};
+use crate::firewall::{ClusterFirewallOptions, FirewallOptions, IpSetEntry};
 use crate::propstring::{DiskSize, PropertyString, parse_size, parse_tags};
 use crate::types::{
     CloneRequest, ClusterVm, ConfigUpdate, DeleteOptions, GuestKind, NodeState, NodeSummary,
@@ -52,6 +53,13 @@ pub enum Op {
     AgentFileWrite,
     TaskStatus,
     TaskLog,
+    ClusterFirewall,
+    FirewallOptions,
+    SetFirewallOptions,
+    IpSet,
+    CreateIpSet,
+    AddIpSetEntry,
+    DeleteIpSetEntry,
 }
 
 impl Op {
@@ -181,6 +189,17 @@ impl FakeVm {
     }
 }
 
+/// A VM's firewall configuration, as [`FakeCluster::firewall`] shows it. Kept by VMID
+/// whatever the VM is, as PVE keeps `/etc/pve/firewall/<vmid>.fw`: a clone copies its
+/// source's, a delete removes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeFirewall {
+    /// The options, as set (`None`: PVE's default).
+    pub options: FirewallOptions,
+    /// IP sets by name, entries newest first as PVE lists them.
+    pub ipsets: BTreeMap<String, Vec<IpSetEntry>>,
+}
+
 #[derive(Debug)]
 struct FakeTask {
     status: TaskStatus,
@@ -193,6 +212,8 @@ pub type Hook = Box<dyn FnMut(Op, Option<VmId>) -> Option<Fault> + Send>;
 struct State {
     nodes: BTreeMap<String, FakeNode>,
     vms: BTreeMap<VmId, FakeVm>,
+    firewalls: BTreeMap<VmId, FakeFirewall>,
+    cluster_firewall: bool,
     tasks: HashMap<String, FakeTask>,
     next_pid: u32,
     faults: Vec<FaultRule>,
@@ -266,6 +287,8 @@ impl FakeCluster {
             state: Mutex::new(State {
                 nodes: BTreeMap::new(),
                 vms: BTreeMap::new(),
+                firewalls: BTreeMap::new(),
+                cluster_firewall: false,
                 tasks: HashMap::new(),
                 next_pid: 1,
                 faults: Vec::new(),
@@ -278,9 +301,10 @@ impl FakeCluster {
 
     /// Node `pve1` (64 GiB, 16 CPUs) with template 9001 (`debian-12-template`: 1 core, 1 GiB,
     /// a 3 GiB `scsi0`, cloud-init drive, virtio NIC on vmbr0, agent enabled), like the
-    /// fakepve server the integration tests use.
+    /// fakepve server the integration tests use, and the datacenter firewall on.
     pub fn standard() -> Self {
         let c = Self::new();
+        c.set_cluster_firewall(true);
         c.add_node("pve1", 64 * GIB, 16);
         let cfg: BTreeMap<String, String> = [
             ("name", "debian-12-template"),
@@ -356,6 +380,31 @@ impl FakeCluster {
             }
             None => false,
         }
+    }
+
+    /// A copy of the firewall configuration kept for `vmid` (empty if none).
+    pub fn firewall(&self, vmid: VmId) -> FakeFirewall {
+        self.lock()
+            .firewalls
+            .get(&vmid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether any firewall configuration is kept for `vmid`.
+    pub fn has_firewall(&self, vmid: VmId) -> bool {
+        self.lock().firewalls.contains_key(&vmid)
+    }
+
+    /// Change a VM's firewall behind the reconciler's back.
+    pub fn modify_firewall(&self, vmid: VmId, f: impl FnOnce(&mut FakeFirewall)) {
+        f(self.lock().firewalls.entry(vmid).or_default());
+    }
+
+    /// Turn the datacenter firewall on or off (off in [`FakeCluster::new`], on in
+    /// [`FakeCluster::standard`]).
+    pub fn set_cluster_firewall(&self, on: bool) {
+        self.lock().cluster_firewall = on;
     }
 
     /// Make a VM vanish, as an admin's `qm destroy` would.
@@ -748,6 +797,10 @@ impl Pve for FakeCluster {
                 config.insert("description".into(), d.clone());
             }
             st.vms.insert(newid, FakeVm::new(newid, &target, config));
+            // PVE's clone copies the source's firewall file (clone_vmfw_conf).
+            if let Some(fw) = st.firewalls.get(&source).cloned() {
+                st.firewalls.insert(newid, fw);
+            }
             Ok(TaskResult::Ok(Some(format!(
                 "create full clone of drive scsi0 for VM {newid}"
             ))))
@@ -929,6 +982,8 @@ impl Pve for FakeCluster {
                 return Ok(TaskResult::Failed(format!("VM is locked ({l})")));
             }
             st.vms.remove(&vmid);
+            // PVE removes the VM's firewall file with it (remove_vmfw_conf).
+            st.firewalls.remove(&vmid);
             Ok(TaskResult::Ok(opts.purge.then(|| {
                 format!("purging VM {vmid} from related configurations..")
             })))
@@ -951,6 +1006,145 @@ impl Pve for FakeCluster {
         self.plain(Op::AgentFileWrite, Some(vmid), |st| {
             let vm = Self::agent(st, node, vmid)?;
             vm.agent_files.push((path.to_owned(), content.to_owned()));
+            Ok(())
+        })
+    }
+
+    async fn cluster_firewall_options(&self) -> Result<ClusterFirewallOptions> {
+        self.plain(Op::ClusterFirewall, None, |st| {
+            Ok(ClusterFirewallOptions {
+                enable: st.cluster_firewall.then_some(1),
+            })
+        })
+    }
+
+    async fn vm_firewall_options(&self, node: &str, vmid: VmId) -> Result<FirewallOptions> {
+        self.plain(Op::FirewallOptions, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            Ok(st
+                .firewalls
+                .get(&vmid)
+                .map(|f| f.options.clone())
+                .unwrap_or_default())
+        })
+    }
+
+    async fn set_vm_firewall_options(
+        &self,
+        node: &str,
+        vmid: VmId,
+        options: &FirewallOptions,
+    ) -> Result<()> {
+        self.plain(Op::SetFirewallOptions, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            let o = &mut st.firewalls.entry(vmid).or_default().options;
+            let set = |have: &mut Option<bool>, want: Option<bool>| {
+                if want.is_some() {
+                    *have = want;
+                }
+            };
+            set(&mut o.enable, options.enable);
+            set(&mut o.ipfilter, options.ipfilter);
+            set(&mut o.macfilter, options.macfilter);
+            set(&mut o.dhcp, options.dhcp);
+            set(&mut o.ndp, options.ndp);
+            set(&mut o.radv, options.radv);
+            if options.policy_in.is_some() {
+                o.policy_in = options.policy_in;
+            }
+            if options.policy_out.is_some() {
+                o.policy_out = options.policy_out;
+            }
+            Ok(())
+        })
+    }
+
+    async fn vm_ipset(&self, node: &str, vmid: VmId, name: &str) -> Result<Vec<IpSetEntry>> {
+        self.plain(Op::IpSet, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            Self::check_ipset_name(name)?;
+            st.firewalls
+                .get(&vmid)
+                .and_then(|f| f.ipsets.get(name))
+                .cloned()
+                .ok_or_else(|| no_such_ipset(name))
+        })
+    }
+
+    async fn create_vm_ipset(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        _comment: Option<&str>,
+    ) -> Result<()> {
+        self.plain(Op::CreateIpSet, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            Self::check_ipset_name(name)?;
+            let fw = st.firewalls.entry(vmid).or_default();
+            if fw.ipsets.contains_key(name) {
+                return Err(validation(BTreeMap::from([(
+                    "name".to_owned(),
+                    format!("IPSet '{name}' already exists"),
+                )])));
+            }
+            fw.ipsets.insert(name.to_owned(), Vec::new());
+            Ok(())
+        })
+    }
+
+    async fn add_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        self.plain(Op::AddIpSetEntry, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            Self::check_ipset_name(name)?;
+            let cidr = Self::normalise_cidr(cidr)?;
+            let entries = st
+                .firewalls
+                .get_mut(&vmid)
+                .and_then(|f| f.ipsets.get_mut(name))
+                .ok_or_else(|| no_such_ipset(name))?;
+            if entries.iter().any(|e| e.cidr == cidr) {
+                return Err(validation(BTreeMap::from([(
+                    "cidr".to_owned(),
+                    format!("address '{cidr}' already exists"),
+                )])));
+            }
+            entries.insert(
+                0,
+                IpSetEntry {
+                    cidr,
+                    nomatch: false,
+                    comment: comment.map(str::to_owned),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    async fn delete_vm_ipset_entry(
+        &self,
+        node: &str,
+        vmid: VmId,
+        name: &str,
+        cidr: &str,
+    ) -> Result<()> {
+        self.plain(Op::DeleteIpSetEntry, Some(vmid), |st| {
+            Self::check_node(st, node)?;
+            Self::check_ipset_name(name)?;
+            let entries = st
+                .firewalls
+                .get_mut(&vmid)
+                .and_then(|f| f.ipsets.get_mut(name))
+                .ok_or_else(|| no_such_ipset(name))?;
+            // PVE removes whatever matches and is silent when nothing does.
+            entries.retain(|e| e.cidr != cidr);
             Ok(())
         })
     }
@@ -984,7 +1178,68 @@ impl Pve for FakeCluster {
     }
 }
 
+fn no_such_ipset(name: &str) -> Error {
+    api(500, format!("no such IPSet '{name}'"))
+}
+
 impl FakeCluster {
+    /// PVE's pattern for IP set names: `[A-Za-z][A-Za-z0-9\-\_]+`, 2–64 characters.
+    fn check_ipset_name(name: &str) -> Result<()> {
+        let mut chars = name.chars();
+        let ok = (2..=64).contains(&name.len())
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(())
+        } else {
+            Err(validation(BTreeMap::from([(
+                "name".to_owned(),
+                format!("value does not match the regex pattern ({name})"),
+            )])))
+        }
+    }
+
+    /// An IP set entry as PVE stores it: host bits of a network dropped, a host's
+    /// `/32` or `/128` left out; anything else is refused as PVE refuses it.
+    fn normalise_cidr(cidr: &str) -> Result<String> {
+        let bad = || {
+            validation(BTreeMap::from([(
+                "cidr".to_owned(),
+                format!(
+                    "invalid format - value does not look like a valid IP address or CIDR network ({cidr})"
+                ),
+            )]))
+        };
+        let (addr, len) = match cidr.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+            None => (cidr, None),
+        };
+        let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        match len {
+            None => Ok(ip.to_string()),
+            Some(l) if l == full => Ok(ip.to_string()),
+            Some(0) => Err(validation(BTreeMap::from([(
+                "cidr".to_owned(),
+                "a zero prefix is not allowed in ipset entries".to_owned(),
+            )]))),
+            Some(l) if l > full => Err(bad()),
+            Some(l) => {
+                let net = match ip {
+                    std::net::IpAddr::V4(a) => {
+                        let m = u32::MAX << (32 - u32::from(l));
+                        std::net::IpAddr::V4((u32::from(a) & m).into())
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        let m = u128::MAX << (128 - u32::from(l));
+                        std::net::IpAddr::V6((u128::from(a) & m).into())
+                    }
+                };
+                Ok(format!("{net}/{l}"))
+            }
+        }
+    }
+
     fn agent<'a>(st: &'a mut State, node: &str, vmid: VmId) -> Result<&'a mut FakeVm> {
         let vm = Self::find(st, node, vmid)?;
         if vm.status != RunState::Running || !vm.agent_ready {

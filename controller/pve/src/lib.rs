@@ -13,6 +13,7 @@
 //! - [`upid`]: [`Upid`] parsing.
 //! - [`template`]: [`template::TemplateApi`], what installing the guest template needs
 //!   (storage status and content, uploads, VM creation with `import-from`, conversion).
+//! - [`firewall`]: a VM's firewall options and IP sets, and the datacenter firewall's switch.
 //! - [`error`]: [`Error`] and its [`ErrorKind`] classification.
 //! - `de`: the single place PVE's loose JSON typing (numbers and bools as strings) is absorbed.
 //! - `fake` (feature `fake`): an in-memory, zero-latency cluster implementing [`Pve`].
@@ -57,6 +58,7 @@ mod de;
 pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod firewall;
 pub mod propstring;
 pub mod template;
 pub mod tls;
@@ -67,6 +69,10 @@ pub use api::{Pve, WaitOptions};
 pub use auth::{Clock, Credentials, ManualClock, Secret, SystemClock};
 pub use client::{ClientConfig, PveClient};
 pub use error::{Error, ErrorKind, Result};
+pub use firewall::{
+    ClusterFirewallOptions, EffectiveOptions, FirewallOptions, FirewallPolicy, IPFILTER_NET0,
+    IpSetEntry,
+};
 pub use propstring::{
     DiskSize, IpConfig, Ipv4Cidr, Ipv4Setting, Ipv6Cidr, Ipv6Setting, NetDevice, PropertyString,
 };

@@ -471,3 +471,104 @@ async fn request_timeout_applies_per_request() {
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert!(err.is_transient());
 }
+
+#[tokio::test]
+async fn vm_firewall_options_and_ip_filter_set_round_trip_under_pves_schema() {
+    use blockhost_pve::{FirewallOptions, FirewallPolicy, IPFILTER_NET0};
+    let mut pve = FakePve::start(&[]);
+    let c = pve.client();
+    clone(&c, 100).await;
+    // Nothing set: PVE answers with no options, and the set does not exist.
+    let o = c.vm_firewall_options("pve1", 100).await.unwrap();
+    assert_eq!(o.enable, None);
+    assert_eq!(o.effective().policy_in, FirewallPolicy::Drop);
+    let err = c.vm_ipset("pve1", 100, IPFILTER_NET0).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(!c.cluster_firewall_options().await.unwrap().enabled());
+
+    c.create_vm_ipset("pve1", 100, IPFILTER_NET0, Some("only these"))
+        .await
+        .unwrap();
+    let err = c
+        .create_vm_ipset("pve1", 100, IPFILTER_NET0, None)
+        .await
+        .unwrap_err();
+    // PVE says so as a parameter error on `name`.
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err:?}");
+    assert!(
+        err.field_errors().unwrap()["name"].contains("already exists"),
+        "{err:?}"
+    );
+    for cidr in ["10.0.0.5/32", "2001:db8::5", "192.0.2.0/24"] {
+        c.add_vm_ipset_entry("pve1", 100, IPFILTER_NET0, cidr, Some("x"))
+            .await
+            .unwrap();
+    }
+    let entries = c.vm_ipset("pve1", 100, IPFILTER_NET0).await.unwrap();
+    let mut cidrs: Vec<&str> = entries.iter().map(|e| e.cidr.as_str()).collect();
+    cidrs.sort_unstable();
+    assert_eq!(cidrs, ["10.0.0.5", "192.0.2.0/24", "2001:db8::5"]);
+    let hosts: Vec<_> = entries.iter().filter_map(|e| e.host()).collect();
+    assert_eq!(hosts.len(), 2);
+    // A network's `/` travels percent-encoded inside its path segment.
+    c.delete_vm_ipset_entry("pve1", 100, IPFILTER_NET0, "192.0.2.0/24")
+        .await
+        .unwrap();
+    c.delete_vm_ipset_entry("pve1", 100, IPFILTER_NET0, "10.0.0.5")
+        .await
+        .unwrap();
+    let left = c.vm_ipset("pve1", 100, IPFILTER_NET0).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].cidr, "2001:db8::5");
+    let err = c
+        .add_vm_ipset_entry("pve1", 100, IPFILTER_NET0, "not-an-address!", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err:?}");
+
+    let want = FirewallOptions {
+        enable: Some(true),
+        ipfilter: Some(true),
+        macfilter: Some(true),
+        dhcp: Some(false),
+        ndp: Some(true),
+        radv: Some(false),
+        policy_in: Some(FirewallPolicy::Accept),
+        policy_out: Some(FirewallPolicy::Accept),
+        digest: None,
+    };
+    c.set_vm_firewall_options("pve1", 100, &want).await.unwrap();
+    let got = c.vm_firewall_options("pve1", 100).await.unwrap();
+    assert_eq!(got.effective(), want.effective());
+    assert_eq!(got.dhcp, Some(false), "explicit, not left to a default");
+    assert!(got.digest.is_some());
+    // Only what is set is sent: a partial update leaves the rest.
+    let off = FirewallOptions {
+        enable: Some(false),
+        ..FirewallOptions::default()
+    };
+    c.set_vm_firewall_options("pve1", 100, &off).await.unwrap();
+    let got = c.vm_firewall_options("pve1", 100).await.unwrap();
+    assert_eq!(got.enable, Some(false));
+    assert_eq!(got.ipfilter, Some(true));
+
+    // PVE drops the VM's firewall with the VM.
+    run(&c, c.delete_vm("pve1", 100, DeleteOptions::default()).await).await;
+    let err = c.vm_ipset("pve1", 100, IPFILTER_NET0).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(
+        c.vm_firewall_options("pve1", 100).await.unwrap().enable,
+        None
+    );
+    let answers = pve.cmd(json!({"op": "error_answers"}));
+    let refused = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a[2] == 400)
+        .count();
+    assert_eq!(
+        refused, 2,
+        "only the duplicate set and the bad address failed PVE's schema: {answers}"
+    );
+}

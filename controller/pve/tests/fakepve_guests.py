@@ -23,6 +23,11 @@ with the gateway addresses on it; qemu runs inside the namespace and its tap joi
 an ifup script, as qemu-server's pve-bridge does. The tests reach a VM at its own addresses from
 inside the namespace (`ip netns exec NS ...`): no port forwarding.
 
+The VM firewall Proxmox would apply to net0's outgoing traffic is enforced too (`VmFirewalls`): when a
+VM starts, its firewall options and `ipfilter-net0` set as stored through the API (with `firewall=1` on
+net0 and the datacenter firewall on) become nftables rules on its tap, so a VM that sends from an
+address or MAC not its own is dropped at the bridge, as on Proxmox.
+
 Everything the harness creates is removed by `GuestNode.teardown()` (qemu processes, the namespace
 with its bridge and taps, overlays, ISOs, sockets); serial logs stay in the work directory for the
 test to keep or delete. qemu processes also get SIGKILL if the harness dies (PR_SET_PDEATHSIG), and a
@@ -642,6 +647,7 @@ def real_guest_pve(base=FakePve):
                 vm.apply_pending()
                 try:
                     await g.start(vm.config, vm.name)
+                    await enforce_vm_firewall(self, vm)
                 except RuntimeError as e:
                     raise TaskError('start failed: {0}'.format(e)) from e
                 vm.status = 'running'
@@ -915,3 +921,139 @@ async def choose_accel(wanted, image, workdir, qemu='qemu-system-x86_64'):
     with open(cache, 'w') as f:
         json.dump({'key': key, 'accel': accel}, f)
     return accel
+
+
+# ---------------------------------------------------------------- the VM firewall, enforced
+
+def mac_link_local(mac):
+    """The EUI-64 IPv6 link-local address of a MAC, the one PVE adds to every ipfilter set."""
+    b = [int(x, 16) for x in mac.split(':')]
+    b[0] ^= 0x02
+    eui = b[:3] + [0xff, 0xfe] + b[3:]
+    return str(ipaddress.IPv6Address(bytes([0xfe, 0x80] + [0] * 6 + eui)))
+
+
+def _on(options, key, default):
+    value = options.get(key)
+    return default if value is None else str(value) not in ('0', 'false', '')
+
+
+def vm_firewall_rules(vmid, net0, fw, cluster):
+    """nft rules (bridge family, one chain's worth) doing what pve-firewall does for net0's outgoing
+    traffic, from the VM's firewall config as fakepve keeps it; None when Proxmox would filter nothing
+    (datacenter firewall off, `firewall` not on the NIC, or the VM's firewall off).
+
+    Mirrors PVE::Firewall's ruleset_create_vm_chain for direction OUT: DHCP first unless `dhcp` is 0,
+    then the MAC filter (unless `macfilter` is 0), router advertisements dropped unless `radv`, the
+    `ipfilter-net0` set (with the MAC's link-local address) when `ipfilter` is on or the set exists,
+    then neighbour discovery. ARP is held to the set's IPv4 addresses the way PVE's ebtables rules
+    hold it. `policy_out` is not modelled (the reconciler sets ACCEPT)."""
+    _, props = split_props(net0)
+    options = fw.get('options', {})
+    if not (_on(cluster, 'enable', False) and _on(props, 'firewall', False) and _on(options, 'enable', False)):
+        return None
+    mac = guest_mac(net0, vmid).lower()
+    rules = []
+    if _on(options, 'dhcp', True):
+        rules.append('udp sport 68 udp dport 67 accept')
+        rules.append('udp sport 546 udp dport 547 accept')
+    if _on(options, 'macfilter', True):
+        rules.append('ether saddr != {0} drop'.format(mac))
+    if not _on(options, 'radv', False):
+        rules.append('icmpv6 type nd-router-advert drop')
+    entries = fw.get('ipset', {}).get('ipfilter-net0')
+    if _on(options, 'ipfilter', False) or entries is not None:
+        allowed = {4: [], 6: [mac_link_local(mac)]}
+        excluded = {4: [], 6: []}
+        for entry in entries or []:
+            try:
+                net = ipaddress.ip_network(entry['cidr'], strict=False)
+            except ValueError:
+                continue  # an alias: not modelled
+            (excluded if entry.get('nomatch') else allowed)[net.version].append(str(net))
+        if _on(options, 'ndp', True):
+            # Duplicate address detection comes from the unspecified address.
+            rules.append('ip6 saddr :: icmpv6 type nd-neighbor-solicit accept')
+        for family, match, arp in ((4, 'ip saddr', 'arp saddr ip'), (6, 'ip6 saddr', None)):
+            kind = 'ip' if family == 4 else 'ip6'
+            if excluded[family]:
+                rules.append('ether type {0} {1} {{ {2} }} drop'.format(kind, match, ', '.join(excluded[family])))
+            if allowed[family]:
+                rules.append('ether type {0} {1} != {{ {2} }} drop'.format(kind, match, ', '.join(allowed[family])))
+                if arp:
+                    rules.append('ether type arp {0} != {{ {1} }} drop'.format(arp, ', '.join(allowed[family])))
+            else:
+                rules.append('ether type {0} drop'.format(kind))
+                if arp:
+                    rules.append('ether type arp drop')
+    return rules
+
+
+class VmFirewalls(object):
+    """The node's enforcement of its VMs' firewalls: one nftables table `bridge pvefw` in the node's
+    namespace, a chain per running VM that has a firewall, entered from `prerouting` by the VM's tap.
+    The whole table is rewritten in one `nft -f` transaction whenever a VM's rules change."""
+
+    TABLE = 'pvefw'
+
+    def __init__(self, node):
+        self.node = node
+        self.chains = {}
+
+    def apply(self, vmid, net0, fw, cluster):
+        rules = vm_firewall_rules(vmid, net0, fw, cluster)
+        if rules is None:
+            self.chains.pop(vmid, None)
+        else:
+            self.chains[vmid] = rules
+        self._write()
+        return rules
+
+    def _write(self):
+        lines = ['table bridge {0} {{}}'.format(self.TABLE), 'delete table bridge {0}'.format(self.TABLE),
+                 'table bridge {0} {{'.format(self.TABLE),
+                 '  chain prerouting {',
+                 '    type filter hook prerouting priority -200; policy accept;']
+        for vmid in sorted(self.chains):
+            lines.append('    iifname "tap{0}i0" jump vm{0}'.format(vmid))
+        lines.append('  }')
+        for vmid, rules in sorted(self.chains.items()):
+            lines.append('  chain vm{0} {{'.format(vmid))
+            lines.extend('    ' + r for r in rules)
+            lines.append('  }')
+        lines.append('}')
+        script = '\n'.join(lines) + '\n'
+        done = subprocess.run(['ip', 'netns', 'exec', self.node.netns, 'nft', '-f', '-'], input=script,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise RuntimeError('nft refused the VM firewall ({0}):\n{1}'.format(done.stderr.strip(), script))
+
+
+async def enforce_vm_firewall(pve, vm):
+    """The hook of a start: what Proxmox's firewall would do for this VM's tap, from its config now. A
+    firewall that cannot be put in place stops the VM again (the start fails, as it would on PVE)."""
+    node = pve.guest_node
+    firewalls = node.__dict__.setdefault('vm_firewalls', VmFirewalls(node))
+    fw = pve._fw()['guests'].get(int(vm.vmid), {})
+    try:
+        rules = firewalls.apply(vm.vmid, vm.config.get('net0', ''), fw, pve.firewall_config('cluster')['options'])
+    except RuntimeError:
+        await node.guest(vm.vmid).kill()
+        raise
+    node.guest(vm.vmid).note('firewall {0}'.format('off' if rules is None else '{0} rules'.format(len(rules))))
+
+
+async def guest_exec(node, vmid, argv, timeout=60):
+    """Runs argv inside a running guest through its agent (guest-exec), as root; waits for it to end and
+    returns {exitcode, out, err}. For tests that act from inside a VM."""
+    g = node.guest(int(vmid))
+    started = await g.agent('guest-exec', {'path': argv[0], 'arg': list(argv[1:]), 'capture-output': True})
+    deadline = time.time() + timeout
+    while True:
+        st = await g.agent('guest-exec-status', {'pid': started['pid']})
+        if st.get('exited'):
+            decode = lambda key: base64.b64decode(st.get(key, '')).decode('utf-8', 'replace')  # noqa: E731
+            return {'exitcode': st.get('exitcode'), 'out': decode('out-data'), 'err': decode('err-data')}
+        if time.time() > deadline:
+            raise RuntimeError('{0} did not end within {1} s in VM {2}'.format(argv, timeout, vmid))
+        await asyncio.sleep(0.2)

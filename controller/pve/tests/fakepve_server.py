@@ -18,15 +18,18 @@ clone, before the start), which a command line cannot express.
 Besides fault injection and inspection, the channel offers what the controller's end-to-end tests
 need: `vms` (every non-template VM), `error_answers` (method, path, status and message of every
 answer with status >= 400 the server gave, so a test can prove that no request failed PVE's
-parameter validation) and `auto_agent` (every VM's guest agent answers from then on, including
-clones made later: a daemon under test cannot be told "now set the agent" between its own steps).
+parameter validation), `auto_agent` (every VM's guest agent answers from then on, including
+clones made later: a daemon under test cannot be told "now set the agent" between its own steps),
+and the firewall fakepve keeps: `firewall` (a VM's options and IP sets, null when none is kept),
+`cluster_firewall` (the datacenter switch) and `firewall_edit` (drift made behind the API).
 
 With `--guest-image IMAGE --guest-dir DIR --gateway ADDR/LEN ...` the VMs cloned from the template are
 real qemu guests booting overlays of IMAGE in a network namespace of their own (see fakepve_guests.py);
 the hello line then also names the namespace (`netns`), the accelerator (`accel`) and the serial log
 directory (`serial_dir`), and the `guests` command describes every qemu process. On exit (stdin
 closed, SIGTERM or SIGINT) the qemu processes, the namespace and the overlays are removed; the serial
-logs stay in DIR/serial.
+logs stay in DIR/serial. `guest_exec` runs a command inside a running real guest (through its agent) and
+returns its exit code and output.
 """
 
 import argparse
@@ -151,6 +154,9 @@ async def command(pve, cmd):
     if op == 'guests':
         node = getattr(pve, 'guest_node', None)
         return node.describe() if node else []
+    if op == 'guest_exec':
+        from fakepve_guests import guest_exec
+        return await guest_exec(pve.guest_node, cmd['vmid'], cmd['argv'], cmd.get('timeout', 60))
     if op == 'standalone_boot':
         return await pve.guest_node.standalone_boot(cmd['address'], cmd['gateway'], memory=cmd.get('memory', 1024))
     if op == 'lose_quorum':
@@ -168,6 +174,20 @@ async def command(pve, cmd):
         vm = pve.vm(cmd['vmid'])
         if vm is not None:
             pve.vms.remove(vm)
+        return None
+    # The firewall fakepve keeps (it stores it; nothing enforces it but the real-guest node).
+    if op == 'firewall':
+        conf = pve._fw()['guests'].get(int(cmd['vmid']))
+        return None if conf is None else {'options': conf['options'], 'ipset': conf['ipset']}
+    if op == 'cluster_firewall':
+        pve.firewall_config('cluster')['options']['enable'] = 1 if cmd.get('enable', True) else 0
+        return None
+    if op == 'firewall_edit':
+        # Drift behind the API: options merged, named IP sets replaced by plain entries.
+        conf = pve.firewall_config('vm', vmid=cmd['vmid'])
+        conf['options'].update(cmd.get('options', {}))
+        for name, cidrs in cmd.get('ipset', {}).items():
+            conf['ipset'][name] = [{'cidr': cidr} for cidr in cidrs]
         return None
     if op == 'storage_volumes':
         return sorted(pve.storages[cmd['storage']].get('volumes', {}))

@@ -48,6 +48,9 @@ pub trait FakePveExt {
     fn assert_no_validation_errors(&mut self);
     /// Makes every VM's guest agent answer, including clones made later.
     fn auto_agent(&mut self);
+    /// The firewall fakepve keeps for `vmid` (`{options, ipset}`), or null when it
+    /// keeps none.
+    fn firewall(&mut self, vmid: u64) -> Value;
 }
 
 impl FakePveExt for FakePve {
@@ -89,6 +92,10 @@ impl FakePveExt for FakePve {
     fn auto_agent(&mut self) {
         self.cmd(json!({"op": "auto_agent"}));
     }
+
+    fn firewall(&mut self, vmid: u64) -> Value {
+        self.cmd(json!({"op": "firewall", "vmid": vmid}))
+    }
 }
 
 /// Tuning of the daemon's `proxmox:` section for one test.
@@ -101,6 +108,8 @@ pub struct Tuning {
     pub agent_timeout_secs: u32,
     /// `concurrency`.
     pub concurrency: u32,
+    /// `firewallCheckSecs`.
+    pub firewall_check_secs: u32,
 }
 
 impl Default for Tuning {
@@ -110,6 +119,7 @@ impl Default for Tuning {
             shutdown_timeout_secs: 5,
             agent_timeout_secs: 30,
             concurrency: 4,
+            firewall_check_secs: 600,
         }
     }
 }
@@ -121,7 +131,7 @@ pub fn write_config(dir: &Path, pve: &FakePve, t: &Tuning) -> PathBuf {
     std::fs::write(&secret, format!("{TOKEN_SECRET}\n")).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = format!(
-        "proxmox:\n  url: {url}\n  tokenId: \"{TOKEN_ID}\"\n  tokenSecretFile: {secret}\n  tlsFingerprint: \"{fp}\"\n  vmidFirst: {first}\n  vmidLast: {last}\n  defaultTemplate: {TEMPLATE}\n  shutdownTimeoutSecs: {sd}\n  agentTimeoutSecs: {agent}\n  concurrency: {conc}\n  resyncSecs: 1\nnetwork:\n  ipv4:\n    cidr: 10.20.0.0/24\n    gateway: 10.20.0.1\n  ipv6:\n    prefix: \"2001:db8:20::/64\"\n    gateway: \"2001:db8:20::1\"\n  bridge: vmbr0\n  nameservers: [10.20.0.1]\n",
+        "proxmox:\n  url: {url}\n  tokenId: \"{TOKEN_ID}\"\n  tokenSecretFile: {secret}\n  tlsFingerprint: \"{fp}\"\n  vmidFirst: {first}\n  vmidLast: {last}\n  defaultTemplate: {TEMPLATE}\n  shutdownTimeoutSecs: {sd}\n  agentTimeoutSecs: {agent}\n  concurrency: {conc}\n  resyncSecs: 1\n  firewallCheckSecs: {fw}\nnetwork:\n  ipv4:\n    cidr: 10.20.0.0/24\n    gateway: 10.20.0.1\n  ipv6:\n    prefix: \"2001:db8:20::/64\"\n    gateway: \"2001:db8:20::1\"\n  bridge: vmbr0\n  nameservers: [10.20.0.1]\n",
         url = pve.url,
         secret = secret.display(),
         fp = pve.fingerprint,
@@ -130,6 +140,7 @@ pub fn write_config(dir: &Path, pve: &FakePve, t: &Tuning) -> PathBuf {
         sd = t.shutdown_timeout_secs,
         agent = t.agent_timeout_secs,
         conc = t.concurrency,
+        fw = t.firewall_check_secs,
     );
     let path = dir.join("blockhost.yaml");
     std::fs::write(&path, cfg).unwrap();

@@ -57,15 +57,15 @@ use crate::settings::{Settings, split_command};
 ///
 /// | privilege | needed by |
 /// |---|---|
-/// | `VM.Audit` | `GET …/qemu/{vmid}/config`, `…/status/current`; `cluster/resources` lists only audited VMs |
+/// | `VM.Audit` | `GET …/qemu/{vmid}/config`, `…/status/current`, `…/firewall/options`, `…/firewall/ipset/{name}`; `cluster/resources` lists only audited VMs |
 /// | `VM.Clone` | `POST …/qemu/{template}/clone` |
 /// | `VM.Allocate` | the clone's new VMID, `DELETE …/qemu/{vmid}` |
-/// | `VM.Config.CPU`, `.Memory`, `.Network`, `.Options`, `.Cloudinit` | `PUT/POST …/config` (cores, memory, net0, name and tags, ipconfig0/ciuser/sshkeys) |
+/// | `VM.Config.CPU`, `.Memory`, `.Network`, `.Options`, `.Cloudinit` | `PUT/POST …/config` (cores, memory, net0, name and tags, ipconfig0/ciuser/sshkeys); `.Network` also the VM's firewall (`PUT …/firewall/options`, `POST`/`DELETE …/firewall/ipset…`) |
 /// | `VM.Config.Disk` | `PUT …/resize` |
 /// | `VM.PowerMgmt` | `…/status/{start,stop,shutdown,suspend,resume}` |
 /// | `VM.GuestAgent.Audit` | `…/agent/ping` |
 /// | `VM.GuestAgent.FileWrite` | `…/agent/file-write` (the access file) |
-/// | `Sys.Audit` | `GET /nodes/{node}/status` (placement by free memory) |
+/// | `Sys.Audit` | `GET /nodes/{node}/status` (placement by free memory), `GET /cluster/firewall/options` (is the datacenter firewall on) |
 /// | `Datastore.AllocateSpace`, `Datastore.Audit` | the clone's disks on the chosen storage |
 /// | `SDN.Use` | attaching the clone's `net0` to the bridge (PVE 8+) |
 ///

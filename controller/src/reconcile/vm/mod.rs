@@ -12,7 +12,9 @@
 //!    clone, configure, grow the disk;
 //! 4. [`power`]: expiry and grace, then the desired power state;
 //! 5. [`drift`]: managed settings changed behind our back, a disk to grow;
-//! 6. [`access`]: the access file through the guest agent, then `Ready`.
+//! 6. [`isolation`]: the VM's Proxmox firewall (before it starts) and its bridge
+//!    port's isolation (once it runs);
+//! 7. [`access`]: the access file through the guest agent, then `Ready`.
 //!
 //! Steps import only this module and [`spec`], never each other. They change
 //! the status through [`Visit::status`], which applies the change to the
@@ -28,6 +30,7 @@ pub mod create;
 pub mod delete;
 pub mod drift;
 pub mod error;
+pub mod isolation;
 pub mod locate;
 pub mod observed;
 pub mod power;
@@ -78,6 +81,9 @@ pub struct VmReconciler<P> {
     /// Per VM, what it looked like after its last settled success (see
     /// [`Reconciler::resync_skip`]); build with `Default::default()`.
     pub settled: std::sync::Mutex<std::collections::HashMap<String, Settled>>,
+    /// Tenant isolation: the root agent, if any, and when each VM's firewall and
+    /// port are due to be checked ([`isolation::Guard`]).
+    pub guard: isolation::Guard,
 }
 
 /// A VM at rest after a successful reconcile: its listing fingerprint and the next
@@ -120,8 +126,12 @@ pub enum Drive {
     Drift,
     /// [`drift::disk`].
     Disk,
+    /// [`isolation::firewall`].
+    Firewall,
     /// [`power::power`].
     Power,
+    /// [`isolation::isolate`].
+    Isolate,
     /// [`access::access_file`].
     AccessFile,
     /// [`access::ready`].
@@ -139,11 +149,13 @@ pub enum StepName {
 
 const FIND: [Find; 4] = [Find::Delete, Find::Own, Find::Locate, Find::Create];
 
-const DRIVE: [Drive; 6] = [
+const DRIVE: [Drive; 8] = [
     Drive::Expire,
     Drive::Drift,
     Drive::Disk,
+    Drive::Firewall,
     Drive::Power,
+    Drive::Isolate,
     Drive::AccessFile,
     Drive::Ready,
 ];
@@ -164,6 +176,8 @@ pub struct Visit {
     pub found: Option<Found>,
     /// The steps that ran, in order.
     pub trace: Vec<StepName>,
+    /// This visit started the VM (its bridge port is new).
+    pub started: bool,
     changes: Vec<StatusChange>,
     events: Vec<(EventType, &'static str, String)>,
 }
@@ -188,6 +202,7 @@ impl Visit {
             now,
             found: None,
             trace: Vec::with_capacity(FIND.len() + DRIVE.len()),
+            started: false,
             changes: Vec::new(),
             events: Vec::new(),
         }
@@ -302,7 +317,9 @@ impl<P: Pve + 'static> VmReconciler<P> {
                 Drive::Expire => power::expire(self, v).await?,
                 Drive::Drift => drift::drift(self, v, &mut found).await?,
                 Drive::Disk => drift::disk(self, v, &mut found).await?,
+                Drive::Firewall => isolation::firewall(self, v, &found).await?,
                 Drive::Power => power::power(self, v, &mut found).await?,
+                Drive::Isolate => isolation::isolate(self, v, &found).await?,
                 Drive::AccessFile => access::access_file(self, v, &found).await?,
                 Drive::Ready => access::ready(v, &found),
             };
@@ -375,6 +392,7 @@ impl<P: Pve + 'static> Reconciler for VmReconciler<P> {
     async fn reconcile(&self, name: String) -> Result<Action, VmError> {
         let Some(vm) = self.load(&name).await? else {
             self.forget(&name);
+            self.guard.forget(&name);
             return Ok(Action::Done);
         };
         // Stale bookkeeping is cleared only when it is stale: a VM in steady
@@ -445,6 +463,11 @@ impl<P: Pve + 'static> VmReconciler<P> {
                 .map(|s| s + chrono::Duration::days(i64::from(self.cfg.grace_period_days)))
         } else {
             vm.spec.expires_at
+        };
+        // The firewall and the port are not in the listing: read back on their clock.
+        let deadline = match (deadline, self.guard.next_due(vm.metadata.name.as_str())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         Some(Settled {
             vmid,

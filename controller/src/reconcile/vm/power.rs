@@ -124,6 +124,7 @@ async fn start<P: Pve + 'static>(
         .patch(vmid, |cv| cv.status = RunState::Running)
         .await;
     found.listing.status = RunState::Running;
+    v.started = true;
     let resumed = v.vm.status.phase == VmPhase::Suspended;
     v.event(
         EventType::Normal,

@@ -114,6 +114,20 @@ pub fn spawn(
         resync,
         ..RuntimeConfig::default()
     };
+    // The root agent is in use when the host firewall is configured (knocks need
+    // that section too): only then are VMs' bridge ports isolated through it.
+    let isolator = cfg.firewall.as_ref().map(|_| {
+        Arc::new(blockhost_root_agent::client::RootAgentClient::new(
+            &cfg.root_agent.socket,
+        )) as Arc<dyn super::isolation::PortIsolator>
+    });
+    if isolator.is_some() {
+        tracing::info!(agent = %cfg.root_agent.socket.display(), "VM bridge ports are isolated through the root agent");
+    } else {
+        tracing::warn!(
+            "no firewall section: VM bridge ports are not isolated (VMs on the bridge can reach each other); the Proxmox firewall still filters each VM's addresses"
+        );
+    }
     let reconciler = Arc::new(VmReconciler {
         store: store.clone(),
         pve,
@@ -124,6 +138,9 @@ pub fn spawn(
         listing_max_age: listing_max_age(resync),
         wait: WaitOptions::default(),
         settled: Default::default(),
+        guard: super::isolation::Guard::new(isolator).check_every(chrono::Duration::seconds(
+            i64::from(px.firewall_check_secs.max(1)),
+        )),
         cfg: px.clone(),
     });
     let (nudge, triggers) =

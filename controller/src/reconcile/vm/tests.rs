@@ -81,6 +81,7 @@ fn setup(policy: LostPolicy) -> T {
             log_tail: 5,
         },
         settled: Default::default(),
+        guard: Default::default(),
     };
     T { _dir: dir, r, now }
 }
@@ -193,10 +194,12 @@ async fn creates_configures_starts_and_writes_the_access_file_within_the_request
         ),
         ("web", 31337, "alice")
     );
-    // Listing, nodes, clone, config, resize, start, agent ping, file write: 8.
+    // Listing, nodes, clone, config, resize, start, agent ping, file write: 8;
+    // the firewall: read the set, create it, two addresses, read and set the
+    // options, read net0, the datacenter switch: 8.
     let requests = t.r.pve.requests_without_task_polls();
     assert!(
-        requests <= 10,
+        requests <= 18,
         "{requests} requests: {:?}",
         t.r.pve.requests_by_op()
     );
@@ -206,6 +209,7 @@ async fn creates_configures_starts_and_writes_the_access_file_within_the_request
             "Created",
             "Cloned",
             "Configured",
+            "FirewallConfigured",
             "Started",
             "AccessFileWritten",
             "Running"
@@ -713,7 +717,13 @@ async fn the_visit_walks_the_steps_in_order_and_stops_where_one_is_done() {
     ));
     let (result, trace) = visit(&t, "web").await;
     assert_eq!(result.unwrap(), Action::Done);
-    let upto_power = [Drive::Expire, Drive::Drift, Drive::Disk, Drive::Power];
+    let upto_power = [
+        Drive::Expire,
+        Drive::Drift,
+        Drive::Disk,
+        Drive::Firewall,
+        Drive::Power,
+    ];
     assert_eq!(trace, steps(&FIND, &upto_power));
     assert_eq!(t.vm("web").unwrap().status.phase, VmPhase::Suspended);
 
@@ -839,4 +849,332 @@ async fn a_panicked_store_task_is_an_internal_error_not_a_placement_failure() {
     assert!(matches!(e, VmError::StoreTask(_)), "{e:?}");
     assert_eq!((e.reason(), e.retry()), (Reason::Internal, Retry::Operator));
     assert!(e.action().unwrap().contains("bug"));
+}
+
+/// A root agent that records what it is asked and fails the first `fail` calls.
+#[derive(Debug, Default)]
+struct FakeAgent {
+    calls: Mutex<Vec<(u32, u8)>>,
+    fail: Mutex<u32>,
+}
+
+impl isolation::PortIsolator for FakeAgent {
+    fn isolate(&self, vmid: u32, net: u8) -> isolation::IsolateFuture<'_> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push((vmid, net));
+            let mut fail = self.fail.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(blockhost_root_agent::client::ClientError::Refused(format!(
+                    "VM {vmid} has no interface net{net} on a bridge"
+                )));
+            }
+            Ok(blockhost_root_agent::proto::Isolated {
+                interface: format!("fwpr{vmid}p{net}"),
+                isolated: true,
+            })
+        })
+    }
+}
+
+fn with_agent(t: &mut T) -> Arc<FakeAgent> {
+    let agent = Arc::new(FakeAgent::default());
+    t.r.guard = isolation::Guard::new(Some(agent.clone() as Arc<dyn isolation::PortIsolator>));
+    agent
+}
+
+fn cond(t: &T, name: &str, type_: ConditionType) -> blockhost_crd::Condition {
+    condition::find(&t.vm(name).unwrap().status.conditions, type_)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+fn ipset(t: &T, vmid: u32) -> Vec<String> {
+    let mut v: Vec<String> =
+        t.r.pve
+            .firewall(vmid)
+            .ipsets
+            .get(blockhost_pve::IPFILTER_NET0)
+            .unwrap_or_else(|| panic!("VM {vmid} has no {}", blockhost_pve::IPFILTER_NET0))
+            .iter()
+            .map(|e| e.cidr.clone())
+            .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_new_vm_is_filtered_to_its_own_addresses_before_it_starts_and_its_port_is_isolated() {
+    let mut t = setup(LostPolicy::Hold);
+    let agent = with_agent(&mut t);
+    // PVE's clone copies the template's firewall: a stray address there must not
+    // end up allowed for the tenant.
+    t.r.pve.modify_firewall(9001, |f| {
+        f.ipsets.insert(
+            blockhost_pve::IPFILTER_NET0.into(),
+            vec![blockhost_pve::IpSetEntry {
+                cidr: "192.0.2.9".into(),
+                nomatch: false,
+                comment: None,
+            }],
+        );
+        f.options.dhcp = Some(true);
+    });
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let seen = ops.clone();
+    t.r.pve.set_hook(move |op, _| {
+        seen.lock().unwrap().push(op);
+        None
+    });
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Running);
+    let vmid = vm.status.vmid.unwrap();
+
+    assert_eq!(ipset(&t, vmid), ["10.0.0.2", "2001:db8::100"]);
+    let o = t.r.pve.firewall(vmid).options;
+    let e = o.effective();
+    assert!(e.enable && e.ipfilter && e.macfilter && e.ndp, "{o:?}");
+    assert!(!e.dhcp && !e.radv, "{o:?}");
+    assert_eq!(o.policy_in, Some(blockhost_pve::FirewallPolicy::Accept));
+    assert_eq!(o.policy_out, Some(blockhost_pve::FirewallPolicy::Accept));
+    let net0 = t.r.pve.vm(vmid).unwrap().config["net0"].clone();
+    assert!(net0.contains("firewall=1"), "{net0}");
+
+    // The filter is in place before the first start.
+    let ops = ops.lock().unwrap().clone();
+    let at = |op: Op| ops.iter().position(|o| *o == op).unwrap();
+    assert!(at(Op::SetFirewallOptions) < at(Op::Start), "{ops:?}");
+    assert!(
+        at(Op::AddIpSetEntry) < at(Op::SetFirewallOptions),
+        "{ops:?}"
+    );
+    assert_eq!(*agent.calls.lock().unwrap(), [(vmid, 0)]);
+
+    let fw = cond(&t, "web", ConditionType::Firewall);
+    assert_eq!(
+        (fw.status, fw.reason.as_str()),
+        (ConditionStatus::True, "InForce")
+    );
+    assert!(
+        fw.message.contains("10.0.0.2, 2001:db8::100"),
+        "{}",
+        fw.message
+    );
+    let iso = cond(&t, "web", ConditionType::PortIsolated);
+    assert_eq!(iso.status, ConditionStatus::True);
+    assert!(
+        iso.message.contains(&format!("fwpr{vmid}p0")),
+        "{}",
+        iso.message
+    );
+    let ev = t.events("web");
+    for want in ["FirewallConfigured", "PortIsolated"] {
+        assert!(ev.contains(&want.to_owned()), "{ev:?}");
+    }
+    assert!(!ev.contains(&"DriftCorrected".to_owned()), "{ev:?}");
+
+    // Until the check period is over, a visit reads neither back.
+    t.r.pve.reset_requests();
+    t.reconcile("web").await.unwrap();
+    assert_eq!(t.r.pve.requests(), 0, "{:?}", t.r.pve.requests_by_op());
+    assert_eq!(agent.calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn firewall_drift_is_set_back_on_the_next_check_with_a_warning() {
+    let mut t = setup(LostPolicy::Hold);
+    let agent = with_agent(&mut t);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    let before = t.r.pve.vm(vmid).unwrap().config["net0"].clone();
+    // Someone turns the filter off, lets the VM use a neighbour's address instead
+    // of its own, and takes the firewall off its NIC.
+    t.r.pve.modify_firewall(vmid, |f| {
+        f.options.enable = Some(false);
+        f.options.ipfilter = None;
+        let set = f.ipsets.get_mut(blockhost_pve::IPFILTER_NET0).unwrap();
+        set.retain(|e| e.cidr != "10.0.0.2");
+        set.push(blockhost_pve::IpSetEntry {
+            cidr: "10.0.0.3".into(),
+            nomatch: false,
+            comment: None,
+        });
+        set.push(blockhost_pve::IpSetEntry {
+            cidr: "10.0.0.0/24".into(),
+            nomatch: false,
+            comment: None,
+        });
+    });
+    t.r.pve.modify_vm(vmid, |v| {
+        let net0 = v.config["net0"].replace("firewall=1", "firewall=0");
+        v.config.insert("net0".into(), net0);
+    });
+    t.r.before_resync().await;
+    assert!(t.r.resync_skip("web"), "not due yet");
+
+    t.advance(isolation::CHECK_EVERY + chrono::Duration::seconds(1));
+    assert!(
+        !t.r.resync_skip("web"),
+        "the check is due: the resync visits"
+    );
+    t.reconcile("web").await.unwrap();
+    assert_eq!(ipset(&t, vmid), ["10.0.0.2", "2001:db8::100"]);
+    let e = t.r.pve.firewall(vmid).options.effective();
+    assert!(e.enable && e.ipfilter);
+    assert_eq!(
+        t.r.pve.vm(vmid).unwrap().config["net0"],
+        before,
+        "net0 back to firewall=1, MAC and all kept"
+    );
+    let drift: Vec<String> =
+        t.r.store
+            .events(Some(("VirtualMachine", "web")), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.reason == "DriftCorrected")
+            .map(|e| e.message)
+            .collect();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    for part in [
+        "10.0.0.3 removed",
+        "10.0.0.0/24 removed",
+        "10.0.0.2 added",
+        "option enable 0 (want 1)",
+        "net0 firewall=1",
+    ] {
+        assert!(drift[0].contains(part), "{part}: {}", drift[0]);
+    }
+    assert_eq!(
+        cond(&t, "web", ConditionType::Firewall).status,
+        ConditionStatus::True
+    );
+    // The port is isolated again on the same clock (the flag may have been cleared).
+    assert_eq!(agent.calls.lock().unwrap().len(), 2);
+
+    // A check that finds everything in order changes nothing and says nothing.
+    t.advance(isolation::CHECK_EVERY + chrono::Duration::seconds(1));
+    t.r.pve.reset_requests();
+    t.reconcile("web").await.unwrap();
+    let by_op = t.r.pve.requests_by_op();
+    assert!(!by_op.contains_key(&Op::SetFirewallOptions), "{by_op:?}");
+    assert!(!by_op.contains_key(&Op::SetConfig), "{by_op:?}");
+    assert_eq!(
+        t.events("web")
+            .iter()
+            .filter(|r| *r == "DriftCorrected")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_start_isolates_the_new_port_and_a_failing_agent_is_retried_without_failing_the_vm() {
+    let mut t = setup(LostPolicy::Hold);
+    let agent = with_agent(&mut t);
+    *agent.fail.lock().unwrap() = 1;
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(
+        vm.status.phase,
+        VmPhase::Running,
+        "the owner can still log in"
+    );
+    assert!(vm.status.last_error.is_none());
+    let iso = cond(&t, "web", ConditionType::PortIsolated);
+    assert_eq!(
+        (iso.status, iso.reason.as_str()),
+        (ConditionStatus::False, "AgentFailed")
+    );
+    assert!(t.events("web").contains(&"IsolationFailed".to_owned()));
+    t.advance(chrono::Duration::seconds(31));
+    t.r.before_resync().await;
+    assert!(!t.r.resync_skip("web"), "the retry is due");
+    t.reconcile("web").await.unwrap();
+    assert_eq!(
+        cond(&t, "web", ConditionType::PortIsolated).status,
+        ConditionStatus::True
+    );
+    assert_eq!(agent.calls.lock().unwrap().len(), 2);
+
+    // Stopped and started again: a new tap, isolated at once.
+    let vmid = vm.status.vmid.unwrap();
+    t.r.pve.modify_vm(vmid, |v| v.status = RunState::Stopped);
+    t.r.observed.refresh(t.r.pve.as_ref()).await.unwrap();
+    t.settle("web").await;
+    assert_eq!(agent.calls.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn without_a_root_agent_ports_stay_shared_and_the_condition_says_so() {
+    let t = setup(LostPolicy::Hold);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vm = t.vm("web").unwrap();
+    assert_eq!(vm.status.phase, VmPhase::Running);
+    let iso = cond(&t, "web", ConditionType::PortIsolated);
+    assert_eq!(
+        (iso.status, iso.reason.as_str()),
+        (ConditionStatus::False, "NoRootAgent")
+    );
+    // The Proxmox firewall is set all the same.
+    assert_eq!(
+        ipset(&t, vm.status.vmid.unwrap()),
+        ["10.0.0.2", "2001:db8::100"]
+    );
+}
+
+#[tokio::test]
+async fn a_datacenter_firewall_that_is_off_is_reported_until_it_is_on() {
+    let t = setup(LostPolicy::Hold);
+    t.r.pve.set_cluster_firewall(false);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let fw = cond(&t, "web", ConditionType::Firewall);
+    assert_eq!(
+        (fw.status, fw.reason.as_str()),
+        (ConditionStatus::False, "ClusterFirewallDisabled")
+    );
+    assert!(fw.message.contains("--enable 1"), "{}", fw.message);
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    assert!(
+        t.r.pve.firewall(vmid).options.effective().enable,
+        "set anyway"
+    );
+    t.r.pve.set_cluster_firewall(true);
+    t.advance(isolation::CHECK_EVERY + chrono::Duration::seconds(1));
+    t.reconcile("web").await.unwrap();
+    assert_eq!(
+        cond(&t, "web", ConditionType::Firewall).status,
+        ConditionStatus::True
+    );
+    let warned = t
+        .events("web")
+        .iter()
+        .filter(|r| *r == "ClusterFirewallDisabled")
+        .count();
+    assert_eq!(warned, 1);
+}
+
+#[tokio::test]
+async fn a_deleted_vm_leaves_no_firewall_behind() {
+    let mut t = setup(LostPolicy::Hold);
+    with_agent(&mut t);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    assert!(t.r.pve.has_firewall(vmid));
+    t.r.store.delete("VirtualMachine", "web").unwrap();
+    t.settle("web").await;
+    assert!(t.vm("web").is_none());
+    // The removal's own trigger visits a name that is gone.
+    t.reconcile("web").await.unwrap();
+    assert!(
+        !t.r.pve.has_firewall(vmid),
+        "PVE drops the VM's firewall file with it"
+    );
+    assert!(t.r.guard.next_due("web").is_none(), "nothing left due");
 }
