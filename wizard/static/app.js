@@ -128,7 +128,7 @@
       }
       const p = form.querySelector(`.field-error[data-for="${field}"]`);
       if (p) p.textContent = msg;
-      const input = form.querySelector(`[name="${field}"]`) || (field === 'password' ? $('pve-password') : null);
+      const input = form.querySelector(`[name="${field}"]`) || (field === 'password' ? $('pve-password') : field === 'command' ? $('admin-command') : null);
       if (input) input.setAttribute('aria-invalid', 'true');
     }
     const ul = form.querySelector('.warnings');
@@ -190,8 +190,10 @@
   async function save(name, check) {
     const body = { answers: answersOf(name), check };
     if (name === 'proxmox' && $('pve-password').value) body.password = $('pve-password').value;
+    if (name === 'admin' && $('admin-command').value) body.command = $('admin-command').value;
     const r = await api('POST', `/api/steps/${name}`, body);
     if (name === 'proxmox' && body.password) $('pve-password').value = '';
+    if (name === 'admin' && body.command) { $('admin-command').value = ''; st.commandStored = true; commandHint(); }
     st.answers[name] = body.answers;
     st.valid = st.valid || {};
     st.valid[name] = r.ok;
@@ -271,10 +273,17 @@
     add('Payment token', a.chain.stablecoinMode === 'dev' ? 'a test token' : a.chain.stablecoin);
     add('Plans', a.chain.plans.map((p) => `${p.name}: ${p.pricePerDayCents} ¢/day, ${p.cores} cores, ${p.memoryMib} MiB, ${p.diskGib} GiB`).join('; '));
     add('Admin commands', a.admin.enabled ? `ports ${a.admin.ports.join(', ')}, ${a.admin.defaultDurationSecs} s` : 'off');
+    add('Host firewall', st.firewall ? (a.admin.enabled ? `default-deny; ports ${a.admin.ports.join(', ')} open on a knock` : 'default-deny; SSH and the Proxmox GUI public') : 'not managed here');
     if (st.found && st.found.serverAddress) add('Server wallet', st.found.serverAddress);
     const ready = order.slice(0, 3).every((s) => st.valid && st.valid[s]);
     $('finalize').disabled = !ready;
     if (!ready) notice('error', 'Some steps are not checked yet; go back to them.');
+  }
+
+  function commandHint() {
+    $('command-hint').textContent = st.commandStored
+      ? 'A command name is stored on the host; leave empty to keep it.'
+      : 'The secret word a knock carries (8\u201364 characters). Keep it with the admin key: bhctl admin knock --command-file reads it.';
   }
 
   // ---------- finalization ----------
@@ -316,6 +325,8 @@
     add('Payment token', o.stablecoin);
     add('Plans', o.plans);
     add('Proxmox token', o.tokenId);
+    add('Template', o.template);
+    add('Root agent', o.rootAgent);
     add('Configuration', o.configFile);
     add('Admin NFT', o.nftTokenId === null || o.nftTokenId === undefined ? null : `#${o.nftTokenId}`);
     document.body.dataset.run = run.status;
@@ -367,6 +378,7 @@
       $('plans').textContent = '';
       for (const p of st.answers.chain.plans) planRow(p);
       if (st.found && st.found.serverAddress) wallet(st.found);
+      commandHint();
       $('password-hint').textContent = st.passwordStored ? 'A password is stored (until the token exists); leave empty to keep it.' : 'Used once to create BlockHost\u2019s own restricted token, then deleted.';
       go(step);
     }

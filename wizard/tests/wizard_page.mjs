@@ -5,7 +5,7 @@
 // goes back and forth, finalizes, and takes screenshots of each stage at desktop
 // and phone widths. Run by wizard/tests/browser.rs.
 //
-// Usage: node wizard_page.mjs '{"url","rpc","shots","bodies","code","admin","pve":{"url","fingerprint"},"password"}'
+// Usage: node wizard_page.mjs '{"url","rpc","shots","bodies","code","admin","pve":{"url","fingerprint"},"password","command"}'
 // Prints one JSON object with what the page showed. Requests to other origins
 // are blocked and reported; every API response body is written to `bodies`
 // (for the test's secret grep).
@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const args = JSON.parse(process.argv[2] || '{}');
-const { url, rpc, shots, bodies, code, admin, pve, password } = args;
+const { url, rpc, shots, bodies, code, admin, pve, password, command } = args;
 if (!url || !pve) {
   console.error('usage: node wizard_page.mjs JSON (see the file header)');
   process.exit(2);
@@ -184,6 +184,7 @@ try {
 
   // 5. Admin commands, 6. summary.
   await visible('#form-admin');
+  if (await page.isVisible('#admin-command')) await page.fill('#admin-command', command);
   await shot('7-admin');
   await page.click('#form-admin button[type=submit]');
   await visible('#summary');
