@@ -955,9 +955,11 @@ pub async fn firewall_is_installed(env: &Env) {
     loop {
         let r: Value = api.get_json("/firewall").await.unwrap_or(Value::Null);
         if r["inForce"] == json!(true) {
+            let rules = r["ruleset"].as_str().unwrap();
             assert!(
-                r["ruleset"].as_str().unwrap().contains("8006"),
-                "the knock ports are in the ruleset: {r}"
+                rules.contains("policy drop")
+                    && rules.contains("tcp dport 22 ip saddr . tcp dport @knock4"),
+                "default-deny, SSH behind a knock: {r}"
             );
             break;
         }
