@@ -147,19 +147,27 @@
     const row = document.createElement('div');
     row.className = 'plan-row';
     row.setAttribute('role', 'row');
-    const cell = (name, value, type, label) => {
+    // Each input in a label whose caption shows where the table's head does not
+    // (narrow screens).
+    const cell = (name, value, type, label, caption) => {
+      const l = document.createElement('label');
+      l.className = 'cell';
+      const c = document.createElement('span');
+      c.className = 'cell-label';
+      c.textContent = caption;
       const i = document.createElement('input');
       i.dataset.plan = name;
       i.value = value;
       i.setAttribute('aria-label', label);
       if (type === 'number') i.inputMode = 'numeric';
-      row.appendChild(i);
+      l.append(c, i);
+      row.appendChild(l);
     };
-    cell('name', p.name, 'text', 'Plan name');
-    cell('pricePerDayCents', p.pricePerDayCents, 'number', 'Price in US cents per day');
-    cell('cores', p.cores, 'number', 'Cores');
-    cell('memoryMib', p.memoryMib, 'number', 'Memory in MiB');
-    cell('diskGib', p.diskGib, 'number', 'Disk in GiB');
+    cell('name', p.name, 'text', 'Plan name', 'Name');
+    cell('pricePerDayCents', p.pricePerDayCents, 'number', 'Price in US cents per day', 'US cents / day');
+    cell('cores', p.cores, 'number', 'Cores', 'Cores');
+    cell('memoryMib', p.memoryMib, 'number', 'Memory in MiB', 'Memory (MiB)');
+    cell('diskGib', p.diskGib, 'number', 'Disk in GiB', 'Disk (GiB)');
     const del = document.createElement('button');
     del.type = 'button';
     del.textContent = 'Remove';
@@ -228,7 +236,7 @@
         $('found-storages').textContent = found.storages ? `With VM images: ${found.storages.join(', ')}` : '';
         $('found-bridges').textContent = found.bridges ? `Bridges: ${found.bridges.join(', ')}` : '';
       }
-      if (name === 'chain' && found.serverAddress) wallet(found);
+      if (name === 'chain' && found.serverAddress) { st.found = found; wallet(found); }
       if (!r.ok) { notice('error', 'Some answers need attention (see the messages below).'); return; }
       go(order[order.indexOf(name) + 1]);
     } catch (e) {
@@ -242,7 +250,9 @@
     const frac = (w % 10n ** 18n).toString().padStart(18, '0').slice(0, 4);
     return `${whole}.${frac} ETH`;
   };
+  let neededWei = null;   // what setup needs, from the last chain check
   function wallet(found) {
+    neededWei = found.neededWei || null;
     $('server-wallet').hidden = false;
     $('server-address').textContent = found.serverAddress;
     $('server-balance').textContent = eth(found.balanceWei);
@@ -252,6 +262,12 @@
     try {
       const b = await api('GET', '/api/chain/balance');
       $('server-balance').textContent = eth(b.balanceWei);
+      // The check's "send it funds" warning is out of date once the funds are there.
+      if (neededWei !== null && BigInt(b.balanceWei) >= BigInt(neededWei)) {
+        for (const li of $('form-chain').querySelectorAll('.warnings li')) {
+          if (li.textContent.includes(b.address) || li.textContent.includes(b.address.toLowerCase())) li.remove();
+        }
+      }
     } catch (e) { notice('error', e.message); }
   }
   function summary() {

@@ -79,7 +79,8 @@ async fn the_whole_setup_in_chromium() {
     eprintln!("{}", serde_json::to_string_pretty(&seen).unwrap());
     assert!(
         out.status.success(),
-        "browser script failed: {}\n--- wizard ---\n{}\n--- blockhostd ---\n{}",
+        "browser script failed: {}\n{}\n--- wizard ---\n{}\n--- blockhostd ---\n{}",
+        seen["error"].as_str().unwrap_or_default(),
         String::from_utf8_lossy(&out.stderr),
         w.log_text(),
         std::fs::read_to_string(env.path("blockhostd.log")).unwrap_or_default()

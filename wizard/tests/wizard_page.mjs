@@ -126,8 +126,10 @@ try {
 
   // 3. Proxmox: the server's messages first, then right answers.
   await visible('#form-proxmox');
+  // The notice is already "ready" before the detection answers: wait for its own
+  // message, or its answer would overwrite the URL typed below.
   await page.click('#detect');
-  await waitNotice(['ready']);
+  await page.waitForFunction(() => /Filled in from this node|no local Proxmox certificate/.test(document.getElementById('notice').textContent), null, { timeout: 30000 });
   await page.fill('#pve-url', pve.url);
   await page.fill('#pve-fp', pve.fingerprint);
   await page.fill('#pve-nodes', 'pve1');

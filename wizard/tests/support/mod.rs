@@ -874,7 +874,7 @@ pub fn token_is_least_privilege(pve: &mut FakePve) {
 }
 
 /// The server key's hex appears in none of `texts` nor any file under `dirs`
-/// (its own key file apart).
+/// (its own key file apart), nor the admin command name (blockhost.yaml apart).
 pub fn server_key_is_nowhere(env: &Env, texts: &[String], dirs: &[PathBuf]) {
     let key = std::fs::read_to_string(env.etc().join("server.key"))
         .unwrap()
@@ -886,6 +886,26 @@ pub fn server_key_is_nowhere(env: &Env, texts: &[String], dirs: &[PathBuf]) {
             !t.to_lowercase().contains(&key),
             "response {i} holds the server key"
         );
+    }
+    // The admin command name is a secret too: in blockhost.yaml only.
+    for (i, t) in texts.iter().enumerate() {
+        assert!(
+            !t.contains(ADMIN_COMMAND),
+            "response or log {i} holds the admin command name"
+        );
+    }
+    for d in dirs {
+        for f in files_under(d) {
+            if f == env.etc().join("blockhost.yaml") || f.extension().is_some_and(|e| e == "redb") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+            assert!(
+                !text.contains(ADMIN_COMMAND),
+                "{} holds the admin command name",
+                f.display()
+            );
+        }
     }
     let mut checked = 0;
     for d in dirs {
