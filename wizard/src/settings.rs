@@ -128,10 +128,12 @@ pub struct Settings {
     pub root_agent_socket: PathBuf,
     /// Command that builds the guest template image; the wizard appends
     /// `--output <template-image>`. Empty: no build (the image must be there).
+    /// By default the build runs as a transient unit of its own: it needs loop
+    /// devices, mounts and chroot, which the wizard's own sandbox does not have.
     #[arg(
         long,
         env = "BLOCKHOST_WIZARD_TEMPLATE_BUILD",
-        default_value = "bhctl template build"
+        default_value = "systemd-run --wait --pipe --collect --quiet --unit=blockhost-template-build bhctl template build"
     )]
     pub template_build: String,
     /// Command that installs the image as the template; the wizard appends

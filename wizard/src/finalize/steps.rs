@@ -1010,6 +1010,45 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    #[test]
+    fn firewall_and_admin_follow_the_admin_answers() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let s = Wrap::parse_from(["wizard", "--state-dir", &d, "--etc-dir", &d]).s;
+        let wallet: WalletAddress = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"
+            .parse()
+            .unwrap();
+        let port = |p| Port::new(p).unwrap();
+        let mut a = Answers::default();
+        // Off: nothing to knock with, so SSH and the GUI stay reachable.
+        a.admin.enabled = false;
+        let (fw, admin) = firewall_and_admin(&s, &a, wallet).unwrap();
+        assert_eq!(fw.public_tcp_ports, vec![port(22), port(8006)]);
+        assert!(fw.knock_tcp_ports.is_empty() && admin.is_none());
+        assert_eq!(fw.vm_bridges[0].to_string(), "vmbr0");
+        // On: the ports close behind a knock, and the command name is required.
+        a.admin.enabled = true;
+        a.admin.ports = vec![22];
+        let e = firewall_and_admin(&s, &a, wallet).unwrap_err();
+        assert!(e.contains("command name is missing"), "{e}");
+        fsutil::ensure_dir(&s.secrets_dir(), 0o700).unwrap();
+        std::fs::write(s.admin_command_file(), "open-sesame-42").unwrap();
+        let (fw, admin) = firewall_and_admin(&s, &a, wallet).unwrap();
+        assert!(fw.public_tcp_ports.is_empty());
+        assert_eq!(fw.knock_tcp_ports, vec![port(22)]);
+        let admin = admin.unwrap();
+        assert_eq!(admin.command, "open-sesame-42");
+        assert_eq!(admin.wallet, wallet);
+        assert_eq!(admin.allowed_ports, vec![port(22)]);
+    }
+
     #[test]
     fn the_role_is_sorted_and_has_no_admin_privileges() {
         let mut sorted = BLOCKHOST_PRIVILEGES.to_vec();
