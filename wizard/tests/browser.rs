@@ -36,6 +36,8 @@ async fn the_whole_setup_in_chromium() {
         return;
     }
     sibling_bin("blockhostd");
+    sibling_bin("bhctl");
+    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(None);
     let mut pve = start_fakepve();
     let mut env = Env::new();

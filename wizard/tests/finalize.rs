@@ -23,6 +23,8 @@ async fn killed_during_finalization_resumes_without_duplicates() {
         return;
     }
     sibling_bin("blockhostd");
+    sibling_bin("bhctl");
+    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(Some(1));
     let mut pve = start_fakepve();
     let mut env = Env::new();
@@ -183,6 +185,8 @@ async fn finalization_bench() {
         return;
     }
     sibling_bin("blockhostd");
+    sibling_bin("bhctl");
+    sibling_bin("blockhost-root-agent");
     for template in [false, true] {
         let mut runs = Vec::new();
         for _ in 0..3 {

@@ -70,7 +70,7 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_blockhost-wizard")).with_file_name(name);
     assert!(
         p.exists(),
-        "{} is missing: build it first with `cargo build -p blockhost-controller --bins` (scripts/test.sh does)",
+        "{} is missing: build it first with `cargo build -p blockhost-controller -p bhctl -p blockhost-root-agent --bins` (scripts/test.sh does)",
         p.display()
     );
     p
