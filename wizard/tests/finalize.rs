@@ -172,6 +172,94 @@ async fn killed_during_finalization_resumes_without_duplicates() {
     );
 }
 
+/// The wizard SIGKILLed while the template install runs, so the short-lived
+/// administrator token it made for the install still exists: restarted, it
+/// deletes that token, makes a new one, finds the template already installed
+/// (same image digest) and deletes the token again. No setup token is left, and
+/// blockhostd's token was made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_template_install_leaves_no_setup_token() {
+    if !tools(false) {
+        return;
+    }
+    sibling_bin("blockhostd");
+    sibling_bin("bhctl");
+    sibling_bin("blockhost-root-agent");
+    let anvil = Anvil::start(None);
+    let mut pve = start_fakepve();
+    let mut env = Env::new();
+    env.with_template(&mut pve);
+    // The real install, then (the first time only) a pause to be killed in.
+    let wrapper = env.path("install-then-pause.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nset -e\n\"{bhctl}\" template install \"$@\"\nif [ ! -e {dir}/paused ]; then sleep 60 & echo $! > {dir}/pause.pid; touch {dir}/paused; wait; fi\n",
+            bhctl = sibling_bin("bhctl").display(),
+            dir = env.root.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    env.template_install = Some(wrapper.display().to_string());
+    let mut w = Wizard::start(&env);
+    let mut c = Client::new(&env, &w.base);
+    c.sign_in(&env, ADMIN_KEY).await;
+    answer_everything(&mut c, &pve, &anvil).await;
+    let (s, v) = c.post("/api/finalize", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.path("paused").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the install did not get there: {}",
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = pve.cmd(json!({"op": "access"}));
+    assert!(
+        a["tokens"]["root@pam!blockhost-setup"].is_object(),
+        "the setup token exists during the install: {a}"
+    );
+    w.kill();
+    if let Ok(pid) = std::fs::read_to_string(env.path("pause.pid")) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+
+    let mut w = Wizard::start(&env);
+    let done = wait_finalize(&mut c, Duration::from_secs(120), |v| {
+        v["status"] == "done" || v["status"] == "failed"
+    })
+    .await;
+    assert_eq!(done["status"], "done", "{done}\n{}", w.log_text());
+    assert!(
+        done["outputs"]["template"]
+            .as_str()
+            .unwrap()
+            .contains("unchanged"),
+        "the second install found the template: {done}"
+    );
+    token_is_least_privilege(&mut pve);
+    let a = pve.cmd(json!({"op": "access"}));
+    let count = |method: &str| {
+        a["writes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| {
+                x[0] == method && x[1].as_str().unwrap().ends_with("/token/blockhost-setup")
+            })
+            .count()
+    };
+    assert_eq!((count("POST"), count("DELETE")), (2, 2), "{a}");
+    w.wait_exit(Duration::from_secs(20));
+}
+
 /// Benchmark (ignored by default): finalization time on anvil (automine) and
 /// fakepve, from "Finalize" to done, without the template step and with it (the
 /// build stand-in writes a small file; the install is the real

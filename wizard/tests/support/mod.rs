@@ -210,6 +210,8 @@ pub struct Env {
     /// Whether the host firewall step starts the real root agent (in a network
     /// namespace of its own; needs root and `unshare`).
     pub firewall: bool,
+    /// Another template install command than the real `bhctl template install`.
+    pub template_install: Option<String>,
 }
 
 /// What the stand-in for `bhctl template build` writes: a small file, not a
@@ -244,6 +246,7 @@ impl Env {
             listen,
             template: false,
             firewall,
+            template_install: None,
         };
         // The stand-in for `systemctl enable --now blockhost-root-agent`: the real
         // agent in a network namespace of its own (its default-deny ruleset lands
@@ -353,10 +356,13 @@ impl Env {
         if self.template {
             args.push(format!("--template-build={}", p("build-template.sh")));
             args.push(format!(
-                "--template-install={} template install",
-                Path::new(env!("CARGO_BIN_EXE_blockhost-wizard"))
-                    .with_file_name("bhctl")
-                    .display()
+                "--template-install={}",
+                self.template_install.clone().unwrap_or_else(|| format!(
+                    "{} template install",
+                    Path::new(env!("CARGO_BIN_EXE_blockhost-wizard"))
+                        .with_file_name("bhctl")
+                        .display()
+                ))
             ));
         } else {
             args.push("--template-build=".into());
