@@ -189,12 +189,7 @@ async fn install_with(
         .map_err(|e| format!("cannot write the install's configuration: {e}"))?;
     fsutil::write_atomic(&s.setup_config_file(), yaml.as_bytes(), 0o600)
         .map_err(|e| fail("cannot write the install's configuration", &e))?;
-    let node = a
-        .nodes
-        .first()
-        .cloned()
-        .ok_or("name the node the template goes on in the Proxmox step")?;
-    let extra = vec![
+    let mut extra = vec![
         "--image".into(),
         s.template_image.display().to_string(),
         "--config".into(),
@@ -205,9 +200,12 @@ async fn install_with(
         a.storage.trim().to_owned(),
         "--upload-storage".into(),
         s.template_upload_storage.clone(),
-        "--node".into(),
-        node,
     ];
+    // No node named (every node): bhctl takes the cluster's only online one, or
+    // says to name one.
+    if let Some(node) = a.nodes.first() {
+        extra.extend(["--node".into(), node.clone()]);
+    }
     tracing::info!(vmid = a.template_vmid, "installing the guest template");
     let out = run_command(&s.template_install, &extra, &[], timeout)
         .await
