@@ -188,6 +188,8 @@ fn state_json(app: &App, s: &Session) -> Value {
         v["valid"] = json!(a.valid);
         v["found"] = json!(a.chain_found);
         v["passwordStored"] = json!(app.settings.pve_password_file().exists());
+        v["commandStored"] = json!(app.settings.admin_command_file().exists());
+        v["firewall"] = json!(app.settings.manages_firewall());
         v["finalize"] = json!(app.finalizer.snapshot());
     }
     v
@@ -415,6 +417,9 @@ struct StepReq {
     check: bool,
     #[serde(default)]
     password: Option<String>,
+    /// The admin command name (a secret, as the password: kept in a 0600 file).
+    #[serde(default)]
+    command: Option<String>,
 }
 
 async fn post_step(
@@ -441,7 +446,8 @@ async fn post_step(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let password_given = req.password.as_ref().is_some_and(|p| !p.is_empty());
+    let password_given = req.password.as_ref().is_some_and(|p| !p.is_empty())
+        || req.command.as_ref().is_some_and(|c| !c.is_empty());
     let mut report = Report::default();
     let before = app.answers();
     let bad = |e: serde_json::Error| {
@@ -511,8 +517,39 @@ async fn post_step(
                 Ok(a) => a,
                 Err(e) => return bad(e),
             };
+            let command = req.command.as_deref().unwrap_or_default();
+            if !command.is_empty() {
+                let n = command.chars().count();
+                if !(8..=64).contains(&n) || command.chars().any(char::is_control) {
+                    report.error(
+                        "command",
+                        "the command name must be 8 to 64 printable characters",
+                    );
+                } else {
+                    let dir = app.settings.secrets_dir();
+                    if let Err(e) = fsutil::ensure_dir(&dir, 0o700).and_then(|()| {
+                        fsutil::write_atomic(
+                            &app.settings.admin_command_file(),
+                            command.as_bytes(),
+                            0o600,
+                        )
+                    }) {
+                        return internal(e);
+                    }
+                }
+            }
             if req.check {
                 answers::check_admin(&a, &mut report);
+                if a.enabled
+                    && app.settings.manages_firewall()
+                    && !app.settings.admin_command_file().exists()
+                    && !report.errors.contains_key("command")
+                {
+                    report.error(
+                        "command",
+                        "choose the command name that opens the ports (8 to 64 characters, a secret: keep it with the admin key)",
+                    );
+                }
             }
             app.save_answers(|x| x.admin = a)
         }

@@ -109,6 +109,63 @@ pub struct Settings {
     /// changed, as in tests).
     #[arg(long, env = "BLOCKHOST_WIZARD_KEY_OWNER", default_value = "blockhost")]
     pub key_owner: String,
+    /// Command that enables and starts the root agent (split at whitespace; run
+    /// with `BLOCKHOST_ROOT_AGENT_CONFIG` set to the agent's written
+    /// configuration). Empty: the host firewall is not managed (no `firewall`
+    /// or `admin` section is written, admin commands stay off).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_ROOT_AGENT_START",
+        default_value = "systemctl enable --now blockhost-root-agent.service"
+    )]
+    pub root_agent_start: String,
+    /// The root agent's socket, written into its configuration and blockhostd's.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_ROOT_AGENT_SOCKET",
+        default_value = blockhost_root_agent::config::DEFAULT_SOCKET
+    )]
+    pub root_agent_socket: PathBuf,
+    /// Command that builds the guest template image; the wizard appends
+    /// `--output <template-image>`. Empty: no build (the image must be there).
+    /// By default the build runs as a transient unit of its own: it needs loop
+    /// devices, mounts and chroot, which the wizard's own sandbox does not have.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_TEMPLATE_BUILD",
+        default_value = "systemd-run --wait --pipe --collect --quiet --unit=blockhost-template-build bhctl template build"
+    )]
+    pub template_build: String,
+    /// Command that installs the image as the template; the wizard appends
+    /// `--image`, `--config`, `--vmid`, `--storage`, `--upload-storage` and
+    /// `--node`. Empty: the template is not managed (it must exist already).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_TEMPLATE_INSTALL",
+        default_value = "bhctl template install"
+    )]
+    pub template_install: String,
+    /// The guest template image (built there when absent).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_TEMPLATE_IMAGE",
+        default_value = "/var/lib/blockhost/images/blockhost-guest-trixie-amd64.qcow2"
+    )]
+    pub template_image: PathBuf,
+    /// File storage the image is uploaded to (content `import`).
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_TEMPLATE_UPLOAD_STORAGE",
+        default_value = "local"
+    )]
+    pub template_upload_storage: String,
+    /// Seconds the template build and install may take.
+    #[arg(
+        long,
+        env = "BLOCKHOST_WIZARD_TEMPLATE_TIMEOUT",
+        default_value_t = 3600
+    )]
+    pub template_timeout_secs: u64,
     /// Seconds to wait for each transaction's receipt.
     #[arg(long, env = "BLOCKHOST_WIZARD_TX_TIMEOUT", default_value_t = 180)]
     pub tx_timeout_secs: u64,
@@ -153,6 +210,26 @@ impl Settings {
     /// The admin's signature of the public secret, until NFT #0 is minted.
     pub fn access_signature_file(&self) -> PathBuf {
         self.secrets_dir().join("admin-access-signature")
+    }
+    /// The admin command name (the knock secret), until it is in the configuration.
+    pub fn admin_command_file(&self) -> PathBuf {
+        self.secrets_dir().join("admin-command")
+    }
+    /// The short-lived Proxmox token the template install uses, and its configuration.
+    pub fn setup_token_file(&self) -> PathBuf {
+        self.secrets_dir().join("setup-token")
+    }
+    /// The configuration `bhctl template install` reads (the setup token's).
+    pub fn setup_config_file(&self) -> PathBuf {
+        self.secrets_dir().join("setup-config.yaml")
+    }
+    /// The root agent's configuration.
+    pub fn root_agent_config_file(&self) -> PathBuf {
+        self.etc_dir.join("root-agent.toml")
+    }
+    /// Whether the host firewall (root agent) is managed.
+    pub fn manages_firewall(&self) -> bool {
+        split_command(&self.root_agent_start).is_some()
     }
     /// The server's secp256k1 key (blockhostd's `chain.serverKeyFile`).
     pub fn server_key_file(&self) -> PathBuf {

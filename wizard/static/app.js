@@ -128,7 +128,7 @@
       }
       const p = form.querySelector(`.field-error[data-for="${field}"]`);
       if (p) p.textContent = msg;
-      const input = form.querySelector(`[name="${field}"]`) || (field === 'password' ? $('pve-password') : null);
+      const input = form.querySelector(`[name="${field}"]`) || (field === 'password' ? $('pve-password') : field === 'command' ? $('admin-command') : null);
       if (input) input.setAttribute('aria-invalid', 'true');
     }
     const ul = form.querySelector('.warnings');
@@ -147,19 +147,27 @@
     const row = document.createElement('div');
     row.className = 'plan-row';
     row.setAttribute('role', 'row');
-    const cell = (name, value, type, label) => {
+    // Each input in a label whose caption shows where the table's head does not
+    // (narrow screens).
+    const cell = (name, value, type, label, caption) => {
+      const l = document.createElement('label');
+      l.className = 'cell';
+      const c = document.createElement('span');
+      c.className = 'cell-label';
+      c.textContent = caption;
       const i = document.createElement('input');
       i.dataset.plan = name;
       i.value = value;
       i.setAttribute('aria-label', label);
       if (type === 'number') i.inputMode = 'numeric';
-      row.appendChild(i);
+      l.append(c, i);
+      row.appendChild(l);
     };
-    cell('name', p.name, 'text', 'Plan name');
-    cell('pricePerDayCents', p.pricePerDayCents, 'number', 'Price in US cents per day');
-    cell('cores', p.cores, 'number', 'Cores');
-    cell('memoryMib', p.memoryMib, 'number', 'Memory in MiB');
-    cell('diskGib', p.diskGib, 'number', 'Disk in GiB');
+    cell('name', p.name, 'text', 'Plan name', 'Name');
+    cell('pricePerDayCents', p.pricePerDayCents, 'number', 'Price in US cents per day', 'US cents / day');
+    cell('cores', p.cores, 'number', 'Cores', 'Cores');
+    cell('memoryMib', p.memoryMib, 'number', 'Memory in MiB', 'Memory (MiB)');
+    cell('diskGib', p.diskGib, 'number', 'Disk in GiB', 'Disk (GiB)');
     const del = document.createElement('button');
     del.type = 'button';
     del.textContent = 'Remove';
@@ -190,8 +198,10 @@
   async function save(name, check) {
     const body = { answers: answersOf(name), check };
     if (name === 'proxmox' && $('pve-password').value) body.password = $('pve-password').value;
+    if (name === 'admin' && $('admin-command').value) body.command = $('admin-command').value;
     const r = await api('POST', `/api/steps/${name}`, body);
     if (name === 'proxmox' && body.password) $('pve-password').value = '';
+    if (name === 'admin' && body.command) { $('admin-command').value = ''; st.commandStored = true; commandHint(); }
     st.answers[name] = body.answers;
     st.valid = st.valid || {};
     st.valid[name] = r.ok;
@@ -226,7 +236,7 @@
         $('found-storages').textContent = found.storages ? `With VM images: ${found.storages.join(', ')}` : '';
         $('found-bridges').textContent = found.bridges ? `Bridges: ${found.bridges.join(', ')}` : '';
       }
-      if (name === 'chain' && found.serverAddress) wallet(found);
+      if (name === 'chain' && found.serverAddress) { st.found = found; wallet(found); }
       if (!r.ok) { notice('error', 'Some answers need attention (see the messages below).'); return; }
       go(order[order.indexOf(name) + 1]);
     } catch (e) {
@@ -240,7 +250,9 @@
     const frac = (w % 10n ** 18n).toString().padStart(18, '0').slice(0, 4);
     return `${whole}.${frac} ETH`;
   };
+  let neededWei = null;   // what setup needs, from the last chain check
   function wallet(found) {
+    neededWei = found.neededWei || null;
     $('server-wallet').hidden = false;
     $('server-address').textContent = found.serverAddress;
     $('server-balance').textContent = eth(found.balanceWei);
@@ -250,6 +262,12 @@
     try {
       const b = await api('GET', '/api/chain/balance');
       $('server-balance').textContent = eth(b.balanceWei);
+      // The check's "send it funds" warning is out of date once the funds are there.
+      if (neededWei !== null && BigInt(b.balanceWei) >= BigInt(neededWei)) {
+        for (const li of $('form-chain').querySelectorAll('.warnings li')) {
+          if (li.textContent.includes(b.address) || li.textContent.includes(b.address.toLowerCase())) li.remove();
+        }
+      }
     } catch (e) { notice('error', e.message); }
   }
   function summary() {
@@ -271,10 +289,17 @@
     add('Payment token', a.chain.stablecoinMode === 'dev' ? 'a test token' : a.chain.stablecoin);
     add('Plans', a.chain.plans.map((p) => `${p.name}: ${p.pricePerDayCents} ¢/day, ${p.cores} cores, ${p.memoryMib} MiB, ${p.diskGib} GiB`).join('; '));
     add('Admin commands', a.admin.enabled ? `ports ${a.admin.ports.join(', ')}, ${a.admin.defaultDurationSecs} s` : 'off');
+    add('Host firewall', st.firewall ? (a.admin.enabled ? `default-deny; ports ${a.admin.ports.join(', ')} open on a knock` : 'default-deny; SSH and the Proxmox GUI public') : 'not managed here');
     if (st.found && st.found.serverAddress) add('Server wallet', st.found.serverAddress);
     const ready = order.slice(0, 3).every((s) => st.valid && st.valid[s]);
     $('finalize').disabled = !ready;
     if (!ready) notice('error', 'Some steps are not checked yet; go back to them.');
+  }
+
+  function commandHint() {
+    $('command-hint').textContent = st.commandStored
+      ? 'A command name is stored on the host; leave empty to keep it.'
+      : 'The secret word a knock carries (8\u201364 characters). Keep it with the admin key: bhctl admin knock --command-file reads it.';
   }
 
   // ---------- finalization ----------
@@ -316,6 +341,8 @@
     add('Payment token', o.stablecoin);
     add('Plans', o.plans);
     add('Proxmox token', o.tokenId);
+    add('Template', o.template);
+    add('Root agent', o.rootAgent);
     add('Configuration', o.configFile);
     add('Admin NFT', o.nftTokenId === null || o.nftTokenId === undefined ? null : `#${o.nftTokenId}`);
     document.body.dataset.run = run.status;
@@ -367,6 +394,7 @@
       $('plans').textContent = '';
       for (const p of st.answers.chain.plans) planRow(p);
       if (st.found && st.found.serverAddress) wallet(st.found);
+      commandHint();
       $('password-hint').textContent = st.passwordStored ? 'A password is stored (until the token exists); leave empty to keep it.' : 'Used once to create BlockHost\u2019s own restricted token, then deleted.';
       go(step);
     }

@@ -31,15 +31,17 @@ fn node() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written but not yet run green (the session ran out of build time); run with --ignored"]
 async fn the_whole_setup_in_chromium() {
     if !tools(true) {
         return;
     }
     sibling_bin("blockhostd");
+    sibling_bin("bhctl");
+    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(None);
     let mut pve = start_fakepve();
-    let env = Env::new();
+    let mut env = Env::new();
+    env.with_template(&mut pve);
     let mut w = Wizard::start(&env);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wizard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -54,6 +56,7 @@ async fn the_whole_setup_in_chromium() {
         "admin": ADMIN,
         "pve": {"url": pve.url, "fingerprint": pve.fingerprint},
         "password": "secret",
+        "command": ADMIN_COMMAND,
     });
     let script = repo_root().join("wizard/tests/wizard_page.mjs");
     let child = Command::new(node())
@@ -78,7 +81,8 @@ async fn the_whole_setup_in_chromium() {
     eprintln!("{}", serde_json::to_string_pretty(&seen).unwrap());
     assert!(
         out.status.success(),
-        "browser script failed: {}\n--- wizard ---\n{}\n--- blockhostd ---\n{}",
+        "browser script failed: {}\n{}\n--- wizard ---\n{}\n--- blockhostd ---\n{}",
+        seen["error"].as_str().unwrap_or_default(),
         String::from_utf8_lossy(&out.stderr),
         w.log_text(),
         std::fs::read_to_string(env.path("blockhostd.log")).unwrap_or_default()
@@ -129,12 +133,15 @@ async fn the_whole_setup_in_chromium() {
     let fin: Value =
         serde_json::from_slice(&std::fs::read(env.state().join("finalize.json")).unwrap()).unwrap();
     token_is_least_privilege(&mut pve);
+    template_is_installed(&mut pve, &fin["outputs"]);
     purchase_is_served(&env, &anvil, &mut pve, &fin["outputs"]).await;
+    firewall_is_installed(&env).await;
 
     let mut texts: Vec<String> = serde_json::from_slice(&std::fs::read(&bodies).unwrap()).unwrap();
     assert!(texts.len() > 20, "responses were recorded");
     texts.push(w.log_text());
     texts.push(std::fs::read_to_string(env.path("blockhostd.log")).unwrap_or_default());
+    texts.push(std::fs::read_to_string(env.path("root-agent.log")).unwrap_or_default());
     texts.push(seen.to_string());
     server_key_is_nowhere(&env, &texts, &[env.state(), env.etc(), env.path("issue.d")]);
 

@@ -11,6 +11,9 @@ blockhostd that ran on that token and still created its VM proves the role is
 enough; the `access` control command shows what was created, so the test can
 prove it is not root.
 
+PVE's own rule for a VM's cloud-init settings is modelled too (fakepve 0.5.0
+asks VM.Config.HWType for them; PVE asks the cloud-init/network privileges).
+
 Also modelled: `GET /nodes/{node}/network` (fakepve invents one from the schema)
 answers the host's bridge vmbr0 on 192.168.77.0/24 and an uplink.
 
@@ -83,7 +86,8 @@ class Access(object):
                     if t.split('!')[0] == user]
         if parts[0] == 'users' and len(parts) == 4 and parts[2] == 'token':
             full = '{0}!{1}'.format(parts[1], parts[3])
-            if parts[1] not in self.users:
+            # The administrator (fakepve's root@pam) exists without being created.
+            if parts[1] not in self.users and parts[1] != pve.user:
                 return error(500, "no such user ('{0}')".format(parts[1]))
             if method == 'POST':
                 if full in self.tokens:
@@ -123,9 +127,23 @@ class Access(object):
         return error(501, 'fakepve_access: {0} /access/{1} is not modelled'.format(method, '/'.join(parts)))
 
 
+# Cloud-init settings of a VM's config. PVE (qemu-server's
+# check_vm_modify_config_perm) checks these and `ipconfigN` against the
+# cloud-init/network privileges; fakepve 0.5.0 falls through to VM.Config.HWType
+# for them, which would demand more of the BlockHost role than PVE does.
+CLOUDINIT_KEYS = ('ciuser', 'cipassword', 'citype', 'ciupgrade', 'cicustom', 'nameserver', 'searchdomain', 'sshkeys')
+
+
 def install():
     """Wrap FakePve._answer (before the shared script wraps it to record errors)."""
     original = FakePve._answer
+    original_priv = FakePve._config_priv
+
+    def config_priv(self, key):
+        if key in CLOUDINIT_KEYS or re.match(r'^ipconfig\d+$', key):
+            return 'VM.Config.Cloudinit'
+        return original_priv(self, key)
+    FakePve._config_priv = config_priv
 
     async def answer(self, request, handler, generic, path_node):
         m = ACCESS.match(request.path)
@@ -156,13 +174,15 @@ async def serve(host):
     install()
     original_build = fakepve_server.build
 
-    def build(h, nodes):
-        pve = original_build(h, nodes)
+    def build(h, nodes, node=None):
+        pve = original_build(h, nodes, node)
         pve.access_model = Access()
         return pve
     fakepve_server.build = build
     fakepve_server.command = command_wrapper(fakepve_server.command)
-    await fakepve_server.serve(type('Args', (), {'host': host, 'node': []})())
+    # The shared script's arguments: no extra node, no real guests.
+    args = {'host': host, 'node': [], 'guest_image': None, 'guest_dir': None, 'gateway': [], 'accel': 'auto'}
+    await fakepve_server.serve(type('Args', (), args)())
 
 
 def command_wrapper(shared):

@@ -5,7 +5,7 @@
 // goes back and forth, finalizes, and takes screenshots of each stage at desktop
 // and phone widths. Run by wizard/tests/browser.rs.
 //
-// Usage: node wizard_page.mjs '{"url","rpc","shots","bodies","code","admin","pve":{"url","fingerprint"},"password"}'
+// Usage: node wizard_page.mjs '{"url","rpc","shots","bodies","code","admin","pve":{"url","fingerprint"},"password","command"}'
 // Prints one JSON object with what the page showed. Requests to other origins
 // are blocked and reported; every API response body is written to `bodies`
 // (for the test's secret grep).
@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const args = JSON.parse(process.argv[2] || '{}');
-const { url, rpc, shots, bodies, code, admin, pve, password } = args;
+const { url, rpc, shots, bodies, code, admin, pve, password, command } = args;
 if (!url || !pve) {
   console.error('usage: node wizard_page.mjs JSON (see the file header)');
   process.exit(2);
@@ -126,8 +126,10 @@ try {
 
   // 3. Proxmox: the server's messages first, then right answers.
   await visible('#form-proxmox');
+  // The notice is already "ready" before the detection answers: wait for its own
+  // message, or its answer would overwrite the URL typed below.
   await page.click('#detect');
-  await waitNotice(['ready']);
+  await page.waitForFunction(() => /Filled in from this node|no local Proxmox certificate/.test(document.getElementById('notice').textContent), null, { timeout: 30000 });
   await page.fill('#pve-url', pve.url);
   await page.fill('#pve-fp', pve.fingerprint);
   await page.fill('#pve-nodes', 'pve1');
@@ -184,6 +186,7 @@ try {
 
   // 5. Admin commands, 6. summary.
   await visible('#form-admin');
+  if (await page.isVisible('#admin-command')) await page.fill('#admin-command', command);
   await shot('7-admin');
   await page.click('#form-admin button[type=submit]');
   await visible('#summary');

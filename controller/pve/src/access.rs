@@ -236,7 +236,20 @@ impl PveClient {
         tokenid: &str,
         comment: &str,
     ) -> Result<NewToken> {
-        let form = vec![p("privsep", 1), p("comment", comment)];
+        self.create_token_with(userid, tokenid, comment, true).await
+    }
+
+    /// Creates a token, privilege-separated or not. `privsep = false` gives the
+    /// token its user's full rights: only for a short-lived token that is deleted
+    /// right after use (the setup wizard's template install).
+    pub async fn create_token_with(
+        &self,
+        userid: &str,
+        tokenid: &str,
+        comment: &str,
+        privsep: bool,
+    ) -> Result<NewToken> {
+        let form = vec![p("privsep", u8::from(privsep)), p("comment", comment)];
         self.call(
             Method::POST,
             &["access", "users", userid, "token", tokenid],

@@ -15,6 +15,7 @@
 //! nonces and contract addresses, waiting for pending transactions before
 //! deciding) is explained there.
 
+pub mod host;
 pub mod steps;
 
 use std::fs::File;
@@ -34,15 +35,13 @@ use crate::session::Sessions;
 use crate::settings::Settings;
 
 /// The steps, in order: (id, what the page shows).
-///
-/// The template step (`bhctl template build/install`) and the host firewall and
-/// root agent step are not here yet: their code is being written in other
-/// changes and will join this list when it lands.
 pub const STEPS: &[(&str, &str)] = &[
     ("server-key", "Server key"),
     ("contracts", "Contracts"),
     ("plans", "Plans"),
     ("proxmox-token", "Proxmox API token (BlockHost role)"),
+    ("template", "Guest template (build and install)"),
+    ("host-firewall", "Root agent (host firewall)"),
     ("config", "Configuration /etc/blockhost/blockhost.yaml"),
     ("daemon", "blockhostd started and healthy"),
     ("plan-resources", "Plan resources in blockhostd"),
@@ -120,6 +119,10 @@ pub struct Outputs {
     pub plans: Vec<(String, u64)>,
     /// blockhostd's Proxmox token id.
     pub token_id: Option<String>,
+    /// What the template install said (or that the template is not managed).
+    pub template: Option<String>,
+    /// The root agent's socket, once it answered (absent: firewall not managed).
+    pub root_agent: Option<PathBuf>,
     /// The written configuration.
     pub config_file: Option<PathBuf>,
     /// The admin's NFT.

@@ -32,8 +32,10 @@ use blockhost_chain::bindings::{AccessCredentialNFT, BlockhostSubscriptions, Moc
 use blockhost_chain::nft_payload::{self, ConnectionDetails};
 use blockhost_chain::rpc::RpcClient;
 use blockhost_chain::wallet::ServerWallet;
+use blockhost_crd::config::firewall::{IfName, Port};
 use blockhost_crd::config::{
-    ChainConfig, Ipv4Pool, Ipv6Pool, NetworkConfig, PlanDefaults, ProxmoxConfig,
+    AdminConfig, ChainConfig, FirewallConfig, Ipv4Pool, Ipv6Pool, NetworkConfig, PlanDefaults,
+    ProxmoxConfig,
 };
 use blockhost_crd::eip191::Signature;
 use blockhost_crd::{DaemonConfig, WalletAddress};
@@ -113,7 +115,8 @@ pub struct Ctx<'a> {
 /// A step's failure: the sentence the page shows (never a secret).
 pub type StepResult = Result<(), String>;
 
-fn fail(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+/// "what: the error's chain", the sentence a failed step shows.
+pub(crate) fn fail(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
     format!("{what}: {}", error_chain(e))
 }
 
@@ -124,6 +127,8 @@ pub async fn run(id: &str, ctx: &mut Ctx<'_>) -> StepResult {
         "contracts" => contracts(ctx).await,
         "plans" => plans(ctx).await,
         "proxmox-token" => proxmox_token(ctx).await,
+        "template" => super::host::template(ctx).await,
+        "host-firewall" => super::host::host_firewall(ctx).await,
         "config" => config(ctx),
         "daemon" => daemon(ctx).await,
         "plan-resources" => plan_resources(ctx).await,
@@ -133,7 +138,8 @@ pub async fn run(id: &str, ctx: &mut Ctx<'_>) -> StepResult {
     }
 }
 
-fn record(ctx: &Ctx<'_>, f: impl FnOnce(&mut super::Outputs)) -> StepResult {
+/// Records outputs at once.
+pub(crate) fn record(ctx: &Ctx<'_>, f: impl FnOnce(&mut super::Outputs)) -> StepResult {
     ctx.finalizer
         .record(f)
         .map_err(|e| fail("cannot record the step's result", &e))
@@ -579,9 +585,7 @@ async fn proxmox_token(ctx: &mut Ctx<'_>) -> StepResult {
             }
         }
     }
-    // The password is not needed any more.
-    fsutil::remove(&settings.pve_password_file())
-        .map_err(|e| fail("cannot remove the stored password", &e))?;
+    // The password is kept for the template step, which deletes it.
     record(ctx, |o| o.token_id = Some(full))
 }
 
@@ -590,6 +594,7 @@ pub fn daemon_config(
     settings: &Settings,
     answers: &Answers,
     out: &super::Outputs,
+    admin: WalletAddress,
 ) -> Result<DaemonConfig, String> {
     let a = &answers.proxmox;
     let c = &answers.chain;
@@ -670,15 +675,68 @@ pub fn daemon_config(
         network,
         ..DaemonConfig::default()
     };
+    if settings.manages_firewall() {
+        let (firewall, admin) = firewall_and_admin(settings, answers, admin)?;
+        cfg.firewall = Some(firewall);
+        cfg.admin = admin;
+        cfg.root_agent.socket = settings.root_agent_socket.clone();
+    }
     cfg.api.socket = settings.daemon_socket.clone();
     cfg.api.socket_group = Some(settings.socket_group.clone()).filter(|g| !g.is_empty());
     Ok(cfg)
 }
 
+/// The host firewall and the admin commands from the answers. With admin
+/// commands on, the knock ports are the ones a knock may open (closed to all
+/// but the cluster's nodes until the admin knocks); off, SSH and the Proxmox GUI
+/// stay public, as there would be no way to open them but the console.
+fn firewall_and_admin(
+    settings: &Settings,
+    answers: &Answers,
+    wallet: WalletAddress,
+) -> Result<(FirewallConfig, Option<AdminConfig>), String> {
+    let ports =
+        |v: &[u16]| -> Result<Vec<Port>, String> { v.iter().map(|p| Port::new(*p)).collect() };
+    let bridge =
+        IfName::new(answers.proxmox.bridge.trim()).map_err(|e| format!("the bridge name: {e}"))?;
+    let a = &answers.admin;
+    let (public, knock) = if a.enabled {
+        (vec![], ports(&a.ports)?)
+    } else {
+        (ports(&[22, 8006])?, vec![])
+    };
+    let firewall = FirewallConfig {
+        public_tcp_ports: public,
+        knock_tcp_ports: knock.clone(),
+        vm_bridges: vec![bridge],
+        ..FirewallConfig::default()
+    };
+    firewall.check()?;
+    let admin = if a.enabled {
+        let command = std::fs::read_to_string(settings.admin_command_file()).map_err(|_| {
+            "the admin command name is missing; enter it in the admin commands step, then retry"
+                .to_owned()
+        })?;
+        let admin = AdminConfig {
+            wallet,
+            target: None,
+            command: command.trim_end_matches('\n').to_owned(),
+            allowed_ports: knock.clone(),
+            default_ports: knock.clone(),
+            default_duration_secs: a.default_duration_secs,
+        };
+        admin.check(&knock)?;
+        Some(admin)
+    } else {
+        None
+    };
+    Ok((firewall, admin))
+}
+
 fn config(ctx: &mut Ctx<'_>) -> StepResult {
     let settings = ctx.settings;
     let out = ctx.finalizer.outputs();
-    let cfg = daemon_config(settings, ctx.answers, &out)?;
+    let cfg = daemon_config(settings, ctx.answers, &out, ctx.admin)?;
     let yaml = serde_saphyr::to_string(&cfg)
         .map_err(|e| format!("cannot write the configuration as YAML: {e}"))?;
     let text = format!(
@@ -950,6 +1008,45 @@ mod tests {
             created_at(a, 300).to_lower_hex(),
             "0x9338ca7d556248055f5751d85cda7ad6ef254433"
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    #[test]
+    fn firewall_and_admin_follow_the_admin_answers() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let s = Wrap::parse_from(["wizard", "--state-dir", &d, "--etc-dir", &d]).s;
+        let wallet: WalletAddress = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"
+            .parse()
+            .unwrap();
+        let port = |p| Port::new(p).unwrap();
+        let mut a = Answers::default();
+        // Off: nothing to knock with, so SSH and the GUI stay reachable.
+        a.admin.enabled = false;
+        let (fw, admin) = firewall_and_admin(&s, &a, wallet).unwrap();
+        assert_eq!(fw.public_tcp_ports, vec![port(22), port(8006)]);
+        assert!(fw.knock_tcp_ports.is_empty() && admin.is_none());
+        assert_eq!(fw.vm_bridges[0].to_string(), "vmbr0");
+        // On: the ports close behind a knock, and the command name is required.
+        a.admin.enabled = true;
+        a.admin.ports = vec![22];
+        let e = firewall_and_admin(&s, &a, wallet).unwrap_err();
+        assert!(e.contains("command name is missing"), "{e}");
+        fsutil::ensure_dir(&s.secrets_dir(), 0o700).unwrap();
+        std::fs::write(s.admin_command_file(), "open-sesame-42").unwrap();
+        let (fw, admin) = firewall_and_admin(&s, &a, wallet).unwrap();
+        assert!(fw.public_tcp_ports.is_empty());
+        assert_eq!(fw.knock_tcp_ports, vec![port(22)]);
+        let admin = admin.unwrap();
+        assert_eq!(admin.command, "open-sesame-42");
+        assert_eq!(admin.wallet, wallet);
+        assert_eq!(admin.allowed_ports, vec![port(22)]);
     }
 
     #[test]

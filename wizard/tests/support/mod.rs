@@ -33,6 +33,9 @@ pub const OTHER_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f
 pub const BUYER: &str = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65";
 pub const BUYER_KEY: &str = "47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
 
+/// The admin command name the tests choose (a secret the grep looks for too).
+pub const ADMIN_COMMAND: &str = "open-sesame-42";
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -67,7 +70,7 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_blockhost-wizard")).with_file_name(name);
     assert!(
         p.exists(),
-        "{} is missing: build it first with `cargo build -p blockhost-controller --bins` (scripts/test.sh does)",
+        "{} is missing: build it first with `cargo build -p blockhost-controller -p bhctl -p blockhost-root-agent --bins` (scripts/test.sh does)",
         p.display()
     );
     p
@@ -147,13 +150,24 @@ impl Anvil {
         v["result"].clone()
     }
 
-    /// Sends ether from an unlocked dev account.
+    /// Sends ether from an unlocked dev account and waits until it is mined
+    /// (with interval mining that takes up to a block time).
     pub async fn fund(&self, from: &str, to: &str, wei: u128) {
-        self.rpc(
-            "eth_sendTransaction",
-            json!([{"from": from, "to": to, "value": format!("0x{wei:x}")}]),
-        )
-        .await;
+        let hash = self
+            .rpc(
+                "eth_sendTransaction",
+                json!([{"from": from, "to": to, "value": format!("0x{wei:x}")}]),
+            )
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .rpc("eth_getTransactionReceipt", json!([hash]))
+            .await
+            .is_null()
+        {
+            assert!(Instant::now() < deadline, "the funding was not mined");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn call(&self, to: &str, data: &[u8]) -> Vec<u8> {
@@ -190,6 +204,26 @@ pub fn start_fakepve() -> FakePve {
 pub struct Env {
     pub root: tempfile::TempDir,
     pub listen: String,
+    /// Whether the template step builds (a stand-in) and installs (the real
+    /// `bhctl template install`) the guest template; see [`Env::with_template`].
+    pub template: bool,
+    /// Whether the host firewall step starts the real root agent (in a network
+    /// namespace of its own; needs root and `unshare`).
+    pub firewall: bool,
+    /// Another template install command than the real `bhctl template install`.
+    pub template_install: Option<String>,
+}
+
+/// What the stand-in for `bhctl template build` writes: a small file, not a
+/// qcow2 image (fakepve does not read it; the real build is `iso/guest/`'s test).
+pub const TEMPLATE_IMAGE: &str = "QFI stand-in guest image for the wizard tests";
+
+/// Whether the root agent can run here for real: root (it needs CAP_NET_ADMIN),
+/// `unshare` for a network namespace of its own, and `nft`.
+pub fn can_run_root_agent() -> bool {
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    root && Path::new("/usr/bin/unshare").exists() && Path::new("/usr/sbin/nft").exists()
 }
 
 impl Env {
@@ -199,7 +233,47 @@ impl Env {
             "127.0.21.{}:18443",
             NEXT_WIZARD.fetch_add(1, Ordering::SeqCst)
         );
-        let env = Env { root, listen };
+        let firewall = can_run_root_agent();
+        if !firewall {
+            assert!(
+                std::env::var("BLOCKHOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "BLOCKHOST_REQUIRE_TOOLS=1 but the root agent cannot run here (root, unshare, nft)"
+            );
+            eprintln!("not root or no unshare/nft: the host firewall step is left out");
+        }
+        let env = Env {
+            root,
+            listen,
+            template: false,
+            firewall,
+            template_install: None,
+        };
+        // The stand-in for `systemctl enable --now blockhost-root-agent`: the real
+        // agent in a network namespace of its own (its default-deny ruleset lands
+        // there, not on the machine running the tests); its socket is a file, so
+        // blockhostd reaches it from here.
+        let script = env.path("start-root-agent.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nset -e\npid={dir}/root-agent.pid\nif [ -f \"$pid\" ] && kill -0 \"$(cat \"$pid\")\" 2>/dev/null; then exit 0; fi\nunshare --net -- \"{bin}\" --config \"$BLOCKHOST_ROOT_AGENT_CONFIG\" >>{dir}/root-agent.log 2>&1 </dev/null &\necho $! > \"$pid\"\n",
+                dir = env.root.path().display(),
+                bin = Path::new(env!("CARGO_BIN_EXE_blockhost-wizard")).with_file_name("blockhost-root-agent").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The stand-in for `bhctl template build --output X`: writes a small file.
+        let script = env.path("build-template.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nset -e\n[ \"$1\" = --output ] || {{ echo \"usage: $0 --output FILE\" >&2; exit 2; }}\nprintf '%s' '{}' > \"$2.part\"\nmv \"$2.part\" \"$2\"\n",
+                TEMPLATE_IMAGE
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         // The stand-in for `systemctl enable --now blockhostd`: starts the real
         // blockhostd from the configuration the wizard wrote, once.
         let script = env.path("start-blockhostd.sh");
@@ -233,10 +307,28 @@ impl Env {
         self.path("api.sock")
     }
 
+    /// Turns the template step on: fakepve's own template 9001 (not a BlockHost
+    /// one) is removed, its `local` storage takes `import` content and holds the
+    /// stand-in image already (fakepve 0.5.0 refuses `content=import` uploads;
+    /// `bhctl template install` finds the file by its digest and skips the upload).
+    pub fn with_template(&mut self, pve: &mut FakePve) {
+        use sha2::Digest;
+        self.template = true;
+        let sum = hex::encode(sha2::Sha256::digest(self.template_bytes()));
+        pve.cmd(json!({"op": "remove_vm", "vmid": 9001}));
+        pve.cmd(json!({"op": "storage_content", "storage": "local", "content": "iso,vztmpl,backup,import"}));
+        pve.cmd(json!({"op": "store_file", "storage": "local", "name": format!("blockhost-guest-{}.qcow2", &sum[..12]), "size": 64, "content": "import"}));
+    }
+
+    /// The bytes the build stand-in writes.
+    pub fn template_bytes(&self) -> Vec<u8> {
+        TEMPLATE_IMAGE.as_bytes().to_vec()
+    }
+
     /// The wizard's settings as command-line flags.
     pub fn args(&self) -> Vec<String> {
         let p = |r: &str| self.path(r).display().to_string();
-        vec![
+        let mut args = vec![
             format!("--listen={}", self.listen),
             format!("--state-dir={}", p("state")),
             format!("--etc-dir={}", p("etc")),
@@ -253,7 +345,30 @@ impl Env {
             "--key-owner=".into(),
             "--tx-timeout-secs=60".into(),
             "--health-timeout-secs=30".into(),
-        ]
+            format!("--root-agent-socket={}", p("root-agent.sock")),
+            format!("--template-image={}", p("images/guest.qcow2")),
+        ];
+        if self.firewall {
+            args.push(format!("--root-agent-start={}", p("start-root-agent.sh")));
+        } else {
+            args.push("--root-agent-start=".into());
+        }
+        if self.template {
+            args.push(format!("--template-build={}", p("build-template.sh")));
+            args.push(format!(
+                "--template-install={}",
+                self.template_install.clone().unwrap_or_else(|| format!(
+                    "{} template install",
+                    Path::new(env!("CARGO_BIN_EXE_blockhost-wizard"))
+                        .with_file_name("bhctl")
+                        .display()
+                ))
+            ));
+        } else {
+            args.push("--template-build=".into());
+            args.push("--template-install=".into());
+        }
+        args
     }
 
     /// The current one-time code (the test reads it as the operator reads the console).
@@ -282,9 +397,11 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // The blockhostd the start script launched.
-        if let Ok(pid) = std::fs::read_to_string(self.path("blockhostd.pid")) {
-            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        // The blockhostd and root agent the start scripts launched.
+        for f in ["blockhostd.pid", "root-agent.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(self.path(f)) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
         }
     }
 }
@@ -520,7 +637,7 @@ pub fn answers(pve: &FakePve, anvil: &Anvil) -> (Value, Value, Value) {
             {"name": "large", "pricePerDayCents": 500, "cores": 2, "memoryMib": 2048, "diskGib": 20}
         ]
     });
-    let admin = json!({"enabled": true, "ports": [22], "defaultDurationSecs": 300});
+    let admin = json!({"enabled": true, "ports": [22, 8006], "defaultDurationSecs": 300});
     (proxmox, chain, admin)
 }
 
@@ -582,7 +699,10 @@ pub async fn answer_everything(c: &mut Client, pve: &FakePve, anvil: &Anvil) -> 
         .to_owned();
     anvil.fund(ADMIN, &server, 10u128 * 10u128.pow(18)).await;
     let (s, v) = c
-        .post("/api/steps/admin", json!({"answers": admin, "check": true}))
+        .post(
+            "/api/steps/admin",
+            json!({"answers": admin, "check": true, "command": ADMIN_COMMAND}),
+        )
         .await;
     assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
     server
@@ -735,7 +855,7 @@ pub fn token_is_least_privilege(pve: &mut FakePve) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|w| w[0] == "POST" && w[1].as_str().unwrap().contains("/token/"))
+        .filter(|w| w[0] == "POST" && w[1].as_str().unwrap().ends_with("/token/blockhostd"))
         .count();
     assert_eq!(creations, 1, "one token was ever created: {a}");
     let acl = a["acl"].as_array().unwrap();
@@ -760,7 +880,7 @@ pub fn token_is_least_privilege(pve: &mut FakePve) {
 }
 
 /// The server key's hex appears in none of `texts` nor any file under `dirs`
-/// (its own key file apart).
+/// (its own key file apart), nor the admin command name (blockhost.yaml apart).
 pub fn server_key_is_nowhere(env: &Env, texts: &[String], dirs: &[PathBuf]) {
     let key = std::fs::read_to_string(env.etc().join("server.key"))
         .unwrap()
@@ -772,6 +892,26 @@ pub fn server_key_is_nowhere(env: &Env, texts: &[String], dirs: &[PathBuf]) {
             !t.to_lowercase().contains(&key),
             "response {i} holds the server key"
         );
+    }
+    // The admin command name is a secret too: in blockhost.yaml only.
+    for (i, t) in texts.iter().enumerate() {
+        assert!(
+            !t.contains(ADMIN_COMMAND),
+            "response or log {i} holds the admin command name"
+        );
+    }
+    for d in dirs {
+        for f in files_under(d) {
+            if f == env.etc().join("blockhost.yaml") || f.extension().is_some_and(|e| e == "redb") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+            assert!(
+                !text.contains(ADMIN_COMMAND),
+                "{} holds the admin command name",
+                f.display()
+            );
+        }
     }
     let mut checked = 0;
     for d in dirs {
@@ -791,4 +931,73 @@ pub fn server_key_is_nowhere(env: &Env, texts: &[String], dirs: &[PathBuf]) {
         }
     }
     assert!(checked > 3, "the grep found files to read");
+}
+
+/// fakepve holds the template `bhctl template install` made from the stand-in
+/// image (tagged, with its digest), and the setup token it used is gone.
+pub fn template_is_installed(pve: &mut FakePve, outputs: &Value) {
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest(TEMPLATE_IMAGE.as_bytes()));
+    let vm = pve.cmd(json!({"op": "vm", "vmid": 9001}));
+    let conf = &vm["config"];
+    assert_eq!(conf["template"], json!(1), "{vm:#}");
+    assert!(
+        conf["tags"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("blockhost"),
+        "{vm:#}"
+    );
+    assert!(
+        conf["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("blockhost-image-sha256={sum}")),
+        "{vm:#}"
+    );
+    assert!(
+        outputs["template"].as_str().unwrap().contains("9001"),
+        "{outputs}"
+    );
+    let a = pve.cmd(json!({"op": "access"}));
+    assert!(
+        a["tokens"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.contains("blockhost-setup")),
+        "the template install's token was deleted: {a}"
+    );
+}
+
+/// blockhostd installed the host firewall through the root agent the wizard
+/// started (in the agent's own network namespace), and it is in force.
+pub async fn firewall_is_installed(env: &Env) {
+    if !env.firewall {
+        return;
+    }
+    let api = blockhost_api::client::Client::new(env.daemon_socket());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r: Value = api.get_json("/firewall").await.unwrap_or(Value::Null);
+        if r["inForce"] == json!(true) {
+            let rules = r["ruleset"].as_str().unwrap();
+            assert!(
+                rules.contains("policy drop")
+                    && rules.lines().any(|l| l.contains("tcp dport")
+                        && l.contains("22")
+                        && l.contains("@knock4")),
+                "default-deny, SSH behind a knock: {r}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the firewall is not in force: {r}\n--- root agent ---\n{}",
+            std::fs::read_to_string(env.path("root-agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let toml = std::fs::read_to_string(env.etc().join("root-agent.toml")).unwrap();
+    assert!(toml.contains("allowedUids = [0]"), "{toml}");
 }
