@@ -61,7 +61,7 @@ fn nft_details(g: &GuestRig, who: &str, token: u64) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a VM suite (TCG boots, minutes each): not yet run green end to end; run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
+#[ignore = "a VM suite (TCG boots, minutes each): scripts/test.sh runs it after the guest image test"]
 async fn purchase_to_wallet_login_and_back() {
     if !guest_tools_available() {
         return;
@@ -219,7 +219,7 @@ async fn purchase_to_wallet_login_and_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a VM suite (TCG boots, minutes each): not yet run green end to end; run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
+#[ignore = "a VM suite (TCG boots, minutes each): scripts/test.sh runs it after the guest image test"]
 async fn sigkill_while_three_provision() {
     if !guest_tools_available() {
         return;
@@ -275,7 +275,7 @@ async fn sigkill_while_three_provision() {
 /// connection details; those details, and nothing else, are what the test then
 /// logs in with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a VM suite (TCG boots, minutes each): run by scripts/test.sh"]
+#[ignore = "a VM suite (TCG boots, minutes each): scripts/test.sh runs it after the guest image test"]
 async fn the_signup_page_shows_details_that_log_in() {
     if !guest_tools_available() {
         return;
@@ -388,7 +388,7 @@ fn connect_from(src: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a VM suite (TCG boots, minutes each): not yet run green end to end; run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
+#[ignore = "a VM suite (TCG boots, minutes each): scripts/test.sh runs it after the guest image test"]
 async fn a_vm_that_takes_a_neighbours_address_cannot_reach_the_gateway() {
     if !guest_tools_available() {
         return;

@@ -29,15 +29,20 @@ fi
 # The PAM, signing-page, chain and Proxmox end-to-end suites are cargo tests too:
 # they start sshd, chromium, anvil and fakepve themselves.
 step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fast
-# The VM suites boot real guests and the installer under TCG (minutes each), in this
-# order (`--workspace`, so they reuse the build above instead of resolving features
-# per package and compiling everything again): the guest template's boot test builds (or finds in target/guest-image) the
-# image the real-guest end-to-end tests then boot; the installer ISO last.
-if [ "${BLOCKHOST_VM_TESTS:-0}" = "1" ]; then
+# The VM suites boot real guests under TCG (minutes each), in this order
+# (`--workspace`, so they reuse the build above instead of resolving features per
+# package and compiling everything again): the guest template's boot test builds
+# (or finds in target/guest-image) the image the real-guest end-to-end tests then
+# boot. They run by default; BLOCKHOST_VM_TESTS=0 leaves them out (a quick local
+# run). The installer ISO's suite (an ISO build and a whole install, ~25 min
+# idle) runs with BLOCKHOST_ISO_TESTS=1.
+if [ "${BLOCKHOST_VM_TESTS:-1}" = "1" ] && [ "$QUICK" -eq 0 ]; then
   step "VM suite: guest image boot" \
     cargo test --workspace --all-features --test guest_image -- --ignored
   step "VM suite: real guests end to end" \
     cargo test --workspace --all-features --test e2e_guests -- --ignored --test-threads 1
+fi
+if [ "${BLOCKHOST_ISO_TESTS:-0}" = "1" ]; then
   step "VM suite: installer ISO" \
     cargo test --workspace --all-features --test iso -- --ignored
 fi

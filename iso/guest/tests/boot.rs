@@ -422,7 +422,7 @@ impl Guest {
 }
 
 #[test]
-#[ignore = "a VM suite (TCG boots, minutes each): run by BLOCKHOST_VM_TESTS=1 scripts/test.sh"]
+#[ignore = "a VM suite (image build and TCG boots, minutes): scripts/test.sh runs it; BLOCKHOST_VM_TESTS=0 leaves it out"]
 fn guest_image_boots_and_logs_a_wallet_in() {
     if !prerequisites() {
         return;
