@@ -67,7 +67,7 @@ use crate::settings::{Settings, split_command};
 /// | `VM.PowerMgmt` | `…/status/{start,stop,shutdown,suspend,resume}` |
 /// | `VM.GuestAgent.Audit` | `…/agent/ping` |
 /// | `VM.GuestAgent.FileWrite` | `…/agent/file-write` (the access file) |
-/// | `Sys.Audit` | `GET /nodes/{node}/status` (placement by free memory), `GET /cluster/firewall/options` (is the datacenter firewall on) |
+/// | `Sys.Audit` | `GET /nodes/{node}/status` (placement by free memory); on `/` through [`AUDIT_ROLE`] alone, `GET /cluster/firewall/options` (is the datacenter firewall on) |
 /// | `Datastore.AllocateSpace`, `Datastore.Audit` | the clone's disks on the chosen storage |
 /// | `SDN.Use` | attaching the clone's `net0` to the bridge (PVE 8+) |
 ///
@@ -94,6 +94,13 @@ pub const BLOCKHOST_PRIVILEGES: &[&str] = &[
 ];
 /// The role's name.
 pub const ROLE: &str = "BlockHost";
+/// A second role, granted on `/` only: PVE checks the datacenter firewall's
+/// options (`GET /cluster/firewall/options`, read by the VM firewall step to say
+/// whether Proxmox enforces tenant isolation) against `/`, and the BlockHost role
+/// must not be granted there (it would then hold on every VM, storage and node).
+pub const AUDIT_ROLE: &str = "BlockHostAudit";
+/// The audit role's privileges: read-only.
+pub const AUDIT_PRIVILEGES: &[&str] = &["Sys.Audit"];
 /// The user the token belongs to (PVE realm: no password, no shell).
 pub const PVE_USER: &str = "blockhost@pve";
 /// The token's id.
@@ -489,21 +496,23 @@ async fn proxmox_token(ctx: &mut Ctx<'_>) -> StepResult {
         let what = what.to_owned();
         move |e: blockhost_pve::error::Error| fail(&what, &e)
     };
-    // The role, with exactly BlockHost's privileges.
+    // The roles, with exactly BlockHost's privileges.
     let roles = admin
         .roles()
         .await
         .map_err(pve_err("cannot list Proxmox roles"))?;
-    match roles.iter().find(|r| r.roleid == ROLE) {
-        None => admin
-            .create_role(ROLE, BLOCKHOST_PRIVILEGES)
-            .await
-            .map_err(pve_err("cannot create the BlockHost role"))?,
-        Some(r) if r.privileges() != BLOCKHOST_PRIVILEGES => admin
-            .set_role(ROLE, BLOCKHOST_PRIVILEGES)
-            .await
-            .map_err(pve_err("cannot set the BlockHost role's privileges"))?,
-        Some(_) => {}
+    for (name, privs) in [(ROLE, BLOCKHOST_PRIVILEGES), (AUDIT_ROLE, AUDIT_PRIVILEGES)] {
+        match roles.iter().find(|r| r.roleid == name) {
+            None => admin
+                .create_role(name, privs)
+                .await
+                .map_err(pve_err(&format!("cannot create the {name} role")))?,
+            Some(r) if r.privileges() != privs => admin
+                .set_role(name, privs)
+                .await
+                .map_err(pve_err(&format!("cannot set the {name} role's privileges")))?,
+            Some(_) => {}
+        }
     }
     // The user.
     let users = admin
@@ -564,7 +573,11 @@ async fn proxmox_token(ctx: &mut Ctx<'_>) -> StepResult {
         ctx.answers.proxmox.nodes.clone()
     };
     let acl = admin.acl().await.map_err(pve_err("cannot list the ACLs"))?;
-    for path in acl_paths(ctx, &nodes) {
+    let grants = acl_paths(ctx, &nodes)
+        .into_iter()
+        .map(|p| (p, ROLE))
+        .chain([("/".to_owned(), AUDIT_ROLE)]);
+    for (path, role) in grants {
         for (kind, who) in [
             ("token", AclSubject::Token(&full)),
             ("user", AclSubject::User(PVE_USER)),
@@ -574,14 +587,12 @@ async fn proxmox_token(ctx: &mut Ctx<'_>) -> StepResult {
             };
             let present = acl
                 .iter()
-                .any(|e| e.path == path && e.roleid == ROLE && e.kind == kind && e.ugid == id);
+                .any(|e| e.path == path && e.roleid == role && e.kind == kind && e.ugid == id);
             if !present {
                 admin
-                    .grant(&path, ROLE, who)
+                    .grant(&path, role, who)
                     .await
-                    .map_err(pve_err(&format!(
-                        "cannot grant the BlockHost role on {path}"
-                    )))?;
+                    .map_err(pve_err(&format!("cannot grant the {role} role on {path}")))?;
             }
         }
     }

@@ -873,9 +873,18 @@ pub fn token_is_least_privilege(pve: &mut FakePve) {
             "no BlockHost ACL on {path}: {a}"
         );
     }
+    // On `/` only the read-only audit role (the datacenter firewall's options).
+    assert_eq!(a["roles"]["BlockHostAudit"], json!(["Sys.Audit"]), "{a}");
     assert!(
-        acl.iter().all(|e| e[1] == "BlockHost" && e[0] != "/"),
-        "only the BlockHost role, never on /: {a}"
+        acl.iter()
+            .all(|e| (e[1] == "BlockHost" && e[0] != "/")
+                || (e[1] == "BlockHostAudit" && e[0] == "/")),
+        "the BlockHost role, never on /; on / only BlockHostAudit: {a}"
+    );
+    assert!(
+        acl.iter()
+            .any(|e| e[0] == "/" && e[1] == "BlockHostAudit" && e[3] == "blockhost@pve!blockhostd"),
+        "no BlockHostAudit ACL on / for the token: {a}"
     );
 }
 
