@@ -43,6 +43,10 @@ if [ "${BLOCKHOST_VM_TESTS:-1}" = "1" ] && [ "$QUICK" -eq 0 ]; then
     cargo test --workspace --all-features --test e2e_guests -- --ignored --test-threads 1
 fi
 if [ "${BLOCKHOST_ISO_TESTS:-0}" = "1" ]; then
+  # The ISO carries the host packages (blockhostd, bhctl, the wizard): made from
+  # the binaries the workspace test above built.
+  step "VM suite: host packages for the ISO" \
+    bash packaging/build-debs.sh --profile dev --no-build
   step "VM suite: installer ISO" \
     cargo test --workspace --all-features --test iso -- --ignored
 fi

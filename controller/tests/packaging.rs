@@ -1,8 +1,10 @@
 //! The `blockhost` Debian package, built by `packaging/build-debs.sh` from this
-//! test build's `blockhostd` and `bhctl` (the script fails on any lintian error
-//! and on a unit exposure above 2.0 in `systemd-analyze security --offline=true`):
-//! its contents, conffile, maintainer scripts and unit are what the issue lists,
-//! and the shipped example configuration is one blockhostd accepts.
+//! test build's `blockhostd`, `bhctl` and `blockhost-wizard` (the script fails on
+//! any lintian error and on a unit exposure above its limit in `systemd-analyze
+//! security --offline=true`: 2.0, the wizard's 3.0): its contents, conffile,
+//! maintainer scripts and units are what the issue lists (the wizard's unit is
+//! the one in `wizard/packaging/`, enabled), and the shipped example
+//! configuration is one blockhostd accepts.
 //!
 //! The guest package is built and installed/purged inside a booted image by
 //! `blockhost-login`'s `guest_image` test; the host package built here carries no
@@ -55,6 +57,13 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
     // blockhostd and bhctl (its own crate) share the target directory.
     let bhctl = common::bhctl_bin();
     let bin_dir = bhctl.parent().unwrap();
+    // Its own crate: built by `cargo test --workspace`, or `cargo build -p blockhost-wizard`.
+    let wizard = bin_dir.join("blockhost-wizard");
+    assert!(
+        wizard.exists(),
+        "{} is missing: run `cargo build -p blockhost-wizard` (cargo test --workspace builds it)",
+        wizard.display()
+    );
     let run = Command::new("bash")
         .arg(repo_root().join("packaging/build-debs.sh"))
         .args(["--no-build", "--bin-dir"])
@@ -66,10 +75,12 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
         .unwrap();
     let log = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "build-debs.sh failed:\n{log}");
-    assert!(
-        log.contains("blockhostd.service: → Overall exposure level"),
-        "{log}"
-    );
+    for unit in ["blockhostd.service", "blockhost-wizard.service"] {
+        assert!(
+            log.contains(&format!("{unit}: → Overall exposure level")),
+            "{log}"
+        );
+    }
     let deb = PathBuf::from(String::from_utf8(run.stdout).unwrap().trim());
     assert!(deb.ends_with(format!("blockhost_{}_amd64.deb", env!("CARGO_PKG_VERSION"))));
 
@@ -82,8 +93,12 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
     for path in [
         "./usr/sbin/blockhostd",
         "./usr/bin/bhctl",
+        "./usr/bin/blockhost-wizard",
         // dh_installsystemd puts it in /lib on Debian 12's debhelper, /usr/lib on 13's.
         "/lib/systemd/system/blockhostd.service",
+        "/lib/systemd/system/blockhost-wizard.service",
+        // The wizard's console text goes there (its unit's ReadWritePaths=).
+        "./etc/issue.d/",
         "./usr/lib/sysusers.d/blockhost.conf",
         "./etc/blockhost/blockhost.yaml",
         "./usr/share/bash-completion/completions/bhctl",
@@ -125,13 +140,53 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
         "systemd-sysusers",
         "chgrp blockhost",
         "chmod 0640 /etc/blockhost/blockhost.yaml",
+        "install -d -m 0750 -o blockhost -g blockhost /var/lib/blockhost",
         "blockhostd.service",
+        "blockhost-wizard.service",
     ] {
         assert!(
             postinst.contains(want),
             "postinst lacks {want:?}:\n{postinst}"
         );
     }
+    // Enabled (debhelper's snippet), so a host that is not set up shows the
+    // wizard at boot.
+    assert!(
+        postinst.lines().any(|l| l.contains("deb-systemd-helper")
+            && l.contains("enable")
+            && l.contains("blockhost-wizard.service")),
+        "the wizard is not enabled by the postinst:\n{postinst}"
+    );
+    let postrm = read("postrm");
+    assert!(
+        postrm.contains("rm -rf /var/lib/blockhost /var/lib/blockhost-wizard"),
+        "purge leaves the wizard's state:\n{postrm}"
+    );
+
+    // The wizard's unit is installed as written in wizard/packaging/.
+    let files = tempfile::tempdir().unwrap();
+    let ok = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(files.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let shipped = ["lib", "usr/lib"]
+        .iter()
+        .map(|d| {
+            files
+                .path()
+                .join(d)
+                .join("systemd/system/blockhost-wizard.service")
+        })
+        .find(|p| p.exists())
+        .expect("the wizard's unit in the package");
+    assert_eq!(
+        std::fs::read_to_string(shipped).unwrap(),
+        std::fs::read_to_string(repo_root().join("wizard/packaging/blockhost-wizard.service"))
+            .unwrap()
+    );
     assert!(read("control").contains("Depends:"), "{}", read("control"));
 
     let unit = std::fs::read_to_string(repo_root().join("packaging/blockhost/blockhostd.service"))

@@ -123,6 +123,12 @@ step "Installed system: first boot, guest image, settings"
 install -D -m 0755 "$HERE/target/firstboot" "$ROOT/usr/lib/blockhost/firstboot"
 install -D -m 0644 "$HERE/target/blockhost-firstboot.service" "$ROOT/usr/lib/systemd/system/blockhost-firstboot.service"
 systemctl --root="$ROOT" --quiet enable blockhost-firstboot.service
+# The package enables the wizard; here first boot starts it instead, once the
+# network is up, so the URL it shows names the address DHCP gave (started at
+# boot alongside first boot, it could show none). First boot enables it again.
+if [ -e "$ROOT/usr/lib/systemd/system/blockhost-wizard.service" ] || [ -e "$ROOT/lib/systemd/system/blockhost-wizard.service" ]; then
+  systemctl --root="$ROOT" --quiet disable blockhost-wizard.service
+fi
 if [ -n "$GUEST_IMAGE" ]; then
   [ -f "$GUEST_IMAGE" ] || { echo "build.sh: guest image $GUEST_IMAGE does not exist" >&2; exit 1; }
   install -D -m 0644 "$GUEST_IMAGE" "$ROOT/var/lib/blockhost/images/${GUEST_IMAGE##*/}"
