@@ -32,12 +32,9 @@ fn node() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_setup_in_chromium() {
-    if !tools(true) {
+    if !ready(true) {
         return;
     }
-    sibling_bin("blockhostd");
-    sibling_bin("bhctl");
-    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(None);
     let mut pve = start_fakepve();
     let mut env = Env::new();

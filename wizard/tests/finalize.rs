@@ -19,12 +19,9 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_finalization_resumes_without_duplicates() {
-    if !tools(false) {
+    if !ready(false) {
         return;
     }
-    sibling_bin("blockhostd");
-    sibling_bin("bhctl");
-    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(Some(1));
     let mut pve = start_fakepve();
     let mut env = Env::new();
@@ -179,12 +176,9 @@ async fn killed_during_finalization_resumes_without_duplicates() {
 /// blockhostd's token was made once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_template_install_leaves_no_setup_token() {
-    if !tools(false) {
+    if !ready(false) {
         return;
     }
-    sibling_bin("blockhostd");
-    sibling_bin("bhctl");
-    sibling_bin("blockhost-root-agent");
     let anvil = Anvil::start(None);
     let mut pve = start_fakepve();
     let mut env = Env::new();
@@ -269,12 +263,9 @@ async fn killed_during_the_template_install_leaves_no_setup_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]
 async fn finalization_bench() {
-    if !tools(false) {
+    if !ready(false) {
         return;
     }
-    sibling_bin("blockhostd");
-    sibling_bin("bhctl");
-    sibling_bin("blockhost-root-agent");
     for template in [false, true] {
         let mut runs = Vec::new();
         for _ in 0..3 {

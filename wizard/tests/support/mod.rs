@@ -64,6 +64,18 @@ pub fn tools(browser: bool) -> bool {
     false
 }
 
+/// [`tools`], and then the workspace binaries finalization runs (blockhostd,
+/// bhctl, the root agent): a missing one fails the test with how to build it.
+pub fn ready(browser: bool) -> bool {
+    if !tools(browser) {
+        return false;
+    }
+    for bin in ["blockhostd", "bhctl", "blockhost-root-agent"] {
+        sibling_bin(bin);
+    }
+    true
+}
+
 /// A binary of the workspace next to the wizard's (cargo gives tests the paths of
 /// their own package's binaries only).
 pub fn sibling_bin(name: &str) -> PathBuf {
