@@ -137,6 +137,7 @@ for pkg in "${packages[@]}"; do
       "$bin_dir/bhctl" completion fish > "$s/completions/bhctl.fish"
       "$bin_dir/bhctl" generate-man "$s/man"
       "$bin_dir/blockhostd" --generate-man "$s/man"
+      "$bin_dir/blockhost-wizard" generate-man "$s/man"
       cp "$root/crd-schemas/schemas/daemon-config.json" "$s/"
       cp "$here/blockhost/blockhostd.service" "$here/blockhost/blockhost.yaml" "$s/"
       cp "$root/wizard/packaging/blockhost-wizard.service" "$s/"

@@ -107,6 +107,8 @@ fn host_package_is_complete_lintian_clean_and_hardened() {
         "./usr/share/man/man1/bhctl.1.gz",
         "./usr/share/man/man1/bhctl-template-install.1.gz",
         "./usr/share/man/man8/blockhostd.8.gz",
+        "./usr/share/man/man8/blockhost-wizard.8.gz",
+        "./usr/share/man/man8/blockhost-wizard-new-code.8.gz",
         "./usr/share/blockhost/schemas/daemon-config.json",
         "./usr/share/blockhost/guest-image/build-image.sh",
         "./usr/share/blockhost/guest-image/packages.txt",

@@ -31,10 +31,29 @@ enum Command {
     Serve,
     /// Replace the one-time code with a new one (failures reset) and show it.
     NewCode,
+    /// Write the manual pages into DIR and exit (packaging).
+    #[command(hide = true)]
+    GenerateMan {
+        /// The directory to write `blockhost-wizard.8` and its subcommands' pages into.
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::GenerateMan { dir }) = &cli.command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        return match blockhost_api::manpages::write_all(cmd, dir, "8") {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "blockhost-wizard: cannot write the manual pages into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -56,6 +75,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.settings)),
         Command::NewCode => new_code(&cli.settings),
+        Command::GenerateMan { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
