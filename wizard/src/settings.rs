@@ -298,9 +298,99 @@ pub fn split_command(line: &str) -> Option<(String, Vec<String>)> {
 
 /// The address this host reaches other networks from: a UDP socket "connected"
 /// to a documentation address (nothing is sent; the kernel only picks a route).
+/// On a network with no default route (an isolated installation network, qemu's
+/// restricted user network) there is no such route: then the first global
+/// address of any interface, so the console never shows `https://0.0.0.0/`.
 fn primary_address() -> Option<std::net::IpAddr> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    sock.connect("192.0.2.1:9").ok()?;
-    let ip = sock.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|sock| {
+            sock.connect("192.0.2.1:9")?;
+            sock.local_addr()
+        })
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    routed.or_else(|| pick_global(&interface_addresses()))
+}
+
+/// The address to show from an interface listing: the first global IPv4 one,
+/// else the first global IPv6 one (loopback, link-local and unspecified
+/// addresses cannot be reached from another machine).
+fn pick_global(addrs: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let global = |ip: &&IpAddr| match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    };
+    let v4 = addrs.iter().filter(|ip| ip.is_ipv4()).find(global);
+    v4.or_else(|| addrs.iter().filter(|ip| ip.is_ipv6()).find(global))
+        .copied()
+}
+
+/// Every address of every interface that is up, in the kernel's order.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & (libc::IFF_UP as u32) == 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points at a sockaddr whose family
+        // field says which sockaddr_* it is.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            out.push(ip.into());
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+
+    #[test]
+    fn the_shown_address_is_a_global_one_ipv4_first() {
+        let listing = ips(&[
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+            "169.254.3.4",
+            "2001:db8::5",
+            "10.0.2.15",
+        ]);
+        assert_eq!(pick_global(&listing), "10.0.2.15".parse().ok());
+        let v6_only = ips(&["127.0.0.1", "fe80::1", "2001:db8::5"]);
+        assert_eq!(pick_global(&v6_only), "2001:db8::5".parse().ok());
+        assert_eq!(pick_global(&ips(&["127.0.0.1", "::1", "fe80::2"])), None);
+    }
+
+    #[test]
+    fn this_machine_lists_its_loopback_address() {
+        assert!(interface_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
+    }
 }
