@@ -33,22 +33,23 @@ step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fa
 # (`--workspace`, so they reuse the build above instead of resolving features per
 # package and compiling everything again): the guest template's boot test builds
 # (or finds in target/guest-image) the image the real-guest end-to-end tests then
-# boot. They run by default; BLOCKHOST_VM_TESTS=0 leaves them out (a quick local
-# run). The installer ISO's suite (an ISO build and a whole install, ~25 min
-# idle) runs with BLOCKHOST_ISO_TESTS=1.
+# boot; the installer ISO, built with that image and the host packages, installs
+# to a blank disk and first-boots to the wizard (BIOS). They run by default;
+# BLOCKHOST_VM_TESTS=0 leaves them out (a quick local run). The long variant, the
+# same install under UEFI (about 10 min more), runs with BLOCKHOST_ISO_UEFI=1.
 if [ "${BLOCKHOST_VM_TESTS:-1}" = "1" ] && [ "$QUICK" -eq 0 ]; then
   step "VM suite: guest image boot" \
     cargo test --workspace --all-features --test guest_image -- --ignored
   step "VM suite: real guests end to end" \
     cargo test --workspace --all-features --test e2e_guests -- --ignored --test-threads 1
-fi
-if [ "${BLOCKHOST_ISO_TESTS:-0}" = "1" ]; then
   # The ISO carries the host packages (blockhostd, bhctl, the wizard): made from
   # the binaries the workspace test above built.
   step "VM suite: host packages for the ISO" \
     bash packaging/build-debs.sh --profile dev --no-build
+  iso_tests=(iso_installs_bios)
+  [ "${BLOCKHOST_ISO_UEFI:-0}" = "1" ] && iso_tests=()
   step "VM suite: installer ISO" \
-    cargo test --workspace --all-features --test iso -- --ignored
+    cargo test --workspace --all-features --test iso -- --ignored "${iso_tests[@]}"
 fi
 if [ "$QUICK" -eq 0 ] && [ -x contracts/test.sh ]; then
   step "contracts (forge + freshness + selectors)" contracts/test.sh

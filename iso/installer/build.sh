@@ -120,8 +120,8 @@ ROOT=$WORK/root
 debstrap "$ROOT" --include="$(IFS=,; echo "${TARGET_PACKAGES[*]}")" "${hooks[@]}"
 
 step "Installed system: first boot, guest image, settings"
-install -D -m 0755 "$HERE/target/firstboot" "$ROOT/usr/lib/blockhost/firstboot"
-install -D -m 0644 "$HERE/target/blockhost-firstboot.service" "$ROOT/usr/lib/systemd/system/blockhost-firstboot.service"
+install -D -m 0755 "$HERE/host/firstboot" "$ROOT/usr/lib/blockhost/firstboot"
+install -D -m 0644 "$HERE/host/blockhost-firstboot.service" "$ROOT/usr/lib/systemd/system/blockhost-firstboot.service"
 systemctl --root="$ROOT" --quiet enable blockhost-firstboot.service
 # The package enables the wizard; here first boot starts it instead, once the
 # network is up, so the URL it shows names the address DHCP gave (started at
