@@ -665,6 +665,8 @@ impl FakeCluster {
         for (k, v) in update.sets() {
             let v = if k == "tags" {
                 parse_tags(v).join(";")
+            } else if is_net_key(k) {
+                Self::with_mac(vm, v)
             } else {
                 v.to_owned()
             };
@@ -674,9 +676,35 @@ impl FakeCluster {
         Ok(())
     }
 
+    /// A NIC as PVE stores it: a value without a MAC gets a new one (PVE's
+    /// parse_net makes a random MAC under the datacenter's prefix), which is why
+    /// an update that rewrites a NIC must carry the MAC it has. The fake's MACs
+    /// are unique per VM and update, under PVE's default prefix BC:24:11.
+    fn with_mac(vm: &FakeVm, value: &str) -> String {
+        match value.parse::<crate::NetDevice>() {
+            Ok(mut dev) if dev.macaddr.is_none() => {
+                let n = (u64::from(vm.vmid) << 8) | (vm.generation & 0xff);
+                dev.macaddr = Some(format!(
+                    "BC:24:11:{:02X}:{:02X}:{:02X}",
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                ));
+                dev.to_string()
+            }
+            _ => value.to_owned(),
+        }
+    }
+
     fn digest(vm: &FakeVm) -> String {
         format!("{:040x}", vm.generation)
     }
+}
+
+/// `net0`, `net1`, …: a NIC's config key.
+fn is_net_key(key: &str) -> bool {
+    key.strip_prefix("net")
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Pve for FakeCluster {

@@ -134,7 +134,7 @@ async fn configure<P: Pve + 'static>(
     let (vmid, node) = (listing.vmid, listing.node.clone());
     let res = v.vm.spec.resources;
     r.pve
-        .set_vm_config(&node, vmid, &config_for(&r.network, &v.vm))
+        .set_vm_config(&node, vmid, &config_for(&r.network, &v.vm, None))
         .await
         .doing("configure the VM")?;
     let want_disk = u64::from(res.disk_gib.get()) << 30;

@@ -50,8 +50,19 @@ pub async fn drift<P: Pve + 'static>(
         return Ok(Step::Continue);
     };
     let spec_changed = v.vm.status.observed_generation != v.vm.metadata.generation;
+    // config_for rewrites net0; without the MAC it has, Proxmox would make a new
+    // one behind the running guest's back. A net0 that is gone or unreadable has
+    // no MAC to keep: Proxmox makes one, as for a new NIC.
+    let mac = r
+        .pve
+        .vm_config(&found.node, found.vmid)
+        .await
+        .doing("read the VM's config")?
+        .net(0)
+        .and_then(Result::ok)
+        .and_then(|dev| dev.macaddr);
     r.pve
-        .set_vm_config(&found.node, found.vmid, &config_for(&r.network, &v.vm))
+        .set_vm_config(&found.node, found.vmid, &config_for(&r.network, &v.vm, mac))
         .await
         .doing("set the managed settings back")?;
     r.observed.record_config(&v.vm, found.vmid).await;

@@ -114,8 +114,15 @@ pub fn firewall_for(network: &NetworkConfig, vm: &VirtualMachine) -> FirewallSpe
     }
 }
 
-/// Every managed setting, as one config update.
-pub fn config_for(network: &NetworkConfig, vm: &VirtualMachine) -> ConfigUpdate {
+/// Every managed setting, as one config update. `mac` is net0's MAC to keep:
+/// Proxmox gives a NIC written without one a new random MAC, which a running
+/// VM's guest (its network config matches the MAC) and the MAC filter would not
+/// follow; `None` only where the VM has none worth keeping yet (just cloned).
+pub fn config_for(
+    network: &NetworkConfig,
+    vm: &VirtualMachine,
+    mac: Option<String>,
+) -> ConfigUpdate {
     let sp = &vm.spec;
     let mut ip = IpConfig::new();
     match (
@@ -141,7 +148,7 @@ pub fn config_for(network: &NetworkConfig, vm: &VirtualMachine) -> ConfigUpdate 
     }
     let net = NetDevice {
         model: "virtio".into(),
-        macaddr: None,
+        macaddr: mac,
         bridge: Some(network.bridge.clone()),
         tag: None,
         firewall: Some(true),

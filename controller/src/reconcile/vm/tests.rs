@@ -327,6 +327,8 @@ async fn drift_is_set_back_and_unmanaged_settings_are_left_alone() {
     t.apply(vm_json("web", 2, serde_json::json!({})));
     t.settle("web").await;
     let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    let net0 = t.r.pve.vm(vmid).unwrap().config["net0"].clone();
+    assert!(net0.starts_with("virtio=BC:24:11:"), "{net0}");
     t.r.pve.modify_vm(vmid, |v| {
         v.status = RunState::Stopped;
         v.config.insert("cores".into(), "8".into());
@@ -349,6 +351,10 @@ async fn drift_is_set_back_and_unmanaged_settings_are_left_alone() {
         pve.config.get("balloon").map(String::as_str),
         Some("512"),
         "unmanaged setting untouched"
+    );
+    assert_eq!(
+        pve.config["net0"], net0,
+        "net0 rewritten with the MAC it had (Proxmox makes a new one otherwise)"
     );
     let ev = t.events("web");
     assert!(
