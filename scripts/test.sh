@@ -46,10 +46,11 @@ if [ "${BLOCKHOST_VM_TESTS:-1}" = "1" ] && [ "$QUICK" -eq 0 ]; then
   # the binaries the workspace test above built.
   step "VM suite: host packages for the ISO" \
     bash packaging/build-debs.sh --profile dev --no-build
+  # --nocapture: the log keeps the test's `bench:` figures (BENCHMARKS.md).
   iso_tests=(iso_installs_bios)
   [ "${BLOCKHOST_ISO_UEFI:-0}" = "1" ] && iso_tests=()
   step "VM suite: installer ISO" \
-    cargo test --workspace --all-features --test iso -- --ignored "${iso_tests[@]}"
+    cargo test --workspace --all-features --test iso -- --ignored --nocapture "${iso_tests[@]}"
 fi
 if [ "$QUICK" -eq 0 ] && [ -x contracts/test.sh ]; then
   step "contracts (forge + freshness + selectors)" contracts/test.sh

@@ -43,7 +43,9 @@ const DISK_SIZE: u64 = 12 * GIB;
 const SERIAL_NO: &str = "BHTEST01";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Canonical, so paths in messages read target/iso, not iso/installer/../../target/iso.
+    repo.canonicalize().unwrap_or(repo)
 }
 
 fn target_dir() -> PathBuf {
@@ -447,8 +449,10 @@ enum Firmware {
 
 /// The accelerator for the test's VMs: `BLOCKHOST_QEMU_ACCEL=tcg|kvm` if set;
 /// otherwise KVM only if /dev/kvm opens and a probe boot of the ISO under KVM
-/// shows the installer's warning within 120 s, else TCG (this machine's nested
-/// KVM crashes Debian guests). Probed once per test process.
+/// shows the installer's warning within 60 s (GRUB's 5 s, the live system and
+/// the disk listing take well under that with working KVM), else TCG (this
+/// machine's nested KVM hangs Debian's kernel after GRUB). Probed once per test
+/// process.
 fn accel(iso: &Path) -> &'static str {
     static CHOICE: Mutex<Option<&'static str>> = Mutex::new(None);
     let mut guard = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
@@ -499,14 +503,16 @@ fn probe_kvm(iso: &Path) -> &'static str {
         return "tcg";
     };
     let mut vm = Qemu(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let verdict = loop {
         let shown = fs::read(&serial)
             .is_ok_and(|b| String::from_utf8_lossy(&b).contains("WARNING: installing ERASES"));
         if shown {
             break "kvm";
         }
-        if Instant::now() >= deadline || vm.0.try_wait().ok().flatten().is_some() {
+        let failed = fs::read_to_string(dir.join("qemu.log"))
+            .is_ok_and(|l| l.contains("KVM internal error"));
+        if failed || Instant::now() >= deadline || vm.0.try_wait().ok().flatten().is_some() {
             break "tcg";
         }
         thread::sleep(Duration::from_millis(500));
