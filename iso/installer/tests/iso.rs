@@ -108,7 +108,13 @@ fn iso() -> PathBuf {
         return p.clone();
     }
     let path = if let Some(p) = std::env::var_os("BLOCKHOST_ISO") {
-        PathBuf::from(p)
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "BLOCKHOST_ISO={} is not a file (cargo runs the test in iso/installer, so give an absolute path)",
+            p.display()
+        );
+        p
     } else {
         let out = target_dir().join("iso");
         let debs = std::env::var_os("BLOCKHOST_DEBS")
@@ -641,9 +647,10 @@ fn install_and_boot(fw: Firmware) {
     let before = disk_contents(&disk);
     let sock = dir.join("serial.sock");
 
+    // The accelerator first: its probe boot is not part of the figures below.
+    let accel = accel(&iso);
     // The install: no network device at all.
     let started = Instant::now();
-    let accel = accel(&iso);
     let mut vm = qemu(fw, &dir, &disk, Some(&iso), "none", &sock, accel);
     let mut con = Serial::connect(&sock, &dir.join("serial-install.log"));
     let listing = con.wait(
