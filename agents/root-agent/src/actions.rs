@@ -145,16 +145,18 @@ async fn isolate(tools: &Tools, p: &BridgePort) -> Result<Isolated, ActionError>
     if slave_kind(&link) != Some("bridge") {
         return Err(ActionError::NotBridgePort(name));
     }
+    let was_isolated = isolated_flag(&link);
     tools.ip_set_isolated(&name, p.isolated).await?;
     let after = tools.ip_link(&name).await?;
     let isolated = after.as_ref().and_then(isolated_flag);
     if isolated != Some(p.isolated) {
         return Err(ActionError::FlagNotSet(name));
     }
-    info!(interface = %name, isolated = p.isolated, "bridge port isolation set");
+    info!(interface = %name, isolated = p.isolated, ?was_isolated, "bridge port isolation set");
     Ok(Isolated {
         interface: name,
         isolated: p.isolated,
+        was_isolated,
     })
 }
 

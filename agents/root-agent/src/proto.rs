@@ -372,6 +372,11 @@ pub struct Isolated {
     pub interface: String,
     /// Its isolation flag as read back from the kernel.
     pub isolated: bool,
+    /// The flag before this request set it: `Some(false)` on a port that was not
+    /// isolated (new after a start, or cleared by someone); `None` when the
+    /// kernel did not say (or from an agent older than this field).
+    #[serde(default)]
+    pub was_isolated: Option<bool>,
 }
 
 /// The body of a success answer: `{"ok": true, …result}`.

@@ -515,9 +515,18 @@ fn bridge_ports_are_isolated() {
         .block_on(agent.client.isolate_port(&port(100, true)))
         .expect("isolate 100");
     assert_eq!((r.interface.as_str(), r.isolated), ("tap100i0", true));
+    assert_eq!(r.was_isolated, Some(false), "a new port starts shared");
     assert!(
         lab.ip(&host, &["-d", "link", "show", "tap100i0"])
             .contains("isolated on")
+    );
+    let r = rt
+        .block_on(agent.client.isolate_port(&port(100, true)))
+        .expect("isolate 100 again");
+    assert_eq!(
+        r.was_isolated,
+        Some(true),
+        "the kernel's flag, read before setting"
     );
     let r = rt
         .block_on(agent.client.isolate_port(&port(101, true)))

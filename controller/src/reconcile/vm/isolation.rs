@@ -400,6 +400,18 @@ pub async fn isolate<P: Pve + 'static>(
                     "PortIsolated",
                     format!("bridge port {} isolated from other VMs", done.interface),
                 );
+            } else if !v.started && done.was_isolated == Some(false) {
+                // Isolated when last checked, and not started by BlockHost since:
+                // the flag was cleared, or the VM restarted behind our back (a
+                // new port). Either way it could reach other VMs until now.
+                v.event(
+                    EventType::Warning,
+                    "DriftCorrected",
+                    format!(
+                        "bridge port {} was found not isolated (cleared, or the VM was started outside BlockHost) and was isolated again",
+                        done.interface
+                    ),
+                );
             }
             v.condition(
                 ConditionType::PortIsolated,

@@ -857,11 +857,19 @@ async fn a_panicked_store_task_is_an_internal_error_not_a_placement_failure() {
     assert!(e.action().unwrap().contains("bug"));
 }
 
-/// A root agent that records what it is asked and fails the first `fail` calls.
+/// A root agent that records what it is asked and fails the first `fail` calls;
+/// a port it has isolated stays isolated until `clear` says someone cleared it.
 #[derive(Debug, Default)]
 struct FakeAgent {
     calls: Mutex<Vec<(u32, u8)>>,
     fail: Mutex<u32>,
+    isolated: Mutex<std::collections::BTreeSet<(u32, u8)>>,
+}
+
+impl FakeAgent {
+    fn clear(&self, vmid: u32, net: u8) {
+        self.isolated.lock().unwrap().remove(&(vmid, net));
+    }
 }
 
 impl isolation::PortIsolator for FakeAgent {
@@ -875,9 +883,11 @@ impl isolation::PortIsolator for FakeAgent {
                     "VM {vmid} has no interface net{net} on a bridge"
                 )));
             }
+            let was_isolated = !self.isolated.lock().unwrap().insert((vmid, net));
             Ok(blockhost_root_agent::proto::Isolated {
                 interface: format!("fwpr{vmid}p{net}"),
                 isolated: true,
+                was_isolated: Some(was_isolated),
             })
         })
     }
@@ -1106,12 +1116,65 @@ async fn a_start_isolates_the_new_port_and_a_failing_agent_is_retried_without_fa
     );
     assert_eq!(agent.calls.lock().unwrap().len(), 2);
 
-    // Stopped and started again: a new tap, isolated at once.
+    // Stopped and started again: a new tap (not isolated), isolated at once, and
+    // no drift: BlockHost started it.
     let vmid = vm.status.vmid.unwrap();
     t.r.pve.modify_vm(vmid, |v| v.status = RunState::Stopped);
+    agent.clear(vmid, 0);
     t.r.observed.refresh(t.r.pve.as_ref()).await.unwrap();
     t.settle("web").await;
     assert_eq!(agent.calls.lock().unwrap().len(), 3);
+    assert!(!t.events("web").contains(&"DriftCorrected".to_owned()));
+}
+
+#[tokio::test]
+async fn a_port_whose_isolation_was_cleared_is_isolated_again_and_said() {
+    let mut t = setup(LostPolicy::Hold);
+    let agent = with_agent(&mut t);
+    t.apply(vm_json("web", 1, serde_json::json!({})));
+    t.settle("web").await;
+    let vmid = t.vm("web").unwrap().status.vmid.unwrap();
+    assert_eq!(
+        cond(&t, "web", ConditionType::PortIsolated).status,
+        ConditionStatus::True
+    );
+
+    // Someone runs `ip link set fwpr…p0 type bridge_slave isolated off`.
+    agent.clear(vmid, 0);
+    t.advance(isolation::CHECK_EVERY + chrono::Duration::seconds(1));
+    t.r.before_resync().await;
+    assert!(!t.r.resync_skip("web"), "the check is due");
+    t.reconcile("web").await.unwrap();
+    let drift: Vec<String> =
+        t.r.store
+            .events(Some(("VirtualMachine", "web")), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.reason == "DriftCorrected")
+            .map(|e| e.message)
+            .collect();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(
+        drift[0].contains(&format!("fwpr{vmid}p0 was found not isolated")),
+        "{}",
+        drift[0]
+    );
+    assert_eq!(
+        cond(&t, "web", ConditionType::PortIsolated).status,
+        ConditionStatus::True
+    );
+
+    // The next check finds it isolated and says nothing.
+    t.advance(isolation::CHECK_EVERY + chrono::Duration::seconds(1));
+    t.reconcile("web").await.unwrap();
+    assert_eq!(agent.calls.lock().unwrap().len(), 3);
+    assert_eq!(
+        t.events("web")
+            .iter()
+            .filter(|r| *r == "DriftCorrected")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
