@@ -36,7 +36,8 @@ step "cargo test (workspace)" cargo test --workspace --all-features --no-fail-fa
 # boot; the installer ISO, built with that image and the host packages, installs
 # to a blank disk and first-boots to the wizard (BIOS). They run by default;
 # BLOCKHOST_VM_TESTS=0 leaves them out (a quick local run). The long variant, the
-# same install under UEFI (about 10 min more), runs with BLOCKHOST_ISO_UEFI=1.
+# same install under UEFI (4-8 min more, beside the BIOS one), runs with
+# BLOCKHOST_ISO_UEFI=1.
 if [ "${BLOCKHOST_VM_TESTS:-1}" = "1" ] && [ "$QUICK" -eq 0 ]; then
   step "VM suite: guest image boot" \
     cargo test --workspace --all-features --test guest_image -- --ignored

@@ -802,13 +802,13 @@ fn install_and_boot(fw: Firmware) {
 }
 
 #[test]
-#[ignore = "a VM suite (ISO build + BIOS install, ~20 min under TCG): scripts/test.sh runs it; BLOCKHOST_VM_TESTS=0 leaves it out"]
+#[ignore = "a VM suite (ISO build + BIOS install, 5-7 min under TCG on an idle machine): scripts/test.sh runs it; BLOCKHOST_VM_TESTS=0 leaves it out"]
 fn iso_installs_bios() {
     install_and_boot(Firmware::Bios);
 }
 
 #[test]
-#[ignore = "the long variant (UEFI install, ~10 min more under TCG): BLOCKHOST_ISO_UEFI=1 scripts/test.sh runs it"]
+#[ignore = "the long variant (UEFI install, 4-8 min more under TCG): BLOCKHOST_ISO_UEFI=1 scripts/test.sh runs it"]
 fn iso_installs_uefi() {
     install_and_boot(Firmware::Uefi);
 }
