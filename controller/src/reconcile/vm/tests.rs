@@ -136,6 +136,18 @@ impl T {
             .map(|e| e.reason)
             .collect()
     }
+
+    /// The messages of `name`'s events with `reason`, oldest first.
+    fn messages(&self, name: &str, reason: &str) -> Vec<String> {
+        self.r
+            .store
+            .events(Some(("VirtualMachine", name)), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.reason == reason)
+            .map(|e| e.message)
+            .collect()
+    }
 }
 
 #[tokio::test]
@@ -1045,14 +1057,7 @@ async fn firewall_drift_is_set_back_on_the_next_check_with_a_warning() {
         before,
         "net0 back to firewall=1, MAC and all kept"
     );
-    let drift: Vec<String> =
-        t.r.store
-            .events(Some(("VirtualMachine", "web")), 100)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.reason == "DriftCorrected")
-            .map(|e| e.message)
-            .collect();
+    let drift = t.messages("web", "DriftCorrected");
     assert_eq!(drift.len(), 1, "{drift:?}");
     for part in [
         "10.0.0.3 removed",
@@ -1145,14 +1150,7 @@ async fn a_port_whose_isolation_was_cleared_is_isolated_again_and_said() {
     t.r.before_resync().await;
     assert!(!t.r.resync_skip("web"), "the check is due");
     t.reconcile("web").await.unwrap();
-    let drift: Vec<String> =
-        t.r.store
-            .events(Some(("VirtualMachine", "web")), 100)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.reason == "DriftCorrected")
-            .map(|e| e.message)
-            .collect();
+    let drift = t.messages("web", "DriftCorrected");
     assert_eq!(drift.len(), 1, "{drift:?}");
     assert!(
         drift[0].contains(&format!("fwpr{vmid}p0 was found not isolated")),
