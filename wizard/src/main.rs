@@ -41,19 +41,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::GenerateMan { dir }) = &cli.command {
-        let cmd = <Cli as clap::CommandFactory>::command();
-        return match blockhost_api::manpages::write_all(cmd, dir, "8") {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!(
-                    "blockhost-wizard: cannot write the manual pages into {}: {e}",
-                    dir.display()
-                );
-                ExitCode::FAILURE
-            }
-        };
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -61,21 +48,21 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("blockhost-wizard: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(cli.settings)),
+        // Only serving needs the runtime.
+        Command::Serve => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|runtime| runtime.block_on(serve(cli.settings))),
         Command::NewCode => new_code(&cli.settings),
-        Command::GenerateMan { .. } => Ok(()),
+        Command::GenerateMan { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            blockhost_api::manpages::write_all(cmd, &dir, "8")
+                .map(drop)
+                .map_err(|e| format!("cannot write the manual pages into {}: {e}", dir.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
