@@ -158,8 +158,8 @@ done
 # --threshold). 2.0 for all but the wizard: it runs as root, because finalization
 # writes /etc/blockhost, hands the key files to user blockhost (CAP_CHOWN,
 # CAP_FOWNER, CAP_DAC_OVERRIDE), serves HTTPS on port 443 to the LAN and starts
-# blockhostd through systemctl; those alone cost about 1.9, and it scores 2.6
-# (systemd 252). It runs only until the host is set up, then disables itself.
+# blockhostd through systemctl; those alone cost about 1.9, and it scores 2.7
+# (systemd 252; AF_NETLINK, to list its addresses, adds 0.1). It runs only until the host is set up, then disables itself.
 unit_limit() {
   case "$1" in
     blockhost-wizard.service) echo 30 ;;

@@ -335,6 +335,8 @@ fn interface_addresses() -> Vec<std::net::IpAddr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        // Under a unit without AF_NETLINK this fails, and the URL would show 0.0.0.0.
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot list the interfaces' addresses");
         return out;
     }
     let mut cur = head;
